@@ -1,0 +1,161 @@
+//! HS256 JSON Web Tokens: issued by `switchboard token`, checked by every front door.
+//! The identity is the `sub` claim; `role: "admin"` grants admin actions.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::JwtSecret;
+
+/// The claims Switchboard reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Who the token speaks for.
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issue time, seconds since the Unix epoch.
+    pub iat: u64,
+    /// Optional role, e.g. `admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+impl Claims {
+    /// Whether the token grants admin actions.
+    pub fn is_admin(&self) -> bool {
+        self.role.as_deref() == Some("admin")
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The token was valid once but has expired.
+    #[error("token expired")]
+    Expired,
+    /// Bad signature, malformed token, wrong algorithm or missing claims.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// The subject for a new token is empty.
+    #[error("a token needs a non-empty subject")]
+    EmptySubject,
+}
+
+/// Signs and verifies tokens with one secret. Cheap to clone.
+#[derive(Clone)]
+pub struct JwtAuth {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for JwtAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtAuth { .. }")
+    }
+}
+
+impl JwtAuth {
+    /// Keys for `secret`; only HS256 is accepted when verifying.
+    pub fn new(secret: &JwtSecret) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 5;
+        Self {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    /// Issues a token for `sub`, valid for `ttl`, with an optional role.
+    pub fn issue(&self, sub: &str, ttl: Duration, role: Option<&str>) -> Result<String, AuthError> {
+        let sub = sub.trim();
+        if sub.is_empty() {
+            return Err(AuthError::EmptySubject);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            iat: now,
+            exp: now.saturating_add(ttl.as_secs()),
+            role: role.map(str::to_owned),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AuthError::Invalid(e.to_string()))
+    }
+
+    /// Checks signature, algorithm and expiry, and returns the claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token.trim(), &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
+        if data.claims.sub.trim().is_empty() {
+            return Err(AuthError::Invalid("empty subject".into()));
+        }
+        Ok(data.claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(secret: &str) -> JwtAuth {
+        JwtAuth::new(&JwtSecret::parse(secret).unwrap())
+    }
+
+    #[test]
+    fn issued_tokens_verify_with_their_claims() {
+        let auth = auth("0123456789abcdef-secret");
+        let token = auth
+            .issue("ann", Duration::from_secs(60), Some("admin"))
+            .unwrap();
+        let claims = auth.verify(&token).unwrap();
+        assert_eq!(claims.sub, "ann");
+        assert!(claims.is_admin());
+        assert_eq!(claims.exp - claims.iat, 60);
+    }
+
+    #[test]
+    fn tokens_signed_with_another_secret_are_rejected() {
+        let token = auth("0123456789abcdef-secret")
+            .issue("ann", Duration::from_secs(60), None)
+            .unwrap();
+        let err = auth("another-secret-of-16b").verify(&token).unwrap_err();
+        assert!(matches!(err, AuthError::Invalid(_)), "{err}");
+    }
+
+    #[test]
+    fn expired_and_garbage_tokens_are_rejected() {
+        let auth = auth("0123456789abcdef-secret");
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims {
+                sub: "ann".into(),
+                iat: 1,
+                exp: 2,
+                role: None,
+            },
+            &auth.encoding,
+        )
+        .unwrap();
+        assert!(matches!(auth.verify(&expired), Err(AuthError::Expired)));
+        assert!(matches!(
+            auth.verify("not.a.jwt"),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(auth.verify(""), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            auth.issue(" ", Duration::from_secs(1), None),
+            Err(AuthError::EmptySubject)
+        ));
+    }
+}

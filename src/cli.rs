@@ -1,0 +1,302 @@
+//! The `switchboard` command line: `serve` (the default), `migrate`, `token`.
+//!
+//! Every setting is a flag with an environment fallback; both are global, so they work
+//! before or after the subcommand.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    auth::JwtAuth,
+    config::{parse_duration, DatabaseLayer, LogFormat, LogLayer, Settings, SettingsLayer},
+    db::migrate,
+    startup::Application,
+    telemetry,
+};
+
+/// Switchboard: a realtime server for chat and live apps.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about)]
+pub struct Cli {
+    /// Settings (flags beat environment variables, which beat the config file).
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (HTTP, WebSocket, GraphQL and gRPC).
+    Serve,
+    /// Manage the database schema.
+    Migrate {
+        /// What to do with the migrations.
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+    /// Print a signed HS256 token for the configured secret.
+    Token {
+        /// The token's subject (the user id it speaks for).
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid, e.g. `30m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+        /// Optional role claim, e.g. `admin`.
+        #[arg(long)]
+        role: Option<String>,
+    },
+}
+
+/// `switchboard migrate …`
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum MigrateAction {
+    /// Apply every pending migration.
+    Run,
+    /// Revert the most recent migration.
+    Revert,
+    /// List migrations and whether each is applied.
+    Status,
+}
+
+/// Flags and environment variables for every setting.
+#[derive(Debug, Default, Args)]
+pub struct SettingsArgs {
+    /// TOML file with settings (lowest precedence after the defaults).
+    #[arg(long, env = "SWITCHBOARD_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_HTTP_ADDR",
+        global = true,
+        value_name = "IP:PORT"
+    )]
+    pub http_addr: Option<String>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_GRPC_ADDR",
+        global = true,
+        value_name = "IP:PORT"
+    )]
+    pub grpc_addr: Option<String>,
+    /// `postgres://…` or a SQLite file path [default: switchboard.db].
+    #[arg(long, env = "DATABASE_URL", global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// HS256 secret for tokens (at least 16 bytes); random per run when unset.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_JWT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// Log format [default: pretty].
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `switchboard=debug` [default: RUST_LOG, else info].
+    #[arg(long, env = "SWITCHBOARD_LOG_LEVEL", global = true)]
+    pub log_level: Option<String>,
+    /// Graceful shutdown limit [default: 10s].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SHUTDOWN_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub shutdown_timeout: Option<String>,
+    /// Maximum pooled database connections [default: 10].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DB_MAX_CONNECTIONS",
+        global = true,
+        value_name = "N"
+    )]
+    pub db_max_connections: Option<u32>,
+    /// Connections kept open when idle; 0 for none [default: 1].
+    #[arg(long, env = "SWITCHBOARD_DB_MIN_IDLE", global = true, value_name = "N")]
+    pub db_min_idle: Option<u32>,
+    /// Replace connections older than this; 0s for never [default: 30m].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DB_MAX_LIFETIME",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub db_max_lifetime: Option<String>,
+    /// Close connections idle longer than this; 0s for never [default: 10m].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DB_IDLE_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub db_idle_timeout: Option<String>,
+    /// Give up connecting (or waiting for a pooled connection) after this [default: 5s].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DB_CONNECT_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub db_connect_timeout: Option<String>,
+    /// Queries at least this slow are counted and logged [default: 200ms].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DB_SLOW_QUERY",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub db_slow_query: Option<String>,
+    /// SQLite: wait this long for a write lock [default: 5s].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SQLITE_BUSY_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub sqlite_busy_timeout: Option<String>,
+    /// Apply pending migrations at start-up [default: true].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MIGRATE_ON_START",
+        global = true,
+        value_name = "BOOL"
+    )]
+    pub migrate_on_start: Option<bool>,
+}
+
+impl SettingsArgs {
+    /// The layer these flags and variables form.
+    fn layer(&self) -> SettingsLayer {
+        SettingsLayer {
+            http_addr: self.http_addr.clone(),
+            grpc_addr: self.grpc_addr.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+            shutdown_timeout: self.shutdown_timeout.clone(),
+            log: LogLayer {
+                format: self.log_format,
+                level: self.log_level.clone(),
+            },
+            database: DatabaseLayer {
+                url: self.database_url.clone(),
+                max_connections: self.db_max_connections,
+                min_idle: self.db_min_idle,
+                max_lifetime: self.db_max_lifetime.clone(),
+                idle_timeout: self.db_idle_timeout.clone(),
+                connect_timeout: self.db_connect_timeout.clone(),
+                slow_query_threshold: self.db_slow_query.clone(),
+                sqlite_busy_timeout: self.sqlite_busy_timeout.clone(),
+                migrate_on_start: self.migrate_on_start,
+            },
+        }
+    }
+
+    /// Defaults, then the config file (if any), then these flags and variables.
+    pub fn load(&self) -> anyhow::Result<Settings> {
+        let mut settings = Settings::default();
+        if let Some(path) = &self.config {
+            settings = settings.apply(SettingsLayer::from_file(path)?)?;
+        }
+        Ok(settings.apply(self.layer())?)
+    }
+}
+
+fn parse_ttl(raw: &str) -> Result<Duration, String> {
+    let ttl = parse_duration("ttl", raw).map_err(|e| e.to_string())?;
+    if ttl.is_zero() {
+        return Err("the ttl must be greater than zero".into());
+    }
+    Ok(ttl)
+}
+
+/// Runs the parsed command line. Errors come back for `main` to print as one line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = cli.settings.load()?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings),
+        Command::Migrate { action } => migrate(settings, action),
+        Command::Token { sub, ttl, role } => {
+            let secret = settings.jwt_secret.context(
+                "no JWT secret configured: set --jwt-secret or SWITCHBOARD_JWT_SECRET \
+                 (a server without one generates a new secret at every start)",
+            )?;
+            let token = JwtAuth::new(&secret).issue(&sub, ttl, role.as_deref())?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    telemetry::init(&settings.log);
+    actix_rt::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        app.run_until_stopped(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+fn migrate(settings: Settings, action: MigrateAction) -> anyhow::Result<()> {
+    telemetry::init(&settings.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let db = settings.database;
+    runtime.block_on(async move {
+        match action {
+            MigrateAction::Run => {
+                let applied = migrate::run_pending(&db).await?;
+                if applied.is_empty() {
+                    println!("no pending migrations");
+                }
+                for name in applied {
+                    println!("applied {name}");
+                }
+            }
+            MigrateAction::Revert => match migrate::revert_last(&db).await? {
+                Some(name) => println!("reverted {name}"),
+                None => println!("nothing to revert"),
+            },
+            MigrateAction::Status => {
+                for state in migrate::status(&db).await? {
+                    let mark = if state.applied { "applied" } else { "pending" };
+                    println!("{mark:8} {}", state.name);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => tracing::info!("received SIGINT"),
+                    _ = terminate.recv() => tracing::info!("received SIGTERM"),
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

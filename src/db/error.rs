@@ -1,0 +1,79 @@
+//! The data layer's error type: typed outcomes callers map to a status once.
+
+use crate::domain::UserId;
+
+/// What can go wrong in a repository call.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The email address belongs to another user.
+    #[error("a user with email {email} already exists")]
+    DuplicateEmail {
+        /// The address that is taken.
+        email: String,
+    },
+    /// No row has that id.
+    #[error("{entity} not found")]
+    NotFound {
+        /// `user` or `post`.
+        entity: &'static str,
+    },
+    /// A post names an author that does not exist.
+    #[error("author {0} does not exist")]
+    UnknownAuthor(UserId),
+    /// A page token that this server did not issue, or issued for another filter.
+    #[error("invalid page token: {0}")]
+    InvalidCursor(&'static str),
+    /// The database could not be reached or no connection was free in time.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database rejected or failed a statement.
+    #[error("database error: {0}")]
+    Query(#[source] diesel::result::Error),
+    /// A stored row could not be read back into a domain value.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl DbError {
+    pub(crate) fn connect(error: diesel::ConnectionError) -> Self {
+        Self::Unavailable(error.to_string().trim().to_owned())
+    }
+
+    /// Whether the failure says nothing about the request, only about the database's
+    /// health (what a circuit breaker should count).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<diesel::result::Error> for DbError {
+    fn from(error: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match error {
+            Error::NotFound => Self::NotFound { entity: "row" },
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                Self::Unavailable(info.message().to_owned())
+            }
+            other => Self::Query(other),
+        }
+    }
+}
+
+/// Whether `error` is a unique-constraint violation (on any column).
+pub(crate) fn is_unique_violation(error: &diesel::result::Error) -> bool {
+    matches!(
+        error,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+    )
+}
+
+/// Whether `error` is a foreign-key violation.
+pub(crate) fn is_foreign_key_violation(error: &diesel::result::Error) -> bool {
+    matches!(
+        error,
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+            _
+        )
+    )
+}

@@ -1,0 +1,350 @@
+//! The data layer: one [`Database`] value per database, over PostgreSQL or embedded SQLite.
+//!
+//! Both backends sit behind diesel-async and a bb8 pool. Queries are written once in
+//! [`repo`] inside the [`with_conn!`] macro, which the compiler checks against both
+//! backends. PostgreSQL talks through `tokio-postgres` (no libpq); SQLite is bundled and
+//! runs through `SyncConnectionWrapper`, which moves each statement to tokio's blocking
+//! pool so no actor or HTTP worker thread ever waits on disk.
+//!
+//! A `Database` is a cheap-to-clone value, never a global: several can be open at once.
+
+mod error;
+pub mod migrate;
+mod models;
+pub mod repo;
+pub mod schema;
+mod stats;
+
+use std::{path::Path, sync::Arc, time::Duration, time::Instant};
+
+use diesel::{connection::Connection as _, connection::SimpleConnection, SqliteConnection};
+use diesel_async::{
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, SetupCallback},
+    sync_connection_wrapper::SyncConnectionWrapper,
+    AsyncConnection, AsyncPgConnection, RunQueryDsl,
+};
+use futures_util::FutureExt;
+use serde::Serialize;
+
+pub use error::DbError;
+pub use stats::{DbStats, DbStatsSnapshot, LatencyBucket, LATENCY_BUCKETS_MS};
+
+use crate::config::{DatabaseSettings, DatabaseUrl};
+use stats::QueryObserver;
+
+/// The SQLite connection type used by the pool.
+pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+type PgManager = AsyncDieselConnectionManager<AsyncPgConnection>;
+type SqliteManager = AsyncDieselConnectionManager<SqliteConn>;
+
+/// Which database engine a [`Database`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// PostgreSQL over the network.
+    Postgres,
+    /// An embedded SQLite file.
+    Sqlite,
+}
+
+#[derive(Clone)]
+enum Pool {
+    Postgres(bb8::Pool<PgManager>),
+    Sqlite(bb8::Pool<SqliteManager>),
+}
+
+/// A pooled connection of either backend. Use it through [`with_conn!`].
+pub(crate) enum Conn {
+    Postgres(bb8::PooledConnection<'static, PgManager>),
+    Sqlite(bb8::PooledConnection<'static, SqliteManager>),
+}
+
+/// Runs `$body` with `$conn` bound to the backend's `&mut` connection, once per backend.
+/// This is how each query is written once and serves both PostgreSQL and SQLite.
+macro_rules! with_conn {
+    ($pooled:expr, |$conn:ident| $body:expr) => {
+        match $pooled {
+            $crate::db::Conn::Postgres(pooled) => {
+                let $conn: &mut ::diesel_async::AsyncPgConnection = &mut **pooled;
+                $body
+            }
+            $crate::db::Conn::Sqlite(pooled) => {
+                let $conn: &mut $crate::db::SqliteConn = &mut **pooled;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_conn;
+
+/// A pool of connections to one database plus its query statistics. Clone freely.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+    stats: Arc<DbStats>,
+    max_connections: u32,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("backend", &self.backend())
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pool occupancy, for `/health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    /// Configured upper bound.
+    pub max_connections: u32,
+    /// Connections currently open.
+    pub open: u32,
+    /// Open connections not lent out.
+    pub idle: u32,
+    /// Connections lent out right now.
+    pub in_use: u32,
+    /// Checkouts that had to wait for a connection, since start.
+    pub waited: u64,
+    /// Checkouts that gave up waiting, since start.
+    pub timed_out: u64,
+}
+
+impl Backend {
+    /// `postgres` or `sqlite`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+impl Database {
+    /// Opens a pool to the configured database, checking first that one connection can be
+    /// established within the connect timeout, so a bad URL fails at start-up with the
+    /// database's own error message.
+    ///
+    /// Call it inside a multi-threaded tokio runtime that outlives the pool: PostgreSQL
+    /// connection drivers are spawned on it.
+    #[tracing::instrument(name = "db_connect", skip_all, fields(backend = settings.url.backend()))]
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, DbError> {
+        let stats = Arc::new(DbStats::new(settings.slow_query_threshold));
+        let pool = match &settings.url {
+            DatabaseUrl::Postgres(url) => {
+                let setup = postgres_setup(settings.connect_timeout, stats.clone());
+                // Fail fast with the server's own message instead of a pool time-out.
+                let probe = setup(url).await.map_err(DbError::connect)?;
+                drop(probe);
+                let mut config = ManagerConfig::default();
+                config.custom_setup = setup;
+                let manager = PgManager::new_with_config(url, config);
+                Pool::Postgres(pool_builder(settings).build_unchecked(manager))
+            }
+            DatabaseUrl::Sqlite(path) => {
+                check_sqlite_path(path)?;
+                let path = path.to_string_lossy().into_owned();
+                let setup = sqlite_setup(settings.sqlite_busy_timeout, stats.clone());
+                let probe = tokio::time::timeout(settings.connect_timeout, setup(&path))
+                    .await
+                    .map_err(|_| DbError::Unavailable("timed out opening the SQLite file".into()))?
+                    .map_err(DbError::connect)?;
+                drop(probe);
+                let mut config = ManagerConfig::default();
+                config.custom_setup = setup;
+                let manager = SqliteManager::new_with_config(path, config);
+                Pool::Sqlite(pool_builder(settings).build_unchecked(manager))
+            }
+        };
+        Ok(Self {
+            pool,
+            stats,
+            max_connections: settings.max_connections,
+            connect_timeout: settings.connect_timeout,
+        })
+    }
+
+    /// Which engine this is.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Postgres(_) => Backend::Postgres,
+            Pool::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Borrows a connection from the pool, waiting at most the connect timeout.
+    pub(crate) async fn conn(&self) -> Result<Conn, DbError> {
+        let result = match &self.pool {
+            Pool::Postgres(pool) => pool
+                .get_owned()
+                .await
+                .map(Conn::Postgres)
+                .map_err(pool_error),
+            Pool::Sqlite(pool) => pool.get_owned().await.map(Conn::Sqlite).map_err(pool_error),
+        };
+        if result.is_err() {
+            self.stats.record_unavailable();
+        }
+        result.map_err(|reason| {
+            DbError::Unavailable(format!(
+                "no database connection within {:?}: {reason}",
+                self.connect_timeout
+            ))
+        })
+    }
+
+    /// Runs `SELECT 1` and reports how long the round trip took, bounded by `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<Duration, DbError> {
+        let started = Instant::now();
+        let ping = async {
+            let mut conn = self.conn().await?;
+            with_conn!(&mut conn, |c| diesel::sql_query("SELECT 1")
+                .execute(c)
+                .await)?;
+            Ok::<_, DbError>(())
+        };
+        tokio::time::timeout(timeout, ping)
+            .await
+            .map_err(|_| DbError::Unavailable(format!("ping timed out after {timeout:?}")))??;
+        Ok(started.elapsed())
+    }
+
+    /// Current pool occupancy.
+    pub fn pool_status(&self) -> PoolStatus {
+        let (state, max) = match &self.pool {
+            Pool::Postgres(pool) => (pool.state(), self.max_connections),
+            Pool::Sqlite(pool) => (pool.state(), self.max_connections),
+        };
+        PoolStatus {
+            max_connections: max,
+            open: state.connections,
+            idle: state.idle_connections,
+            in_use: state.connections.saturating_sub(state.idle_connections),
+            waited: state.statistics.get_waited,
+            timed_out: state.statistics.get_timed_out,
+        }
+    }
+
+    /// The query statistics of this database.
+    pub fn stats(&self) -> DbStatsSnapshot {
+        self.stats.snapshot()
+    }
+}
+
+fn pool_builder<M: bb8::ManageConnection>(settings: &DatabaseSettings) -> bb8::Builder<M> {
+    bb8::Pool::builder()
+        .max_size(settings.max_connections)
+        .min_idle(settings.min_idle)
+        .max_lifetime(settings.max_lifetime)
+        .idle_timeout(settings.idle_timeout)
+        .connection_timeout(settings.connect_timeout)
+        // A statement error must not be mistaken for a broken connection.
+        .test_on_check_out(false)
+}
+
+fn pool_error<E: std::fmt::Display>(error: bb8::RunError<E>) -> String {
+    match error {
+        bb8::RunError::User(e) => e.to_string(),
+        bb8::RunError::TimedOut => "timed out waiting for a free connection".to_owned(),
+    }
+}
+
+/// Opens one PostgreSQL connection within `timeout`; its driver task is spawned on the
+/// current tokio runtime.
+pub(crate) async fn connect_postgres(
+    url: &str,
+    timeout: Duration,
+) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        diesel::ConnectionError::InvalidConnectionUrl(e.to_string())
+    })?;
+    config.connect_timeout(timeout);
+    let connect = config.connect(tokio_postgres::NoTls);
+    let (client, connection) = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| {
+            diesel::ConnectionError::BadConnection(format!("timed out after {timeout:?}"))
+        })?
+        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+    AsyncPgConnection::try_from_client_and_connection(client, connection).await
+}
+
+/// Opens pooled PostgreSQL connections, spawning each connection's driver on the runtime
+/// that called [`Database::connect`] (not on whichever HTTP worker asked first).
+fn postgres_setup(timeout: Duration, stats: Arc<DbStats>) -> SetupCallback<AsyncPgConnection> {
+    let runtime = tokio::runtime::Handle::current();
+    Box::new(move |url: &str| {
+        let url = url.to_owned();
+        let stats = stats.clone();
+        let task = runtime.spawn(async move {
+            let mut conn = connect_postgres(&url, timeout).await?;
+            conn.set_instrumentation(QueryObserver::new(stats));
+            Ok(conn)
+        });
+        async move {
+            task.await.unwrap_or_else(|e| {
+                Err(diesel::ConnectionError::BadConnection(format!(
+                    "connection task failed: {e}"
+                )))
+            })
+        }
+        .boxed()
+    })
+}
+
+/// Opens SQLite connections off the async threads with WAL, a busy timeout and foreign
+/// keys switched on.
+fn sqlite_setup(busy_timeout: Duration, stats: Arc<DbStats>) -> SetupCallback<SqliteConn> {
+    Box::new(move |path: &str| {
+        let path = path.to_owned();
+        let stats = stats.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = open_sqlite(&path, busy_timeout)?;
+                conn.set_instrumentation(QueryObserver::new(stats));
+                Ok(SyncConnectionWrapper::new(conn))
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(diesel::ConnectionError::BadConnection(format!(
+                    "connection task failed: {e}"
+                )))
+            })
+        }
+        .boxed()
+    })
+}
+
+/// Opens a SQLite file (blocking) and applies the PRAGMAs every connection needs.
+pub(crate) fn open_sqlite(
+    path: &str,
+    busy_timeout: Duration,
+) -> diesel::ConnectionResult<SqliteConnection> {
+    let mut conn = SqliteConnection::establish(path)?;
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+         PRAGMA foreign_keys = ON;",
+        busy_timeout.as_millis()
+    ))
+    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}
+
+/// SQLite creates the file but not its directory; say so plainly instead of
+/// "unable to open database file".
+fn check_sqlite_path(path: &Path) -> Result<(), DbError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => return Ok(()),
+    };
+    if !dir.is_dir() {
+        return Err(DbError::Unavailable(format!(
+            "cannot open SQLite database {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}

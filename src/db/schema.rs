@@ -1,0 +1,28 @@
+//! Table definitions, as `diesel print-schema` writes them from `migrations/`.
+
+diesel::table! {
+    users (id) {
+        id -> Text,
+        name -> Text,
+        email -> Text,
+        age -> Nullable<Integer>,
+        metadata -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    posts (id) {
+        id -> Text,
+        author_id -> Text,
+        title -> Text,
+        content -> Text,
+        tags -> Text,
+        published -> Bool,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(posts -> users (author_id));
+diesel::allow_tables_to_appear_in_same_query!(users, posts);

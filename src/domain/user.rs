@@ -1,0 +1,318 @@
+//! Users: who talks through Switchboard.
+
+use std::{collections::BTreeMap, fmt, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{parse_text, parse_uuid, ValidationError};
+
+/// A user's id: a UUIDv7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(uuid::Uuid);
+
+impl UserId {
+    /// Wraps an id read back from the database.
+    pub(crate) fn from_uuid(id: uuid::Uuid) -> Self {
+        Self(id)
+    }
+
+    /// A fresh, time-ordered id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+
+    /// Parses an id from a client.
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        parse_uuid("id", raw).map(Self)
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for UserId {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// A display name: 1–100 characters after trimming, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct UserName(String);
+
+impl UserName {
+    /// Longest accepted name, in characters.
+    pub const MAX_LEN: usize = 100;
+
+    /// Parses a name from a client.
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        parse_text("name", raw, Self::MAX_LEN).map(Self)
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Wraps a name read back from the database, where it was stored already valid.
+    pub(crate) fn trusted(raw: String) -> Self {
+        Self(raw)
+    }
+}
+
+/// An email address, checked against RFC 5321/5322 syntax and stored lower-cased so that
+/// uniqueness does not depend on letter case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    /// Longest accepted address (RFC 5321's path limit).
+    pub const MAX_LEN: usize = 254;
+
+    /// Parses an address from a client.
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(ValidationError::new("email", "must not be empty"));
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(ValidationError::new(
+                "email",
+                format!("must be at most {} characters", Self::MAX_LEN),
+            ));
+        }
+        let parsed = email_address::EmailAddress::from_str(raw).map_err(|e| {
+            ValidationError::new("email", format!("`{raw}` is not an address: {e}"))
+        })?;
+        // Display names ("Ann <ann@x.org>") and addresses without a dotted domain are legal
+        // in RFC 5322 but never what a sign-up form means.
+        if parsed.as_str() != parsed.email() || !parsed.domain().contains('.') {
+            return Err(ValidationError::new(
+                "email",
+                format!("`{raw}` is not a plain address like name@example.com"),
+            ));
+        }
+        Ok(Self(parsed.email().to_lowercase()))
+    }
+
+    /// The address as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Wraps an address read back from the database.
+    pub(crate) fn trusted(raw: String) -> Self {
+        Self(raw)
+    }
+}
+
+/// An age in whole years, 0–150.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Age(i32);
+
+impl Age {
+    /// Parses an age from a client.
+    pub fn parse(raw: i32) -> Result<Self, ValidationError> {
+        if (0..=150).contains(&raw) {
+            Ok(Self(raw))
+        } else {
+            Err(ValidationError::new("age", "must be between 0 and 150"))
+        }
+    }
+
+    /// The age in years.
+    pub fn get(self) -> i32 {
+        self.0
+    }
+
+    /// Wraps an age read back from the database.
+    pub(crate) fn trusted(raw: i32) -> Self {
+        Self(raw)
+    }
+}
+
+/// Free-form string pairs attached to a user (the proto's `map<string, string>`).
+/// At most 64 entries; keys up to 64 and values up to 1024 characters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Metadata(BTreeMap<String, String>);
+
+impl Metadata {
+    const MAX_ENTRIES: usize = 64;
+    const MAX_KEY: usize = 64;
+    const MAX_VALUE: usize = 1024;
+
+    /// Parses metadata from a client.
+    pub fn parse(
+        entries: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ValidationError> {
+        let map: BTreeMap<String, String> = entries.into_iter().collect();
+        if map.len() > Self::MAX_ENTRIES {
+            return Err(ValidationError::new(
+                "metadata",
+                format!("must have at most {} entries", Self::MAX_ENTRIES),
+            ));
+        }
+        for (key, value) in &map {
+            if key.is_empty() || key.chars().count() > Self::MAX_KEY {
+                return Err(ValidationError::new(
+                    "metadata",
+                    format!("keys must be 1-{} characters", Self::MAX_KEY),
+                ));
+            }
+            if value.chars().count() > Self::MAX_VALUE {
+                return Err(ValidationError::new(
+                    "metadata",
+                    format!(
+                        "value of `{key}` is longer than {} characters",
+                        Self::MAX_VALUE
+                    ),
+                ));
+            }
+        }
+        Ok(Self(map))
+    }
+
+    /// The entries, sorted by key.
+    pub fn entries(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A stored user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// Primary key.
+    pub id: UserId,
+    /// Display name.
+    pub name: UserName,
+    /// Unique, lower-cased address.
+    pub email: Email,
+    /// Age in years, when known.
+    pub age: Option<Age>,
+    /// Free-form key/value pairs.
+    pub metadata: Metadata,
+    /// When the user was created (microsecond precision).
+    pub created_at: DateTime<Utc>,
+    /// When the user last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A validated request to create a user.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Display name.
+    pub name: UserName,
+    /// Address; must not be taken.
+    pub email: Email,
+    /// Age, when known.
+    pub age: Option<Age>,
+    /// Key/value pairs.
+    pub metadata: Metadata,
+}
+
+/// A validated partial update: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    /// New name.
+    pub name: Option<UserName>,
+    /// New address; must not be taken by someone else.
+    pub email: Option<Email>,
+    /// New age.
+    pub age: Option<Age>,
+    /// Replacement metadata (the whole map).
+    pub metadata: Option<Metadata>,
+}
+
+impl UserPatch {
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.email.is_none() && self.age.is_none() && self.metadata.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_checked_for_real() {
+        let good = [
+            "ann@example.com",
+            "  Bob.Smith+tag@Mail.Example.org ",
+            "x_y@a-b.io",
+        ];
+        for raw in good {
+            assert!(Email::parse(raw).is_ok(), "{raw} should be accepted");
+        }
+        let bad = [
+            "",
+            "plainaddress",
+            "@example.com",
+            "ann@",
+            "ann@@example.com",
+            "ann@localhost",
+            "Ann <ann@example.com>",
+            "ann example@example.com",
+            "ann@exa mple.com",
+        ];
+        for raw in bad {
+            let err = Email::parse(raw).expect_err(raw);
+            assert_eq!(err.field, "email", "{raw}");
+        }
+    }
+
+    #[test]
+    fn emails_are_stored_lower_case() {
+        assert_eq!(
+            Email::parse("Ann@Example.COM").unwrap().as_str(),
+            "ann@example.com"
+        );
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(UserName::parse("  Ann ").unwrap().as_str(), "Ann");
+        assert!(UserName::parse("   ").is_err());
+        assert!(UserName::parse(&"x".repeat(101)).is_err());
+        assert!(UserName::parse("a\u{0}b").is_err());
+    }
+
+    #[test]
+    fn ages_are_bounded() {
+        assert!(Age::parse(0).is_ok());
+        assert!(Age::parse(150).is_ok());
+        assert!(Age::parse(-1).is_err());
+        assert!(Age::parse(151).is_err());
+    }
+
+    #[test]
+    fn metadata_limits_are_enforced() {
+        let too_many = (0..65).map(|i| (format!("k{i}"), String::new()));
+        assert!(Metadata::parse(too_many).is_err());
+        assert!(Metadata::parse([(String::new(), "v".into())]).is_err());
+        assert!(Metadata::parse([("k".into(), "v".repeat(1025))]).is_err());
+        assert!(Metadata::parse([("k".into(), "v".into())]).is_ok());
+    }
+
+    #[test]
+    fn ids_must_be_uuids() {
+        assert!(UserId::parse(&UserId::generate().to_string()).is_ok());
+        assert_eq!(UserId::parse("").unwrap_err().reason, "is required");
+        assert!(UserId::parse("42").is_err());
+    }
+}

@@ -1,0 +1,3 @@
+//! Route groups, one file each.
+
+pub mod health;

@@ -1,0 +1,29 @@
+//! Switchboard: a realtime server.
+//!
+//! Browsers talk in rooms over WebSocket, services drive it over gRPC, front-ends query and
+//! subscribe over GraphQL, and operators watch it over HTTP. All state lives in actix
+//! actors; the HTTP and gRPC servers are thin front doors that translate wire formats into
+//! actor messages and data-layer calls.
+//!
+//! # Layout
+//! - [`config`]: typed, layered settings (defaults < TOML file < environment < flags).
+//! - [`cli`]: the `switchboard` command line (`serve`, `migrate`, `token`).
+//! - [`startup`]: [`startup::Application`] binds listeners, opens the database, starts the
+//!   servers and shuts them down gracefully.
+//! - [`telemetry`]: log output and request ids.
+//! - [`domain`]: newtypes that parse untrusted input once, at the edge.
+//! - [`db`]: the data layer over PostgreSQL and embedded SQLite, with migrations and
+//!   query statistics.
+//! - [`auth`]: HS256 JWTs shared by every front door.
+//! - [`http`]: actix-web routes and middleware.
+//! - [`grpc`]: the tonic server and its generated code.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod grpc;
+pub mod http;
+pub mod startup;
+pub mod telemetry;

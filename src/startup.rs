@@ -1,0 +1,323 @@
+//! Start-up and graceful shutdown.
+//!
+//! [`Application::build`] binds both listeners first (so port 0 works and a taken port
+//! fails at once), opens and migrates the database, and starts the HTTP server (actix-web,
+//! one arbiter per worker) and the gRPC server (tonic, on a dedicated multi-threaded tokio
+//! runtime that also drives the PostgreSQL connections). [`Application::run_until_stopped`]
+//! waits for a shutdown signal, then drains both servers within the configured timeout.
+
+use std::{future::Future, net::SocketAddr, time::Duration, time::Instant};
+
+use actix_web::{middleware::from_fn, web, App, HttpServer};
+use tokio::{
+    runtime::Runtime,
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
+use tonic_health::server::HealthReporter;
+
+use crate::{
+    auth::JwtAuth,
+    config::{JwtSecret, Settings},
+    db::{migrate, Database, DbError},
+    grpc, http,
+};
+
+/// Why the server could not start. Each variant renders as one line naming the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A listener could not be bound.
+    #[error("cannot listen for {protocol} on {addr}: {source}")]
+    Bind {
+        /// `HTTP` or `gRPC`.
+        protocol: &'static str,
+        /// The configured address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The database could not be opened.
+    #[error("cannot open the {backend} database {url}: {source}")]
+    Database {
+        /// `sqlite` or `postgres`.
+        backend: &'static str,
+        /// The configured location, password hidden.
+        url: String,
+        /// What went wrong.
+        source: DbError,
+    },
+    /// Migrations failed.
+    #[error("cannot migrate the database: {0}")]
+    Migrate(DbError),
+    /// A runtime or server component failed to start.
+    #[error("cannot start {what}: {source}")]
+    Runtime {
+        /// Which component.
+        what: &'static str,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct Application {
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    http_server: actix_web::dev::Server,
+    grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc_stop: oneshot::Sender<()>,
+    health: HealthReporter,
+    draining: watch::Sender<bool>,
+    database: Database,
+    auth: JwtAuth,
+    shutdown_timeout: Duration,
+    /// Runs tonic and the PostgreSQL connection drivers; shut down last.
+    io_runtime: IoRuntime,
+}
+
+impl Application {
+    /// Binds, connects, migrates and starts serving. Must be called inside an actix
+    /// `System` (the HTTP server's workers are actix arbiters).
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let http_listener = bind("HTTP", settings.http_addr)?;
+        let grpc_listener = bind("gRPC", settings.grpc_addr)?;
+        let http_addr = local_addr("HTTP", &http_listener, settings.http_addr)?;
+        let grpc_addr = local_addr("gRPC", &grpc_listener, settings.grpc_addr)?;
+
+        let io_runtime = IoRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("switchboard-io")
+                .enable_all()
+                .build()
+                .map_err(|source| StartupError::Runtime {
+                    what: "the I/O runtime",
+                    source,
+                })?,
+        ));
+
+        let db_settings = settings.database.clone();
+        let database = io_runtime
+            .handle()
+            .spawn(async move {
+                let database = Database::connect(&db_settings).await.map_err(|source| {
+                    StartupError::Database {
+                        backend: db_settings.url.backend(),
+                        url: db_settings.url.to_string(),
+                        source,
+                    }
+                })?;
+                if db_settings.migrate_on_start {
+                    let applied = migrate::run_pending(&db_settings)
+                        .await
+                        .map_err(StartupError::Migrate)?;
+                    for name in applied {
+                        tracing::info!(migration = %name, "applied migration");
+                    }
+                }
+                Ok::<_, StartupError>(database)
+            })
+            .await
+            .map_err(|e| StartupError::Runtime {
+                what: "the database",
+                source: std::io::Error::other(e),
+            })??;
+        tracing::info!(
+            backend = database.backend().as_str(),
+            url = %settings.database.url,
+            "database ready"
+        );
+
+        let auth = JwtAuth::new(&jwt_secret(settings.jwt_secret.as_ref()));
+        let (draining, draining_rx) = watch::channel(false);
+
+        let state = web::Data::new(http::HttpState {
+            db: database.clone(),
+            started_at: Instant::now(),
+            draining: draining_rx,
+        });
+        let http_server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(http::configure)
+                .wrap(from_fn(http::middleware::request_id))
+        })
+        .listen(http_listener)
+        .map_err(|source| StartupError::Runtime {
+            what: "the HTTP server",
+            source,
+        })?
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
+        .run();
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let grpc_listener = {
+            let _entered = io_runtime.handle().enter();
+            tokio::net::TcpListener::from_std(grpc_listener).map_err(|source| {
+                StartupError::Runtime {
+                    what: "the gRPC server",
+                    source,
+                }
+            })?
+        };
+        let (grpc_stop, stopped) = oneshot::channel::<()>();
+        let grpc_task =
+            io_runtime
+                .handle()
+                .spawn(grpc::serve(grpc_listener, health_service, async {
+                    let _ = stopped.await;
+                }));
+
+        tracing::info!("listening on http://{http_addr}");
+        tracing::info!("listening on grpc://{grpc_addr}");
+
+        Ok(Self {
+            http_addr,
+            grpc_addr,
+            http_server,
+            grpc_task,
+            grpc_stop,
+            health,
+            draining,
+            database,
+            auth,
+            shutdown_timeout: settings.shutdown_timeout,
+            io_runtime,
+        })
+    }
+
+    /// The bound HTTP address (the real port when 0 was asked for).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The primary database.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// The token signer/verifier in use.
+    pub fn auth(&self) -> &JwtAuth {
+        &self.auth
+    }
+
+    /// Serves until `shutdown` resolves (or a server fails), then shuts down gracefully:
+    /// readiness fails, listeners close, in-flight requests finish, gRPC health streams end.
+    /// Whatever is still open after the shutdown timeout is dropped.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), std::io::Error> {
+        let http_handle = self.http_server.handle();
+        let mut http_task = actix_rt::spawn(self.http_server);
+        let mut grpc_task = self.grpc_task;
+
+        let early_exit = tokio::select! {
+            () = shutdown => None,
+            result = &mut http_task => Some(format!("HTTP server stopped: {result:?}")),
+            result = &mut grpc_task => Some(format!("gRPC server stopped: {result:?}")),
+        };
+        if let Some(reason) = &early_exit {
+            tracing::error!(%reason, "a server stopped unexpectedly; shutting down");
+        }
+        tracing::info!(timeout = ?self.shutdown_timeout, "shutting down gracefully");
+
+        let _ = self.draining.send(true);
+        let _ = self.grpc_stop.send(());
+        let mut health = self.health.clone();
+        let drain = async {
+            grpc::withdraw_health(&mut health).await;
+            http_handle.stop(true).await;
+            let _ = http_task.await;
+            let _ = grpc_task.await;
+        };
+        // actix-web enforces its own timeout; this bounds the gRPC side too.
+        if tokio::time::timeout(self.shutdown_timeout + Duration::from_secs(1), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown timeout reached; remaining connections dropped");
+        }
+        drop(self.io_runtime);
+        tracing::info!("stopped");
+        match early_exit {
+            Some(reason) => Err(std::io::Error::other(reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The I/O runtime, shut down without blocking when dropped (dropping a runtime normally
+/// blocks, which is forbidden inside async code).
+struct IoRuntime(Option<Runtime>);
+
+impl IoRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the runtime is only taken on drop")
+            .handle()
+    }
+}
+
+impl Drop for IoRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn bind(protocol: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, StartupError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| StartupError::Bind {
+        protocol,
+        addr,
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| StartupError::Bind {
+            protocol,
+            addr,
+            source,
+        })?;
+    Ok(listener)
+}
+
+fn local_addr(
+    protocol: &'static str,
+    listener: &std::net::TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartupError> {
+    listener.local_addr().map_err(|source| StartupError::Bind {
+        protocol,
+        addr,
+        source,
+    })
+}
+
+/// The configured secret, or a fresh one with a ready-to-use development token logged once.
+fn jwt_secret(configured: Option<&JwtSecret>) -> JwtSecret {
+    if let Some(secret) = configured {
+        return secret.clone();
+    }
+    let secret = JwtSecret::generate();
+    match JwtAuth::new(&secret).issue("dev", Duration::from_secs(24 * 3600), Some("admin")) {
+        Ok(token) => tracing::warn!(
+            dev_token = %token,
+            "no JWT secret configured (--jwt-secret / SWITCHBOARD_JWT_SECRET); generated a \
+             random one for this run. Development token (sub=dev, role=admin, valid 24h): {token}"
+        ),
+        Err(error) => tracing::warn!(%error, "could not issue a development token"),
+    }
+    secret
+}

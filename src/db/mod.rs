@@ -27,6 +27,7 @@ use futures_util::FutureExt;
 use serde::Serialize;
 
 pub use error::DbError;
+pub use repo::{PageCursor, UserPage, MAX_PAGE_SIZE};
 pub use stats::{DbStats, DbStatsSnapshot, LatencyBucket, LATENCY_BUCKETS_MS};
 
 use crate::config::{DatabaseSettings, DatabaseUrl};
@@ -54,6 +55,8 @@ enum Pool {
 }
 
 /// A pooled connection of either backend. Use it through [`with_conn!`].
+// Lives on the stack for one repository call; boxing would cost an allocation per call.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Conn {
     Postgres(bb8::PooledConnection<'static, PgManager>),
     Sqlite(bb8::PooledConnection<'static, SqliteManager>),
@@ -339,12 +342,15 @@ fn check_sqlite_path(path: &Path) -> Result<(), DbError> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => return Ok(()),
     };
-    if !dir.is_dir() {
-        return Err(DbError::Unavailable(format!(
-            "cannot open SQLite database {}: directory {} does not exist",
-            path.display(),
-            dir.display()
-        )));
-    }
-    Ok(())
+    let problem = if dir.is_file() {
+        "is not a directory"
+    } else if !dir.exists() {
+        "does not exist"
+    } else {
+        return Ok(());
+    };
+    Err(DbError::Unavailable(format!(
+        "directory {} {problem}",
+        dir.display()
+    )))
 }

@@ -1,0 +1,151 @@
+//! `/livez`, `/readyz`, `/health` and request ids, over real HTTP.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{spawn_app, spawn_app_on, TestDb};
+
+#[tokio::test]
+async fn livez_answers_while_the_process_is_up() {
+    let app = spawn_app().await;
+    let response = app.http.get(app.url("/livez")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.unwrap()["status"], "pass");
+}
+
+#[tokio::test]
+async fn readyz_is_ok_when_the_database_answers() {
+    let app = spawn_app().await;
+    let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn health_reports_version_uptime_and_the_database() {
+    let app = spawn_app().await;
+    let response = app.http.get(app.url("/health")).send().await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/health+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "pass");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert!(body["uptime_seconds"].is_u64());
+    let database = &body["checks"]["database"];
+    assert_eq!(database["status"], "pass");
+    assert_eq!(database["backend"], "sqlite");
+    assert!(database["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(database["pool"]["max_connections"], 5);
+    assert!(database["pool"]["open"].as_u64().unwrap() >= 1);
+    assert!(
+        database["queries"]["total_queries"].as_u64().unwrap() >= 1,
+        "the ping counted"
+    );
+}
+
+#[tokio::test]
+async fn an_incoming_request_id_is_returned_unchanged() {
+    let app = spawn_app().await;
+    let response = app
+        .http
+        .get(app.url("/livez"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-me-42");
+}
+
+#[tokio::test]
+async fn requests_without_a_sane_id_get_a_generated_one() {
+    let app = spawn_app().await;
+    for incoming in [None, Some("has spaces in it"), Some(&*"x".repeat(200))] {
+        let mut request = app.http.get(app.url("/nowhere"));
+        if let Some(id) = incoming {
+            request = request.header("x-request-id", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::NOT_FOUND,
+            "unknown paths are 404"
+        );
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            uuid::Uuid::try_parse(&id).is_ok(),
+            "generated id {id:?} for {incoming:?}"
+        );
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["error"],
+            "not found"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_the_postgres_backend() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let app = spawn_app_on(db).await;
+    let body: Value = app
+        .http
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["checks"]["database"]["backend"], "postgres");
+    assert_eq!(body["status"], "pass");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_when_the_database_goes_away() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let app = spawn_app_on(db).await;
+    assert_eq!(
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    app.db.drop_postgres_database().await;
+
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "fail");
+    assert!(
+        body["reason"].as_str().unwrap().contains("database"),
+        "{body}"
+    );
+
+    let health = app.http.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["checks"]["database"]["status"], "fail");
+    assert_eq!(
+        app.http
+            .get(app.url("/livez"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK,
+        "liveness does not depend on the database"
+    );
+}

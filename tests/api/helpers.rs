@@ -1,0 +1,322 @@
+//! `spawn_app()` and isolated databases.
+//!
+//! Every test gets its own database: a fresh SQLite file in a temporary directory, or a
+//! fresh PostgreSQL database (created from `SWITCHBOARD_TEST_POSTGRES_URL`, dropped after
+//! the test). Without that variable PostgreSQL tests are skipped with a printed reason,
+//! except under `CI=true`, where a missing PostgreSQL fails the test.
+
+use std::{net::SocketAddr, sync::Once, time::Duration};
+
+use switchboard::{
+    config::{DatabaseSettings, DatabaseUrl, JwtSecret, LogSettings, Settings},
+    db::{migrate, Database},
+    startup::Application,
+};
+use tokio::sync::oneshot;
+
+/// The secret every test server signs tokens with.
+pub const TEST_JWT_SECRET: &str = "integration-test-secret-0123456789";
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Quiet by default; `TEST_LOG=debug cargo test` shows the servers' logs.
+        if let Ok(level) = std::env::var("TEST_LOG") {
+            switchboard::telemetry::init(&LogSettings {
+                level: Some(level),
+                ..Default::default()
+            });
+        }
+    });
+}
+
+/// Whether we run under CI, where skipping a service-backed test is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// An isolated database that is removed when dropped.
+pub struct TestDb {
+    /// Settings pointing at it.
+    pub settings: DatabaseSettings,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<PgCleanup>,
+}
+
+struct PgCleanup {
+    admin_url: String,
+    name: String,
+}
+
+impl TestDb {
+    /// A new SQLite file in a temporary directory.
+    pub fn sqlite() -> Self {
+        init_logs();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("test.db");
+        Self {
+            settings: test_db_settings(DatabaseUrl::Sqlite(path)),
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    /// A new PostgreSQL database, or `None` (after printing why) when PostgreSQL is not
+    /// configured or not reachable outside CI.
+    pub async fn postgres() -> Option<Self> {
+        init_logs();
+        let Ok(admin_url) = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL") else {
+            let reason = "SWITCHBOARD_TEST_POSTGRES_URL is not set";
+            assert!(
+                !in_ci(),
+                "CI=true but {reason}: PostgreSQL tests must run in CI"
+            );
+            eprintln!("skipping PostgreSQL test: {reason}");
+            return None;
+        };
+        let name = format!("sb_test_{}", uuid::Uuid::new_v4().simple());
+        if let Err(error) = pg_admin(&admin_url, &format!("CREATE DATABASE {name}")).await {
+            assert!(!in_ci(), "CI=true but PostgreSQL is unusable: {error}");
+            eprintln!("skipping PostgreSQL test: cannot create a database: {error}");
+            return None;
+        }
+        let url = database_url_with_name(&admin_url, &name);
+        Some(Self {
+            settings: test_db_settings(url.parse().expect("a valid PostgreSQL URL")),
+            _dir: None,
+            postgres: Some(PgCleanup { admin_url, name }),
+        })
+    }
+
+    /// Migrates the database and opens a pool to it.
+    pub async fn open(&self) -> Database {
+        migrate::run_pending(&self.settings)
+            .await
+            .expect("migrations apply");
+        Database::connect(&self.settings)
+            .await
+            .expect("the test database opens")
+    }
+
+    /// Drops the PostgreSQL database now, e.g. to simulate the database going away.
+    pub async fn drop_postgres_database(&self) {
+        let pg = self.postgres.as_ref().expect("a PostgreSQL test database");
+        pg_admin(
+            &pg.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg.name),
+        )
+        .await
+        .expect("the test database drops");
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(pg) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs inside async tests; do the async clean-up on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a clean-up runtime");
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg.name);
+            if let Err(error) = runtime.block_on(pg_admin(&pg.admin_url, &sql)) {
+                eprintln!("could not drop test database {}: {error}", pg.name);
+            }
+        })
+        .join();
+    }
+}
+
+fn test_db_settings(url: DatabaseUrl) -> DatabaseSettings {
+    DatabaseSettings {
+        url,
+        max_connections: 5,
+        connect_timeout: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+async fn pg_admin(admin_url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let result = client.batch_execute(sql).await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+/// `admin_url` with its database name replaced by `name`.
+fn database_url_with_name(admin_url: &str, name: &str) -> String {
+    let (base, query) = match admin_url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (admin_url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+/// Settings for a test server on ephemeral ports.
+pub fn test_settings(db: &TestDb) -> Settings {
+    Settings {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        database: db.settings.clone(),
+        jwt_secret: Some(JwtSecret::parse(TEST_JWT_SECRET).unwrap()),
+        shutdown_timeout: Duration::from_secs(3),
+        ..Default::default()
+    }
+}
+
+/// A server running on its own thread (with its own actix System), as in production.
+pub struct TestApp {
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// Bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// An HTTP client for it.
+    pub http: reqwest::Client,
+    /// The database it uses.
+    pub db: TestDb,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl TestApp {
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    /// Starts a graceful shutdown and waits for the server thread to finish.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let thread = self.thread.take().expect("the server thread");
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("join task")
+            .map_err(|_| "the server thread panicked".to_owned())?
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Wait so the database is not dropped under a running server.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A server on SQLite.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_on(TestDb::sqlite()).await
+}
+
+/// A server on the given database.
+pub async fn spawn_app_on(db: TestDb) -> TestApp {
+    let settings = test_settings(&db);
+    spawn_app_with(db, settings).await
+}
+
+/// A server with explicit settings (which should point at `db`).
+pub async fn spawn_app_with(db: TestDb, settings: Settings) -> TestApp {
+    init_logs();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            match Application::build(settings).await {
+                Ok(app) => {
+                    let _ = ready_tx.send(Ok((app.http_addr(), app.grpc_addr())));
+                    app.run_until_stopped(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    let _ = ready_tx.send(Err(message.clone()));
+                    Err(message)
+                }
+            }
+        })
+    });
+    let (http_addr, grpc_addr) = ready_rx
+        .await
+        .expect("the server thread reports readiness")
+        .unwrap_or_else(|e| panic!("the test server failed to start: {e}"));
+    TestApp {
+        http_addr,
+        grpc_addr,
+        http: reqwest::Client::new(),
+        db,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    }
+}
+
+/// Defines one test per backend for each listed `async fn NAME(db: &TestDb)`:
+/// `NAME::sqlite` always runs; `NAME::postgres` runs when PostgreSQL is configured.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = $crate::helpers::TestDb::sqlite();
+                super::$name(&db).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = $crate::helpers::TestDb::postgres().await else { return };
+                super::$name(&db).await;
+            }
+        }
+    )*};
+}
+
+/// A gRPC channel to `addr` (`IP:PORT`).
+pub async fn grpc_channel(addr: impl std::fmt::Display) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a valid endpoint")
+        .connect()
+        .await
+        .expect("the gRPC server accepts connections")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_url_with_name;
+
+    #[test]
+    fn database_names_are_swapped_in_urls() {
+        let cases = [
+            (
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                "postgres://postgres@127.0.0.1:5432/x",
+            ),
+            (
+                "postgres://u:p@h/db?sslmode=disable",
+                "postgres://u:p@h/x?sslmode=disable",
+            ),
+            ("postgres://h", "postgres://h/x"),
+        ];
+        for (admin, expected) in cases {
+            assert_eq!(database_url_with_name(admin, "x"), expected);
+        }
+    }
+}

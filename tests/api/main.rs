@@ -1,0 +1,11 @@
+//! The integration test binary: real servers on port 0, real clients.
+
+mod cli;
+mod config_errors;
+mod grpc_health;
+mod health;
+mod helpers;
+mod migrations;
+mod process;
+mod repository;
+mod shutdown;

@@ -1,9 +1,10 @@
 //! `spawn_app()` and isolated databases.
 //!
 //! Every test gets its own database: a fresh SQLite file in a temporary directory, or a
-//! fresh PostgreSQL database (created from `SWITCHBOARD_TEST_POSTGRES_URL`, dropped after
-//! the test). Without that variable PostgreSQL tests are skipped with a printed reason,
-//! except under `CI=true`, where a missing PostgreSQL fails the test.
+//! fresh PostgreSQL database (created through `SWITCHBOARD_TEST_POSTGRES_URL`, by default
+//! the local server at `postgres://postgres@127.0.0.1:5432/postgres`, dropped after the
+//! test). When that server is unreachable PostgreSQL tests are skipped with a printed
+//! reason, except under `CI=true`, where a missing PostgreSQL fails the test.
 
 use std::{net::SocketAddr, sync::Once, time::Duration};
 
@@ -35,6 +36,10 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// The PostgreSQL server tests create their databases on unless
+/// `SWITCHBOARD_TEST_POSTGRES_URL` names another.
+pub const DEFAULT_TEST_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
 /// An isolated database that is removed when dropped.
 pub struct TestDb {
     /// Settings pointing at it.
@@ -65,19 +70,12 @@ impl TestDb {
     /// configured or not reachable outside CI.
     pub async fn postgres() -> Option<Self> {
         init_logs();
-        let Ok(admin_url) = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL") else {
-            let reason = "SWITCHBOARD_TEST_POSTGRES_URL is not set";
-            assert!(
-                !in_ci(),
-                "CI=true but {reason}: PostgreSQL tests must run in CI"
-            );
-            eprintln!("skipping PostgreSQL test: {reason}");
-            return None;
-        };
+        let admin_url = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| DEFAULT_TEST_POSTGRES_URL.to_owned());
         let name = format!("sb_test_{}", uuid::Uuid::new_v4().simple());
         if let Err(error) = pg_admin(&admin_url, &format!("CREATE DATABASE {name}")).await {
             assert!(!in_ci(), "CI=true but PostgreSQL is unusable: {error}");
-            eprintln!("skipping PostgreSQL test: cannot create a database: {error}");
+            eprintln!("skipping PostgreSQL test: cannot create a database on {admin_url}: {error}");
             return None;
         }
         let url = database_url_with_name(&admin_url, &name);

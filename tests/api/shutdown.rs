@@ -86,3 +86,22 @@ fn without_a_secret_a_dev_token_is_printed_once() {
         .count();
     assert_eq!(dev_token_lines, 1);
 }
+
+#[tokio::test]
+async fn json_request_logs_carry_the_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_server(dir.path(), &["--log-format", "json"]);
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/livez", server.http_addr))
+        .header("X-Request-ID", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-me-42");
+
+    let line = server.wait_for_line(|l| l.contains("request completed"));
+    let parsed: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(parsed["span"]["request_id"], "trace-me-42", "{line}");
+    assert_eq!(parsed["span"]["path"], "/livez", "{line}");
+    assert_eq!(parsed["fields"]["status"], 200, "{line}");
+}

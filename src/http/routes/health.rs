@@ -38,14 +38,13 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
 /// The overall report in the `application/health+json` style.
 async fn health(state: web::Data<HttpState>) -> HttpResponse {
     let ping = state.db.ping(PING_TIMEOUT).await;
-    let database = match &ping {
+    let mut database = match &ping {
         Ok(latency) => json!({
             "status": "pass",
             "latency_ms": latency.as_secs_f64() * 1000.0,
         }),
         Err(error) => json!({ "status": "fail", "output": error.to_string() }),
     };
-    let mut database = database;
     database["backend"] = json!(state.db.backend());
     database["pool"] = json!(state.db.pool_status());
     database["queries"] = json!(state.db.stats());

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     auth::JwtAuth,
-    config::{parse_duration, DatabaseLayer, LogFormat, LogLayer, Settings, SettingsLayer},
+    config::{parse_duration, DatabaseLayer, LogFormat, LogLayer, Settings, SettingsLayer, WsArgs},
     db::migrate,
     startup::Application,
     telemetry,
@@ -170,6 +170,9 @@ pub struct SettingsArgs {
         value_name = "BOOL"
     )]
     pub migrate_on_start: Option<bool>,
+    /// WebSocket policies and limits.
+    #[command(flatten)]
+    pub websocket: WsArgs,
 }
 
 impl SettingsArgs {
@@ -195,6 +198,7 @@ impl SettingsArgs {
                 sqlite_busy_timeout: self.sqlite_busy_timeout.clone(),
                 migrate_on_start: self.migrate_on_start,
             },
+            websocket: self.websocket.layer(),
         }
     }
 

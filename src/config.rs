@@ -9,6 +9,10 @@ use std::{fmt, net::SocketAddr, path::Path, path::PathBuf, str::FromStr, time::D
 
 use serde::Deserialize;
 
+pub mod websocket;
+
+pub use websocket::{OriginPolicy, WsArgs, WsLayer, WsSettings};
+
 /// Everything the server needs to start, already validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -24,6 +28,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// How long a graceful shutdown may take before connections are dropped.
     pub shutdown_timeout: Duration,
+    /// WebSocket policies and limits.
+    pub websocket: WsSettings,
 }
 
 impl Default for Settings {
@@ -35,6 +41,7 @@ impl Default for Settings {
             jwt_secret: None,
             log: LogSettings::default(),
             shutdown_timeout: Duration::from_secs(10),
+            websocket: WsSettings::default(),
         }
     }
 }
@@ -280,6 +287,9 @@ pub struct SettingsLayer {
     /// The `[database]` table.
     #[serde(default)]
     pub database: DatabaseLayer,
+    /// The `[websocket]` table.
+    #[serde(default)]
+    pub websocket: WsLayer,
 }
 
 /// Optional overrides of [`LogSettings`].
@@ -354,6 +364,7 @@ impl Settings {
             self.log.level = Some(level);
         }
         self.database = self.database.apply(layer.database)?;
+        self.websocket = self.websocket.apply(layer.websocket)?;
         Ok(self)
     }
 }

@@ -15,10 +15,15 @@
 //! - [`db`]: the data layer over PostgreSQL and embedded SQLite, with migrations and
 //!   query statistics.
 //! - [`auth`]: HS256 JWTs shared by every front door.
+//! - [`chat`]: the WebSocket chat protocol: identities, client commands, outbound frames.
+//! - [`actors`]: the actors that own all runtime state: the chat [`actors::hub::Hub`] and
+//!   one [`actors::session::Session`] per WebSocket.
 //! - [`http`]: actix-web routes and middleware.
 //! - [`grpc`]: the tonic server and its generated code.
 
+pub mod actors;
 pub mod auth;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -8,6 +8,7 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration, time::Instant};
 
+use actix::{Actor, Addr, Arbiter};
 use actix_web::{middleware::from_fn, web, App, HttpServer};
 use tokio::{
     runtime::Runtime,
@@ -17,6 +18,7 @@ use tokio::{
 use tonic_health::server::HealthReporter;
 
 use crate::{
+    actors::hub::{self, Hub},
     auth::JwtAuth,
     config::{JwtSecret, Settings},
     db::{migrate, Database, DbError},
@@ -70,6 +72,9 @@ pub struct Application {
     draining: watch::Sender<bool>,
     database: Database,
     auth: JwtAuth,
+    hub: Addr<Hub>,
+    /// The hub's own thread, stopped last.
+    hub_arbiter: Arbiter,
     shutdown_timeout: Duration,
     /// Runs tonic and the PostgreSQL connection drivers; shut down last.
     io_runtime: IoRuntime,
@@ -131,10 +136,19 @@ impl Application {
         let auth = JwtAuth::new(&jwt_secret(settings.jwt_secret.as_ref()));
         let (draining, draining_rx) = watch::channel(false);
 
+        let hub_arbiter = Arbiter::new();
+        let max_sessions = settings.websocket.max_sessions_per_user;
+        let hub = Hub::start_in_arbiter(&hub_arbiter.handle(), move |_| Hub::new(max_sessions));
+
         let state = web::Data::new(http::HttpState {
             db: database.clone(),
             started_at: Instant::now(),
             draining: draining_rx,
+            chat: http::ChatState {
+                hub: hub.clone(),
+                auth: auth.clone(),
+                settings: std::sync::Arc::new(settings.websocket.clone()),
+            },
         });
         let http_server = HttpServer::new(move || {
             App::new()
@@ -185,6 +199,8 @@ impl Application {
             draining,
             database,
             auth,
+            hub,
+            hub_arbiter,
             shutdown_timeout: settings.shutdown_timeout,
             io_runtime,
         })
@@ -210,8 +226,14 @@ impl Application {
         &self.auth
     }
 
+    /// The chat hub.
+    pub fn hub(&self) -> &Addr<Hub> {
+        &self.hub
+    }
+
     /// Serves until `shutdown` resolves (or a server fails), then shuts down gracefully:
-    /// readiness fails, listeners close, in-flight requests finish, gRPC health streams end.
+    /// readiness fails, WebSockets get close 1001, listeners close, in-flight requests
+    /// finish, gRPC health streams end.
     /// Whatever is still open after the shutdown timeout is dropped.
     pub async fn run_until_stopped(
         self,
@@ -234,7 +256,12 @@ impl Application {
         let _ = self.draining.send(true);
         let _ = self.grpc_stop.send(());
         let mut health = self.health.clone();
+        let hub = self.hub.clone();
         let drain = async {
+            match hub.send(hub::Shutdown).await {
+                Ok(sessions) => tracing::info!(sessions, "closing WebSocket sessions"),
+                Err(error) => tracing::warn!(%error, "the chat hub did not answer"),
+            }
             grpc::withdraw_health(&mut health).await;
             http_handle.stop(true).await;
             let _ = http_task.await;
@@ -247,6 +274,7 @@ impl Application {
         {
             tracing::warn!("shutdown timeout reached; remaining connections dropped");
         }
+        self.hub_arbiter.stop();
         drop(self.io_runtime);
         tracing::info!("stopped");
         match early_exit {

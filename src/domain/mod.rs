@@ -4,9 +4,11 @@
 //! these newtypes once; inside the server a `UserName` or an `Email` is already valid.
 
 mod post;
+mod room;
 mod user;
 
 pub use post::{NewPost, Post, PostContent, PostId, PostTitle, Tags};
+pub use room::RoomId;
 pub use user::{Age, Email, Metadata, NewUser, User, UserId, UserName, UserPatch};
 
 /// A value from outside that does not fit the domain; `field` names it for the client.

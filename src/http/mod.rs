@@ -3,13 +3,13 @@
 pub mod middleware;
 pub mod routes;
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::db::Database;
+use crate::{actors::hub::Hub, auth::JwtAuth, config::WsSettings, db::Database};
 
 /// What HTTP handlers need, shared through `web::Data`. Handles only, no domain state.
 #[derive(Clone)]
@@ -20,11 +20,26 @@ pub struct HttpState {
     pub started_at: Instant,
     /// Becomes `true` when a graceful shutdown begins (readiness then fails).
     pub draining: watch::Receiver<bool>,
+    /// What the WebSocket and room routes need.
+    pub chat: ChatState,
+}
+
+/// Handles for the chat routes.
+#[derive(Clone)]
+pub struct ChatState {
+    /// The chat hub.
+    pub hub: actix::Addr<Hub>,
+    /// Verifies WebSocket tokens.
+    pub auth: JwtAuth,
+    /// WebSocket policies and limits.
+    pub settings: Arc<WsSettings>,
 }
 
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::health::configure(cfg);
+    routes::rooms::configure(cfg);
+    routes::ws::configure(cfg);
     cfg.default_service(web::to(not_found));
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use actix_web::{http::header::ContentType, web, HttpResponse};
 use serde_json::json;
 
-use crate::http::HttpState;
+use crate::{actors::hub::GetStats, http::HttpState};
 
 /// How long a health or readiness probe waits for the database.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -49,12 +49,17 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
     database["pool"] = json!(state.db.pool_status());
     database["queries"] = json!(state.db.stats());
 
+    let hub = match state.chat.hub.send(GetStats).await {
+        Ok(stats) => json!({ "status": "pass", "stats": stats }),
+        Err(_) => json!({ "status": "fail", "output": "chat hub unavailable" }),
+    };
+
     let status = if ping.is_ok() { "pass" } else { "fail" };
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started_at.elapsed().as_secs(),
-        "checks": { "database": database },
+        "checks": { "database": database, "hub": hub },
     });
     let mut response = if ping.is_ok() {
         HttpResponse::Ok()

@@ -1,0 +1,180 @@
+//! Messages the [`Hub`](super::Hub) handles, and the one it sends to sessions.
+
+use actix::{Message, Recipient};
+use actix_web_actors::ws::CloseReason;
+use bytestring::ByteString;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::{
+    chat::{command::Post, Identity, SessionId},
+    domain::RoomId,
+};
+
+/// What the hub tells a session.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// Write this (already serialised) text frame.
+    Frame(ByteString),
+    /// Send this close frame and end the connection.
+    Close(CloseReason),
+}
+
+/// A new session wants to be registered; refused past the per-user session limit.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), ConnectError>")]
+pub struct Connect {
+    /// The session.
+    pub session: SessionId,
+    /// Who it is.
+    pub identity: Identity,
+    /// Where its frames go.
+    pub addr: Recipient<ToSession>,
+}
+
+/// Why a session was not registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// The user already holds the maximum number of sessions.
+    #[error("too many sessions for this user (at most {limit})")]
+    TooManySessions {
+        /// The limit.
+        limit: usize,
+    },
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// A session ended; forget it and leave its rooms.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    /// The session.
+    pub session: SessionId,
+}
+
+/// Subscribe a session to a room (created on first join); confirmed with a `join` frame.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Join {
+    /// The session.
+    pub session: SessionId,
+    /// The room.
+    pub room: RoomId,
+}
+
+/// Unsubscribe a session from a room; confirmed with a `leave` frame.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    /// The session.
+    pub session: SessionId,
+    /// The room.
+    pub room: RoomId,
+}
+
+/// Relay a message to a room's other members; the sender gets an `ack` with its id.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RoomMessage {
+    /// The sender.
+    pub session: SessionId,
+    /// What to relay.
+    pub post: Post,
+}
+
+/// Relay a typing indicator to a room's other members (no ack, never stored).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Typing {
+    /// The sender.
+    pub session: SessionId,
+    /// The room.
+    pub room: RoomId,
+    /// The sender's metadata.
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// Deliver a message to every session of one user.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Private {
+    /// The sender.
+    pub session: SessionId,
+    /// The addressee's user id.
+    pub to: String,
+    /// The text.
+    pub content: String,
+    /// The sender's metadata.
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// Deliver a message to every connected session. The session has checked the admin role.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Broadcast {
+    /// The sender.
+    pub session: SessionId,
+    /// The text.
+    pub content: String,
+    /// The sender's metadata.
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// Reply to the session with the room's members.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ListMembers {
+    /// The asking session.
+    pub session: SessionId,
+    /// The room.
+    pub room: RoomId,
+}
+
+/// Every room with its member counts, sorted by id (for `GET /rooms`).
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<RoomSummary>")]
+pub struct ListRooms;
+
+/// One room in [`ListRooms`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoomSummary {
+    /// The room.
+    pub room_id: RoomId,
+    /// Sessions subscribed.
+    pub sessions: usize,
+    /// Distinct users subscribed.
+    pub users: usize,
+}
+
+/// The hub's counters.
+#[derive(Debug, Message)]
+#[rtype(result = "HubStats")]
+pub struct GetStats;
+
+/// Gauges and counters since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HubStats {
+    /// Connected sessions.
+    pub sessions: usize,
+    /// Distinct connected users.
+    pub users: usize,
+    /// Rooms with at least one member.
+    pub rooms: usize,
+    /// Client messages routed (room messages, typing, private, broadcast).
+    pub messages_in: u64,
+    /// Frames handed to sessions (relays, acks, confirmations, presence, errors).
+    pub frames_out: u64,
+    /// Sessions disconnected because their outbound queue overflowed.
+    pub slow_consumer_disconnects: u64,
+    /// Sessions refused at connect (per-user limit or shutdown).
+    pub refused_sessions: u64,
+}
+
+/// Close every session with 1001 (going away) and refuse new ones; answers with how many
+/// sessions were told.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct Shutdown;

@@ -1,0 +1,240 @@
+//! One actor per WebSocket connection.
+//!
+//! The session registers with the [`Hub`] when it starts and deregisters when it stops,
+//! owns its heartbeat, turns client frames into hub messages through its [`Protocol`], and
+//! writes the frames the hub sends it. Its mailbox is the connection's bounded outbound
+//! queue: the hub's deliveries fail once it is full, and the hub then closes the session.
+
+pub mod protocol;
+
+use std::time::{Duration, Instant};
+
+use actix::{
+    fut, Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Handler, Running, StreamHandler,
+    WrapFuture,
+};
+use actix_web_actors::ws::{self, CloseCode, CloseReason, Message, ProtocolError};
+use serde_json::json;
+
+pub use protocol::{Outcome, Protocol};
+
+use crate::{
+    actors::hub::{self, ConnectError, Hub, ToSession},
+    chat::{Command, Frame, SessionId},
+    config::WsSettings,
+};
+
+/// A connected client.
+pub struct Session {
+    /// This connection's id.
+    id: SessionId,
+    /// The hub it is registered with.
+    hub: Addr<Hub>,
+    /// Parsing and per-connection limits.
+    protocol: Protocol,
+    /// How often to ping the client.
+    ping_interval: Duration,
+    /// How long the client may stay silent.
+    pong_timeout: Duration,
+    /// Frames that may wait in the mailbox before the client counts as slow.
+    outbound_queue: usize,
+    /// When the client last sent anything (a pong, a ping, a message).
+    last_heard: Instant,
+    /// When the server last pinged.
+    last_ping: Instant,
+}
+
+impl Session {
+    /// A session for `identity`, not yet registered (that happens when it starts).
+    pub fn new(identity: crate::chat::Identity, hub: Addr<Hub>, settings: &WsSettings) -> Self {
+        let now = Instant::now();
+        Self {
+            id: SessionId::new(),
+            hub,
+            protocol: Protocol::new(identity, settings, now),
+            ping_interval: settings.ping_interval,
+            pong_timeout: settings.pong_timeout,
+            outbound_queue: settings.outbound_queue,
+            last_heard: now,
+            last_ping: now,
+        }
+    }
+
+    /// The frame that greets a registered client: its session and user ids.
+    fn welcome(&self) -> Frame {
+        let identity = self.protocol.identity();
+        Frame::system("join")
+            .to(self.id.to_string())
+            .content("Welcome to Switchboard")
+            .details(json!({
+                "session_id": self.id.to_string(),
+                "user_id": &*identity.user_id,
+                "name": identity.name,
+                "guest": identity.guest,
+            }))
+    }
+
+    /// Checks liveness often enough to notice a silent client within a fraction of the
+    /// timeout, and pings at the configured interval.
+    fn start_heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let tick = self
+            .ping_interval
+            .min(self.pong_timeout / 4)
+            .max(Duration::from_millis(10));
+        ctx.run_interval(tick, |session, ctx| {
+            let now = Instant::now();
+            if now.duration_since(session.last_heard) > session.pong_timeout {
+                let timeout = session.pong_timeout;
+                session.close(
+                    ctx,
+                    CloseCode::Policy,
+                    format!("heartbeat timeout: nothing heard for {timeout:?}"),
+                );
+            } else if now.duration_since(session.last_ping) >= session.ping_interval {
+                session.last_ping = now;
+                ctx.ping(b"");
+            }
+        });
+    }
+
+    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: CloseCode, reason: String) {
+        self.close_with(
+            ctx,
+            CloseReason {
+                code,
+                description: Some(reason),
+            },
+        );
+    }
+
+    fn close_with(&self, ctx: &mut ws::WebsocketContext<Self>, reason: CloseReason) {
+        tracing::debug!(
+            session = %self.id,
+            user = %self.protocol.identity().user_id,
+            code = u16::from(reason.code),
+            reason = reason.description.as_deref().unwrap_or(""),
+            "closing session"
+        );
+        ctx.close(Some(reason));
+        ctx.stop();
+    }
+
+    fn apply(&mut self, outcome: Outcome, ctx: &mut ws::WebsocketContext<Self>) {
+        match outcome {
+            Outcome::Hub(command) => self.dispatch(command),
+            Outcome::Reply(frame) => ctx.text(frame.encode()),
+            Outcome::Close(reason) => self.close_with(ctx, reason),
+            Outcome::Pending => {}
+        }
+    }
+
+    /// Sends a command to the hub. `do_send` keeps the order in which the client sent them.
+    fn dispatch(&self, command: Command) {
+        let session = self.id;
+        match command {
+            Command::Join(room) => self.hub.do_send(hub::Join { session, room }),
+            Command::Leave(room) => self.hub.do_send(hub::Leave { session, room }),
+            Command::Post(post) => self.hub.do_send(hub::RoomMessage { session, post }),
+            Command::Typing { room, metadata } => self.hub.do_send(hub::Typing {
+                session,
+                room,
+                metadata,
+            }),
+            Command::Private {
+                to,
+                content,
+                metadata,
+            } => self.hub.do_send(hub::Private {
+                session,
+                to,
+                content,
+                metadata,
+            }),
+            Command::Broadcast { content, metadata } => self.hub.do_send(hub::Broadcast {
+                session,
+                content,
+                metadata,
+            }),
+            Command::Presence(room) => self.hub.do_send(hub::ListMembers { session, room }),
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.outbound_queue);
+        self.start_heartbeat(ctx);
+        let connect = hub::Connect {
+            session: self.id,
+            identity: self.protocol.identity().clone(),
+            addr: ctx.address().recipient(),
+        };
+        // Nothing else is handled until the hub has answered, so the welcome comes first.
+        let registered = self
+            .hub
+            .send(connect)
+            .into_actor(self)
+            .then(|answer, session, ctx| {
+                match answer {
+                    Ok(Ok(())) => ctx.text(session.welcome().encode()),
+                    Ok(Err(refused @ ConnectError::TooManySessions { .. })) => {
+                        session.close(ctx, CloseCode::Policy, refused.to_string())
+                    }
+                    Ok(Err(refused @ ConnectError::ShuttingDown)) => {
+                        session.close(ctx, CloseCode::Away, refused.to_string())
+                    }
+                    Err(_) => session.close(ctx, CloseCode::Error, "chat hub unavailable".into()),
+                }
+                fut::ready(())
+            });
+        ctx.wait(registered);
+    }
+
+    fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
+        self.hub.do_send(hub::Disconnect { session: self.id });
+        Running::Stop
+    }
+}
+
+impl Handler<ToSession> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
+        match msg {
+            ToSession::Frame(text) => ctx.text(text),
+            ToSession::Close(reason) => self.close_with(ctx, reason),
+        }
+    }
+}
+
+impl StreamHandler<Result<Message, ProtocolError>> for Session {
+    fn handle(&mut self, item: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
+        let now = Instant::now();
+        self.last_heard = now;
+        let message = match item {
+            Ok(message) => message,
+            Err(ProtocolError::Overflow) => {
+                let limit = self.protocol.max_message_size();
+                let reason = format!("message too big (limit {limit} bytes)");
+                return self.close(ctx, CloseCode::Size, reason);
+            }
+            Err(error) => {
+                return self.close(ctx, CloseCode::Protocol, format!("protocol error: {error}"))
+            }
+        };
+        let outcome = match message {
+            Message::Text(text) => self.protocol.on_text(now, &text),
+            Message::Binary(_) => self.protocol.on_binary(now),
+            Message::Continuation(item) => self.protocol.on_fragment(now, item),
+            Message::Ping(payload) => return ctx.pong(&payload),
+            Message::Pong(_) | Message::Nop => return,
+            Message::Close(reason) => {
+                ctx.close(reason);
+                return ctx.stop();
+            }
+        };
+        self.apply(outcome, ctx);
+    }
+}

@@ -1,0 +1,148 @@
+//! Frames the server sends, each serialised once into shared bytes: a message relayed to
+//! ten thousand members is encoded once and every delivery is a reference-count bump.
+
+use bytestring::ByteString;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::domain::RoomId;
+
+/// `from` of frames the server itself originates.
+pub const SYSTEM: &str = "system";
+
+/// One outbound JSON object in the seed's shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct Frame {
+    /// Server-assigned id of a relayed message (and of its ack).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `join`, `leave`, `message`, `typing`, `private`, `broadcast`, `presence`, `ack`, `error`…
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The sender's user id, or `system`.
+    pub from: String,
+    /// The addressee, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The text.
+    pub content: String,
+    /// The room, for room traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<RoomId>,
+    /// When the server handled it, RFC 3339 with milliseconds.
+    #[serde(serialize_with = "rfc3339")]
+    pub timestamp: DateTime<Utc>,
+    /// Free-form data: the sender's, or the server's details (members, session id…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+impl Frame {
+    /// A frame of `kind` from `from`, stamped now, with empty content.
+    pub fn new(kind: impl Into<String>, from: impl Into<String>) -> Self {
+        Self {
+            id: None,
+            kind: kind.into(),
+            from: from.into(),
+            to: None,
+            content: String::new(),
+            room_id: None,
+            timestamp: Utc::now(),
+            metadata: None,
+        }
+    }
+
+    /// A frame from the server.
+    pub fn system(kind: &str) -> Self {
+        Self::new(kind, SYSTEM)
+    }
+
+    /// An `error` frame saying what was wrong.
+    pub fn error(content: impl Into<String>) -> Self {
+        Self::system("error").content(content)
+    }
+
+    /// Sets the id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Sets the addressee.
+    pub fn to(mut self, to: impl Into<String>) -> Self {
+        self.to = Some(to.into());
+        self
+    }
+
+    /// Sets the text.
+    pub fn content(mut self, content: impl Into<String>) -> Self {
+        self.content = content.into();
+        self
+    }
+
+    /// Sets the room.
+    pub fn room(mut self, room: RoomId) -> Self {
+        self.room_id = Some(room);
+        self
+    }
+
+    /// Sets the metadata (an absent map stays absent).
+    pub fn metadata(mut self, metadata: Option<Map<String, Value>>) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Sets the metadata from a `json!({...})` object.
+    pub fn details(self, details: Value) -> Self {
+        match details {
+            Value::Object(map) => self.metadata(Some(map)),
+            _ => self,
+        }
+    }
+
+    /// Serialises the frame once, into bytes that can be shared by many deliveries.
+    pub fn encode(&self) -> ByteString {
+        // Serialising plain strings, maps and JSON values cannot fail.
+        serde_json::to_string(self)
+            .expect("a frame always serialises")
+            .into()
+    }
+}
+
+/// A new message id: a UUIDv7, unique across restarts and ordered by time.
+pub fn message_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn frames_have_the_seed_shape() {
+        let room = RoomId::parse("lobby").unwrap();
+        let text = Frame::new("message", "alice")
+            .id("m1")
+            .room(room)
+            .content("hi")
+            .details(json!({"k": 1}))
+            .encode();
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["type"], "message");
+        assert_eq!(value["from"], "alice");
+        assert_eq!(value["id"], "m1");
+        assert_eq!(value["room_id"], "lobby");
+        assert_eq!(value["content"], "hi");
+        assert_eq!(value["metadata"]["k"], 1);
+        assert!(value.get("to").is_none(), "absent fields are omitted");
+        let stamp = value["timestamp"].as_str().unwrap();
+        assert!(DateTime::parse_from_rfc3339(stamp).is_ok(), "{stamp}");
+    }
+}

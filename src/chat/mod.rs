@@ -1,0 +1,77 @@
+//! The chat protocol shared by the [`Hub`](crate::actors::hub::Hub) and each
+//! [`Session`](crate::actors::session::Session): who a connection is, the JSON frames
+//! clients send ([`command`]) and receive ([`frame`]), and per-connection rate limiting.
+//!
+//! The wire format is the seed's: text frames holding one JSON object with `type`, `from`,
+//! `to`, `content`, `room_id`, `timestamp` (RFC 3339) and `metadata`, plus an `id` the
+//! server assigns to every message it relays.
+
+pub mod command;
+pub mod frame;
+pub mod rate;
+
+use std::{fmt, sync::Arc};
+
+pub use command::{Command, CommandError};
+pub use frame::Frame;
+pub use rate::TokenBucket;
+
+/// One WebSocket connection's id (a UUIDv7, so ids sort by connection time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(uuid::Uuid);
+
+impl SessionId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+}
+
+impl Default for SessionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user id: the token's `sub`, or a generated `guest-…` id.
+    pub user_id: Arc<str>,
+    /// Display name (a guest's `user_id` query parameter); `None` when not given.
+    pub name: Option<String>,
+    /// Whether the token carries `role: "admin"` (required for `broadcast`).
+    pub admin: bool,
+    /// Whether this is an unauthenticated guest.
+    pub guest: bool,
+}
+
+impl Identity {
+    /// An authenticated user.
+    pub fn user(user_id: &str, admin: bool) -> Self {
+        Self {
+            user_id: user_id.into(),
+            name: None,
+            admin,
+            guest: false,
+        }
+    }
+
+    /// A guest with a fresh, unguessable id and an optional display name. The name never
+    /// becomes the id, so a guest cannot pose as a user and receive their private messages.
+    pub fn guest(name: Option<String>) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            user_id: format!("guest-{}", &id[..12]).into(),
+            name,
+            admin: false,
+            guest: true,
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! WebSocket settings: who may connect, and the limits every session lives within.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{parse_duration, ConfigError};
+
+/// Limits and policies for `GET /ws`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WsSettings {
+    /// Refuse upgrades without a valid token (401) instead of assigning a guest identity.
+    pub require_auth: bool,
+    /// Which `Origin`s may open a WebSocket.
+    pub allowed_origins: OriginPolicy,
+    /// Largest message (a frame, or a fragmented message in total) in bytes; close 1009 above it.
+    pub max_message_size: usize,
+    /// Rooms one session may be in at once.
+    pub max_rooms_per_session: usize,
+    /// Concurrent sessions one user id may hold.
+    pub max_sessions_per_user: usize,
+    /// Sustained messages per second one connection may send.
+    pub rate_per_second: f64,
+    /// Messages a connection may send in a burst above the sustained rate.
+    pub rate_burst: u32,
+    /// Frames that may wait for a slow client before it is disconnected (close 1008).
+    pub outbound_queue: usize,
+    /// How often the server pings each client.
+    pub ping_interval: Duration,
+    /// A client silent (no pong or other frame) this long is disconnected.
+    pub pong_timeout: Duration,
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        Self {
+            require_auth: false,
+            allowed_origins: OriginPolicy::SameHost,
+            max_message_size: 64 * 1024,
+            max_rooms_per_session: 100,
+            max_sessions_per_user: 10,
+            rate_per_second: 20.0,
+            rate_burst: 40,
+            outbound_queue: 1024,
+            ping_interval: Duration::from_secs(54),
+            pong_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Which browser origins may open a WebSocket. Requests without an `Origin` header (not
+/// sent by browsers' WebSocket API, so not a cross-site risk) are always allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPolicy {
+    /// Only an origin whose host (and port) is the request's `Host`.
+    SameHost,
+    /// Any origin (`*`): for development only.
+    Any,
+    /// Exactly these origins, e.g. `https://app.example.com` (lower-cased, no trailing `/`).
+    List(Vec<String>),
+}
+
+impl OriginPolicy {
+    /// Parses a list of origins; `*` alone means any, an empty list means same host.
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Self, ConfigError> {
+        let items: Vec<&str> = items
+            .iter()
+            .map(|s| s.as_ref().trim())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if items.is_empty() {
+            return Ok(Self::SameHost);
+        }
+        if items == ["*"] {
+            return Ok(Self::Any);
+        }
+        items
+            .iter()
+            .map(|item| {
+                let origin = item.trim_end_matches('/').to_ascii_lowercase();
+                let valid = ["http://", "https://"]
+                    .iter()
+                    .any(|scheme| origin.len() > scheme.len() && origin.starts_with(scheme));
+                if valid && !origin.contains('*') {
+                    Ok(origin)
+                } else {
+                    Err(ConfigError::invalid(
+                        "allowed origins",
+                        format!(
+                            "`{item}` is not an origin like https://app.example.com (or `*` alone)"
+                        ),
+                    ))
+                }
+            })
+            .collect::<Result<_, _>>()
+            .map(Self::List)
+    }
+
+    /// Whether a request with this `Origin` header to this `Host` may upgrade.
+    pub fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        match self {
+            Self::Any => true,
+            Self::List(allowed) => allowed.contains(&origin),
+            Self::SameHost => {
+                let origin_host = origin
+                    .strip_prefix("https://")
+                    .or_else(|| origin.strip_prefix("http://"));
+                match (origin_host, host) {
+                    (Some(origin_host), Some(host)) => origin_host.eq_ignore_ascii_case(host),
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+/// Optional overrides of [`WsSettings`] (the `[websocket]` TOML table, or flags).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsLayer {
+    /// See [`WsSettings::require_auth`].
+    pub require_auth: Option<bool>,
+    /// See [`WsSettings::allowed_origins`].
+    pub allowed_origins: Option<Vec<String>>,
+    /// See [`WsSettings::max_message_size`].
+    pub max_message_size: Option<usize>,
+    /// See [`WsSettings::max_rooms_per_session`].
+    pub max_rooms_per_session: Option<usize>,
+    /// See [`WsSettings::max_sessions_per_user`].
+    pub max_sessions_per_user: Option<usize>,
+    /// See [`WsSettings::rate_per_second`].
+    pub rate_per_second: Option<f64>,
+    /// See [`WsSettings::rate_burst`].
+    pub rate_burst: Option<u32>,
+    /// See [`WsSettings::outbound_queue`].
+    pub outbound_queue: Option<usize>,
+    /// See [`WsSettings::ping_interval`] (e.g. `"54s"`).
+    pub ping_interval: Option<String>,
+    /// See [`WsSettings::pong_timeout`] (e.g. `"60s"`).
+    pub pong_timeout: Option<String>,
+}
+
+impl WsSettings {
+    /// Applies one layer, validating every value it sets.
+    pub(super) fn apply(mut self, layer: WsLayer) -> Result<Self, ConfigError> {
+        if let Some(required) = layer.require_auth {
+            self.require_auth = required;
+        }
+        if let Some(origins) = layer.allowed_origins {
+            self.allowed_origins = OriginPolicy::parse(&origins)?;
+        }
+        if let Some(size) = layer.max_message_size {
+            self.max_message_size = at_least("websocket max message size", size, 64)?;
+        }
+        if let Some(rooms) = layer.max_rooms_per_session {
+            self.max_rooms_per_session = at_least("websocket max rooms per session", rooms, 1)?;
+        }
+        if let Some(sessions) = layer.max_sessions_per_user {
+            self.max_sessions_per_user = at_least("websocket max sessions per user", sessions, 1)?;
+        }
+        if let Some(rate) = layer.rate_per_second {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(ConfigError::invalid(
+                    "websocket rate",
+                    "it must be a positive number of messages per second",
+                ));
+            }
+            self.rate_per_second = rate;
+        }
+        if let Some(burst) = layer.rate_burst {
+            self.rate_burst = at_least("websocket burst", burst as usize, 1)? as u32;
+        }
+        if let Some(queue) = layer.outbound_queue {
+            self.outbound_queue = at_least("websocket outbound queue", queue, 1)?;
+        }
+        if let Some(raw) = layer.ping_interval {
+            self.ping_interval = positive("websocket ping interval", &raw)?;
+        }
+        if let Some(raw) = layer.pong_timeout {
+            self.pong_timeout = positive("websocket pong timeout", &raw)?;
+        }
+        Ok(self)
+    }
+}
+
+fn at_least(setting: &'static str, value: usize, min: usize) -> Result<usize, ConfigError> {
+    if value < min {
+        return Err(ConfigError::invalid(
+            setting,
+            format!("it must be at least {min}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn positive(setting: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    let duration = parse_duration(setting, raw)?;
+    if duration.is_zero() {
+        return Err(ConfigError::invalid(
+            setting,
+            "it must be greater than zero",
+        ));
+    }
+    Ok(duration)
+}
+
+/// The WebSocket flags (each with an environment fallback).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WsArgs {
+    /// Refuse WebSocket upgrades without a valid token (401) [default: false].
+    #[arg(long, env = "SWITCHBOARD_WS_REQUIRE_AUTH", global = true, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub ws_require_auth: Option<bool>,
+    /// Comma-separated origins allowed to open a WebSocket; `*` for any
+    /// [default: the request's own host only].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ALLOWED_ORIGINS",
+        global = true,
+        value_delimiter = ',',
+        value_name = "ORIGINS"
+    )]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Largest WebSocket message in bytes [default: 65536].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_MAX_MESSAGE_SIZE",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub ws_max_message_size: Option<usize>,
+    /// Rooms one session may be in [default: 100].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_MAX_ROOMS",
+        global = true,
+        value_name = "N"
+    )]
+    pub ws_max_rooms: Option<usize>,
+    /// Concurrent sessions per user [default: 10].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_MAX_SESSIONS_PER_USER",
+        global = true,
+        value_name = "N"
+    )]
+    pub ws_max_sessions_per_user: Option<usize>,
+    /// Sustained messages per second per connection [default: 20].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_RATE",
+        global = true,
+        value_name = "PER_SECOND"
+    )]
+    pub ws_rate: Option<f64>,
+    /// Burst of messages per connection above the rate [default: 40].
+    #[arg(long, env = "SWITCHBOARD_WS_BURST", global = true, value_name = "N")]
+    pub ws_burst: Option<u32>,
+    /// Frames queued for a slow client before it is disconnected [default: 1024].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_OUTBOUND_QUEUE",
+        global = true,
+        value_name = "N"
+    )]
+    pub ws_outbound_queue: Option<usize>,
+    /// Server ping interval [default: 54s].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_PING_INTERVAL",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub ws_ping_interval: Option<String>,
+    /// Disconnect a client silent this long [default: 60s].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_PONG_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub ws_pong_timeout: Option<String>,
+}
+
+impl WsArgs {
+    /// The layer these flags and variables form.
+    pub fn layer(&self) -> WsLayer {
+        WsLayer {
+            require_auth: self.ws_require_auth,
+            allowed_origins: self.allowed_origins.clone(),
+            max_message_size: self.ws_max_message_size,
+            max_rooms_per_session: self.ws_max_rooms,
+            max_sessions_per_user: self.ws_max_sessions_per_user,
+            rate_per_second: self.ws_rate,
+            rate_burst: self.ws_burst,
+            outbound_queue: self.ws_outbound_queue,
+            ping_interval: self.ws_ping_interval.clone(),
+            pong_timeout: self.ws_pong_timeout.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_lists_parse_and_reject_nonsense() {
+        assert_eq!(
+            OriginPolicy::parse::<&str>(&[]).unwrap(),
+            OriginPolicy::SameHost
+        );
+        assert_eq!(OriginPolicy::parse(&["*"]).unwrap(), OriginPolicy::Any);
+        assert_eq!(
+            OriginPolicy::parse(&["https://App.Example.com/", " http://x:3000 "]).unwrap(),
+            OriginPolicy::List(vec![
+                "https://app.example.com".into(),
+                "http://x:3000".into()
+            ])
+        );
+        for bad in [
+            "app.example.com",
+            "https://",
+            "https://*.example.com",
+            "ftp://x",
+        ] {
+            assert!(
+                OriginPolicy::parse(&[bad]).is_err(),
+                "{bad} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn origin_checks_follow_the_policy() {
+        let same = OriginPolicy::SameHost;
+        assert!(
+            same.allows(None, Some("a:8080")),
+            "non-browser clients send no Origin"
+        );
+        assert!(same.allows(Some("http://a:8080"), Some("a:8080")));
+        assert!(!same.allows(Some("http://evil:8080"), Some("a:8080")));
+        assert!(!same.allows(Some("http://a:8080"), None));
+        assert!(!same.allows(Some("null"), Some("a:8080")));
+
+        let list = OriginPolicy::parse(&["https://app.example.com"]).unwrap();
+        assert!(list.allows(Some("https://APP.example.com"), Some("api:1")));
+        assert!(!list.allows(Some("https://app.example.com.evil"), Some("api:1")));
+        assert!(OriginPolicy::Any.allows(Some("https://anything"), None));
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        let zero_rooms = WsLayer {
+            max_rooms_per_session: Some(0),
+            ..Default::default()
+        };
+        assert!(WsSettings::default().apply(zero_rooms).is_err());
+        let bad_rate = WsLayer {
+            rate_per_second: Some(f64::NAN),
+            ..Default::default()
+        };
+        assert!(WsSettings::default().apply(bad_rate).is_err());
+        let zero_ping = WsLayer {
+            ping_interval: Some("0s".into()),
+            ..Default::default()
+        };
+        assert!(WsSettings::default().apply(zero_ping).is_err());
+        let fine = WsLayer {
+            outbound_queue: Some(8),
+            ping_interval: Some("100ms".into()),
+            ..Default::default()
+        };
+        let settings = WsSettings::default().apply(fine).unwrap();
+        assert_eq!(settings.outbound_queue, 8);
+        assert_eq!(settings.ping_interval, Duration::from_millis(100));
+    }
+}

@@ -1,5 +1,7 @@
 //! The integration test binary: real servers on port 0, real clients.
 
+mod chat;
+mod chat_limits;
 mod cli;
 mod config_errors;
 mod grpc_health;
@@ -9,3 +11,4 @@ mod migrations;
 mod process;
 mod repository;
 mod shutdown;
+mod ws_client;

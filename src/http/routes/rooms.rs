@@ -13,6 +13,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn list(state: web::Data<HttpState>) -> HttpResponse {
     match state.chat.hub.send(ListRooms).await {
         Ok(rooms) => HttpResponse::Ok().json(json!({ "count": rooms.len(), "rooms": rooms })),
-        Err(_) => HttpResponse::ServiceUnavailable().json(json!({ "error": "chat hub unavailable" })),
+        Err(_) => {
+            HttpResponse::ServiceUnavailable().json(json!({ "error": "chat hub unavailable" }))
+        }
     }
 }

@@ -38,7 +38,10 @@ async fn upgrade(
 
     let settings = &state.chat.settings;
     if *state.draining.borrow() {
-        return Ok(refuse(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down"));
+        return Ok(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ));
     }
     let origin = header_str(&req, header::ORIGIN);
     if !settings

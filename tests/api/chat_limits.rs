@@ -1,0 +1,269 @@
+//! WebSocket security, limits, liveness, slow consumers and shutdown.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use switchboard::config::{OriginPolicy, Settings, WsSettings};
+use tokio_tungstenite::tungstenite::{protocol::frame::coding::CloseCode, Message};
+
+use crate::{
+    helpers::{spawn_app, spawn_app_with, test_settings, TestApp, TestDb},
+    ws_client::{raw_close, raw_connect, read_until_close, token, WsClient},
+};
+
+/// A server whose WebSocket settings are adjusted by `tweak`.
+async fn spawn_chat(tweak: impl FnOnce(&mut WsSettings)) -> TestApp {
+    let db = TestDb::sqlite();
+    let mut settings: Settings = test_settings(&db);
+    tweak(&mut settings.websocket);
+    spawn_app_with(db, settings).await
+}
+
+#[tokio::test]
+async fn a_foreign_origin_is_refused_before_the_upgrade() {
+    let app = spawn_app().await;
+    let refused = WsClient::try_connect(&app, "", &[("origin", "http://evil.example")])
+        .await
+        .err()
+        .expect("a foreign origin is refused");
+    assert_eq!(refused.status, 403);
+    assert!(refused.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("evil.example"));
+
+    let own = format!("http://{}", app.http_addr);
+    WsClient::try_connect(&app, "", &[("origin", &own)])
+        .await
+        .expect("the server's own origin is allowed");
+}
+
+#[tokio::test]
+async fn an_origin_allowlist_admits_exactly_its_origins() {
+    let app = spawn_chat(|ws| {
+        ws.allowed_origins = OriginPolicy::parse(&["https://app.example.com"]).unwrap();
+    })
+    .await;
+    WsClient::try_connect(&app, "", &[("origin", "https://app.example.com")])
+        .await
+        .expect("a listed origin is allowed");
+    let own = format!("http://{}", app.http_addr);
+    let refused = WsClient::try_connect(&app, "", &[("origin", &own)])
+        .await
+        .err();
+    assert_eq!(refused.expect("an unlisted origin is refused").status, 403);
+}
+
+#[tokio::test]
+async fn require_auth_refuses_anonymous_upgrades_with_401() {
+    let app = spawn_chat(|ws| ws.require_auth = true).await;
+    let refused = WsClient::try_connect(&app, "", &[]).await.err().unwrap();
+    assert_eq!(refused.status, 401);
+    assert!(refused.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("token is required"));
+    let alice = WsClient::user(&app, "alice").await;
+    assert_eq!(alice.user_id, "alice");
+}
+
+#[tokio::test]
+async fn a_bad_token_is_refused_with_401_even_when_guests_are_allowed() {
+    let app = spawn_app().await;
+    for query in [
+        "?token=not-a-jwt",
+        &format!("?token={}x", token("alice", None)),
+    ] {
+        let refused = WsClient::try_connect(&app, query, &[]).await.err().unwrap();
+        assert_eq!(refused.status, 401, "{query}");
+        assert!(refused.body["error"].as_str().unwrap().contains("token"));
+    }
+}
+
+#[tokio::test]
+async fn an_oversize_message_closes_with_1009() {
+    let app = spawn_chat(|ws| ws.max_message_size = 1024).await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    let content = "x".repeat(2000);
+    alice
+        .send(json!({"type": "message", "room_id": "r", "content": content}))
+        .await;
+    let close = alice.closed().await;
+    assert_eq!(close.code, CloseCode::Size);
+    assert!(close.reason.contains("1024"), "{}", close.reason);
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_with_errors_then_closes_with_1008() {
+    let app = spawn_chat(|ws| {
+        ws.rate_per_second = 0.5;
+        ws.rate_burst = 2;
+    })
+    .await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    let mut bob = WsClient::user(&app, "bob").await;
+    alice.join("lobby").await;
+    alice.join("lobby").await; // the burst of two passes
+
+    for _ in 0..10 {
+        alice
+            .send(json!({"type": "join", "room_id": "lobby"}))
+            .await;
+    }
+    let mut rate_errors = 0;
+    let close = loop {
+        match alice.stream.next().await.unwrap().unwrap() {
+            Message::Text(text) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(frame["type"], "error", "{frame}");
+                assert!(frame["content"].as_str().unwrap().contains("rate limit"));
+                rate_errors += 1;
+            }
+            Message::Close(frame) => break frame.unwrap(),
+            _ => {}
+        }
+    };
+    assert_eq!(rate_errors, 9, "each refusal is explained");
+    assert_eq!(close.code, CloseCode::Policy, "until refusals persist");
+
+    bob.join("lobby").await; // other connections are unaffected
+}
+
+#[tokio::test]
+async fn a_session_may_only_be_in_so_many_rooms() {
+    let app = spawn_chat(|ws| ws.max_rooms_per_session = 2).await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    alice.join("a").await;
+    alice.join("b").await;
+    alice.send(json!({"type": "join", "room_id": "c"})).await;
+    assert!(alice.recv_error().await.contains("at most 2 rooms"));
+}
+
+#[tokio::test]
+async fn a_user_may_only_hold_so_many_sessions() {
+    let app = spawn_chat(|ws| ws.max_sessions_per_user = 2).await;
+    let _one = WsClient::user(&app, "alice").await;
+    let _two = WsClient::user(&app, "alice").await;
+    let mut third = raw_connect(&app, &format!("?token={}", token("alice", None)), &[])
+        .await
+        .unwrap();
+    let close = read_until_close(&mut third).await;
+    assert_eq!(close.code, CloseCode::Policy);
+    assert!(
+        close.reason.contains("too many sessions"),
+        "{}",
+        close.reason
+    );
+    WsClient::user(&app, "bob").await; // the limit is per user
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_the_pong_timeout() {
+    let app = spawn_chat(|ws| {
+        ws.ping_interval = Duration::from_millis(100);
+        ws.pong_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let silent = WsClient::user(&app, "silent").await;
+    let mut lively = WsClient::user(&app, "lively").await;
+
+    // The lively client keeps reading, so its library answers every ping.
+    lively.assert_silent(Duration::from_millis(1200)).await;
+    // The silent one read nothing meanwhile, so it never answered.
+    let (code, reason) = raw_close(silent).await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("heartbeat"), "{reason}");
+
+    lively.join("still-here").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_disconnected_and_a_fast_member_gets_everything() {
+    const MESSAGES: usize = 3000;
+    let app = spawn_chat(|ws| {
+        ws.outbound_queue = 256;
+        ws.rate_per_second = 1e6;
+        ws.rate_burst = 1_000_000;
+    })
+    .await;
+    let mut slow = WsClient::user(&app, "slow").await;
+    let mut fast = WsClient::user(&app, "fast").await;
+    let mut sender = WsClient::user(&app, "sender").await;
+    slow.join("firehose").await;
+    fast.join("firehose").await;
+    sender.join("firehose").await;
+
+    let fast_reader = tokio::spawn(async move {
+        let mut next = 0;
+        while next < MESSAGES {
+            let frame = fast.recv_kind("message").await;
+            let n: usize = frame["metadata"]["n"].as_u64().unwrap() as usize;
+            assert_eq!(n, next, "the fast member gets every message in order");
+            next += 1;
+        }
+        fast
+    });
+    let padding = "p".repeat(16 * 1024);
+    let send_all = tokio::spawn(async move {
+        for n in 0..MESSAGES {
+            sender
+                .send(json!({"type": "message", "room_id": "firehose", "content": padding, "metadata": {"n": n}}))
+                .await;
+        }
+        sender
+    });
+    // The slow member reads nothing until everything has been sent and received.
+    let _sender = send_all.await.unwrap();
+    let _fast = fast_reader.await.unwrap();
+
+    let mut received = 0;
+    let close = loop {
+        match slow.stream.next().await.expect("a frame or close").unwrap() {
+            Message::Text(text) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                if frame["type"] == "message" {
+                    assert_eq!(frame["metadata"]["n"], received, "no gaps before the close");
+                    received += 1;
+                }
+            }
+            Message::Close(frame) => break frame.expect("a close code"),
+            _ => {}
+        }
+    };
+    assert_eq!(close.code, CloseCode::Policy);
+    assert!(close.reason.contains("slow consumer"), "{}", close.reason);
+    assert!(
+        received < MESSAGES,
+        "the slow member was cut off, not served everything"
+    );
+
+    let health: Value = app
+        .http
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health["checks"]["hub"]["stats"]["slow_consumer_disconnects"],
+        1
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_session_with_1001() {
+    let app = spawn_app().await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    let mut bob = WsClient::connect(&app, "").await;
+    alice.join("lobby").await;
+
+    let stopping = tokio::spawn(app.shutdown());
+    for client in [&mut alice, &mut bob] {
+        let close = client.closed().await;
+        assert_eq!(close.code, CloseCode::Away);
+    }
+    stopping.await.unwrap().expect("a clean shutdown");
+}

@@ -5,7 +5,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use switchboard::config::{OriginPolicy, Settings, WsSettings};
-use tokio_tungstenite::tungstenite::{protocol::frame::coding::CloseCode, Message};
+use tokio_tungstenite::tungstenite::{
+    protocol::frame::coding::{CloseCode, Data},
+    Message,
+};
 
 use crate::{
     helpers::{spawn_app, spawn_app_with, test_settings, TestApp, TestDb},
@@ -92,6 +95,19 @@ async fn an_oversize_message_closes_with_1009() {
     let close = alice.closed().await;
     assert_eq!(close.code, CloseCode::Size);
     assert!(close.reason.contains("1024"), "{}", close.reason);
+}
+
+#[tokio::test]
+async fn invalid_utf8_text_closes_with_1007() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::OpCode, Frame};
+
+    let app = spawn_app().await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    let invalid = Frame::message(vec![0xff, 0xfe, b'{'], OpCode::Data(Data::Text), true);
+    alice.stream.send(Message::Frame(invalid)).await.unwrap();
+    let close = alice.closed().await;
+    assert_eq!(close.code, CloseCode::Invalid);
 }
 
 #[tokio::test]

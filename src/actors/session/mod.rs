@@ -220,6 +220,11 @@ impl StreamHandler<Result<Message, ProtocolError>> for Session {
                 let reason = format!("message too big (limit {limit} bytes)");
                 return self.close(ctx, CloseCode::Size, reason);
             }
+            // actix reports a text frame that is not UTF-8 as an I/O error naming UTF-8.
+            Err(ProtocolError::Io(error)) if error.to_string().to_lowercase().contains("utf-8") => {
+                let reason = "a text message was not valid UTF-8".to_owned();
+                return self.close(ctx, CloseCode::Invalid, reason);
+            }
             Err(error) => {
                 return self.close(ctx, CloseCode::Protocol, format!("protocol error: {error}"))
             }

@@ -355,15 +355,7 @@ async fn rooms_are_listed_with_their_member_counts() {
     alice.join("a-room").await;
     bob.join("a-room").await;
 
-    let body: Value = app
-        .http
-        .get(app.url("/rooms"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.get_json("/rooms").await;
     assert_eq!(body["count"], 2);
     assert_eq!(
         body["rooms"][0],
@@ -374,15 +366,7 @@ async fn rooms_are_listed_with_their_member_counts() {
         json!({"room_id": "b-room", "sessions": 1, "users": 1})
     );
 
-    let health: Value = app
-        .http
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = app.get_json("/health").await;
     let hub = &health["checks"]["hub"];
     assert_eq!(hub["status"], "pass");
     assert_eq!(hub["stats"]["sessions"], 2);

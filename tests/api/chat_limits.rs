@@ -254,15 +254,7 @@ async fn a_slow_consumer_is_disconnected_and_a_fast_member_gets_everything() {
         "the slow member was cut off, not served everything"
     );
 
-    let health: Value = app
-        .http
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = app.get_json("/health").await;
     assert_eq!(
         health["checks"]["hub"]["stats"]["slow_consumer_disconnects"],
         1

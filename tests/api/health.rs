@@ -94,15 +94,7 @@ async fn health_names_the_postgres_backend() {
         return;
     };
     let app = spawn_app_on(db).await;
-    let body: Value = app
-        .http
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.get_json("/health").await;
     assert_eq!(body["checks"]["database"]["backend"], "postgres");
     assert_eq!(body["status"], "pass");
 }

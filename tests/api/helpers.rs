@@ -192,6 +192,18 @@ impl TestApp {
         format!("http://{}{path}", self.http_addr)
     }
 
+    /// `GET path`, parsed as JSON (whatever the status).
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the server answers")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     /// Starts a graceful shutdown and waits for the server thread to finish.
     pub async fn shutdown(mut self) -> Result<(), String> {
         if let Some(stop) = self.stop.take() {

@@ -88,8 +88,8 @@ impl Hub {
     /// Sends one frame to one session.
     fn reply(&mut self, session: SessionId, frame: &Frame) {
         if let Some(member) = self.sessions.get(&session) {
-            let addr = member.addr.clone();
-            self.deliver(&[(session, &addr)], &frame.encode());
+            let targets = [(session, &member.addr)];
+            self.stats.frames_out += push_all(targets, &frame.encode(), &mut self.failed);
         }
     }
 
@@ -98,36 +98,17 @@ impl Hub {
         self.reply(session, &Frame::error(content));
     }
 
-    /// Hands `frame` to each target; failures are recorded and settled later.
-    fn deliver(&mut self, targets: &[(SessionId, &Recipient<ToSession>)], frame: &ByteString) {
-        for (session, addr) in targets {
-            match addr.try_send(ToSession::Frame(frame.clone())) {
-                Ok(()) => self.stats.frames_out += 1,
-                Err(SendError::Full(_)) => self.failed.push((*session, Failure::Slow)),
-                Err(SendError::Closed(_)) => self.failed.push((*session, Failure::Closed)),
-            }
-        }
-    }
-
     /// Sends `frame` to every member of `room` except `except`.
     fn fanout(&mut self, room: &RoomId, except: Option<SessionId>, frame: &ByteString) {
-        let Some(members) = self.rooms.get(room).map(|r| &r.members) else {
+        let Some(room) = self.rooms.get(room) else {
             return;
         };
-        let mut failed = Vec::new();
-        let mut sent = 0;
-        for (session, addr) in members {
-            if Some(*session) == except {
-                continue;
-            }
-            match addr.try_send(ToSession::Frame(frame.clone())) {
-                Ok(()) => sent += 1,
-                Err(SendError::Full(_)) => failed.push((*session, Failure::Slow)),
-                Err(SendError::Closed(_)) => failed.push((*session, Failure::Closed)),
-            }
-        }
-        self.stats.frames_out += sent;
-        self.failed.extend(failed);
+        let targets = room
+            .members
+            .iter()
+            .filter(|(session, _)| Some(**session) != except)
+            .map(|(session, addr)| (*session, addr));
+        self.stats.frames_out += push_all(targets, frame, &mut self.failed);
     }
 
     /// Disconnects every session whose delivery failed, until no failure is left (removing
@@ -213,6 +194,24 @@ impl Hub {
         ack.room_id = room;
         self.reply(session, &ack);
     }
+}
+
+/// Hands `frame` to each target's bounded mailbox; returns how many took it and records
+/// the rest in `failed`, to be settled once the handler is done.
+fn push_all<'a>(
+    targets: impl IntoIterator<Item = (SessionId, &'a Recipient<ToSession>)>,
+    frame: &ByteString,
+    failed: &mut Vec<(SessionId, Failure)>,
+) -> u64 {
+    let mut sent = 0;
+    for (session, addr) in targets {
+        match addr.try_send(ToSession::Frame(frame.clone())) {
+            Ok(()) => sent += 1,
+            Err(SendError::Full(_)) => failed.push((session, Failure::Slow)),
+            Err(SendError::Closed(_)) => failed.push((session, Failure::Closed)),
+        }
+    }
+    sent
 }
 
 fn presence_event(room: &RoomId, event: &str, user: &str, name: Option<&str>) -> Frame {
@@ -373,13 +372,13 @@ impl Handler<Private> for Hub {
             return;
         };
         let from = sender.identity.user_id.clone();
-        let targets: Vec<(SessionId, Recipient<ToSession>)> = self
+        let targets: Vec<SessionId> = self
             .users
             .get(msg.to.as_str())
             .into_iter()
             .flatten()
-            .filter(|s| **s != msg.session)
-            .filter_map(|s| Some((*s, self.sessions.get(s)?.addr.clone())))
+            .copied()
+            .filter(|s| *s != msg.session)
             .collect();
         if targets.is_empty() {
             self.error(msg.session, format!("user `{}` is not connected", msg.to));
@@ -392,8 +391,11 @@ impl Handler<Private> for Hub {
                 .content(msg.content)
                 .metadata(msg.metadata)
                 .encode();
-            let targets: Vec<_> = targets.iter().map(|(s, a)| (*s, a)).collect();
-            self.deliver(&targets, &frame);
+            let sessions = &self.sessions;
+            let targets = targets
+                .iter()
+                .filter_map(|s| Some((*s, &sessions.get(s)?.addr)));
+            self.stats.frames_out += push_all(targets, &frame, &mut self.failed);
             self.ack(msg.session, id, "private", None);
         }
         self.settle();
@@ -414,14 +416,12 @@ impl Handler<Broadcast> for Hub {
             .content(msg.content)
             .metadata(msg.metadata)
             .encode();
-        let targets: Vec<(SessionId, Recipient<ToSession>)> = self
+        let targets = self
             .sessions
             .iter()
             .filter(|(s, _)| **s != msg.session)
-            .map(|(s, m)| (*s, m.addr.clone()))
-            .collect();
-        let targets: Vec<_> = targets.iter().map(|(s, a)| (*s, a)).collect();
-        self.deliver(&targets, &frame);
+            .map(|(s, m)| (*s, &m.addr));
+        self.stats.frames_out += push_all(targets, &frame, &mut self.failed);
         self.ack(msg.session, id, "broadcast", None);
         self.settle();
     }

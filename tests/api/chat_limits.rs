@@ -6,6 +6,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use switchboard::config::{OriginPolicy, Settings, WsSettings};
 use tokio_tungstenite::tungstenite::{
+    client::IntoClientRequest,
     protocol::frame::coding::{CloseCode, Data},
     Message,
 };
@@ -274,4 +275,32 @@ async fn shutdown_closes_every_session_with_1001() {
         assert_eq!(close.code, CloseCode::Away);
     }
     stopping.await.unwrap().expect("a clean shutdown");
+}
+
+#[tokio::test]
+async fn websocket_flags_reach_the_running_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = crate::process::switchboard(dir.path());
+    command.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]);
+    command.args([
+        "--ws-require-auth",
+        "--allowed-origins",
+        "https://app.example.com",
+    ]);
+    let server = crate::process::Server::start(command);
+    let url = format!("ws://{}/ws", server.http_addr);
+
+    let status = |result: Result<_, tokio_tungstenite::tungstenite::Error>| match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Ok(_) => 101,
+        Err(other) => panic!("{other}"),
+    };
+    let anonymous = tokio_tungstenite::connect_async(url.as_str()).await;
+    assert_eq!(status(anonymous), 401, "--ws-require-auth is in force");
+
+    let mut foreign = url.as_str().into_client_request().unwrap();
+    foreign
+        .headers_mut()
+        .insert("origin", "https://other.example".parse().unwrap());
+    assert_eq!(status(tokio_tungstenite::connect_async(foreign).await), 403);
 }

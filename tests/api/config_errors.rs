@@ -156,6 +156,25 @@ fn bad_flag_values_are_named() {
 }
 
 #[test]
+fn bad_websocket_settings_are_named() {
+    assert_refuses_to_start(
+        &["--allowed-origins", "https://ok.example,app.example.com"],
+        &[],
+        "invalid allowed origins",
+    );
+    assert_refuses_to_start(
+        &["--ws-max-rooms", "0"],
+        &[],
+        "invalid websocket max rooms per session",
+    );
+    assert_refuses_to_start(
+        &[],
+        &[("SWITCHBOARD_WS_PONG_TIMEOUT", "0s")],
+        "invalid websocket pong timeout",
+    );
+}
+
+#[test]
 fn a_broken_config_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let unknown = dir.path().join("unknown.toml");

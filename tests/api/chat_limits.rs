@@ -304,3 +304,13 @@ async fn websocket_flags_reach_the_running_binary() {
         .insert("origin", "https://other.example".parse().unwrap());
     assert_eq!(status(tokio_tungstenite::connect_async(foreign).await), 403);
 }
+
+#[tokio::test]
+async fn a_plain_get_on_the_websocket_route_is_a_clear_400() {
+    let app = spawn_app().await;
+    let response = app.http.get(app.url("/ws")).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("not a WebSocket upgrade"), "{error}");
+}

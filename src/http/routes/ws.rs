@@ -43,6 +43,10 @@ async fn upgrade(
             "the server is shutting down",
         ));
     }
+    if let Err(error) = ws::handshake(&req) {
+        let reason = format!("not a WebSocket upgrade: {error}");
+        return Ok(refuse(StatusCode::BAD_REQUEST, reason));
+    }
     let origin = header_str(&req, header::ORIGIN);
     if !settings
         .allowed_origins

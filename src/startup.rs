@@ -179,12 +179,15 @@ impl Application {
             })?
         };
         let (grpc_stop, stopped) = oneshot::channel::<()>();
-        let grpc_task =
-            io_runtime
-                .handle()
-                .spawn(grpc::serve(grpc_listener, health_service, async {
-                    let _ = stopped.await;
-                }));
+        let grpc_task = io_runtime.handle().spawn(grpc::serve(
+            grpc_listener,
+            health_service,
+            grpc::Users::new(database.clone()),
+            auth.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
 
         tracing::info!("listening on http://{http_addr}");
         tracing::info!("listening on grpc://{grpc_addr}");

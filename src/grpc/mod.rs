@@ -1,10 +1,22 @@
 //! The gRPC front door (tonic), running on its own multi-threaded tokio runtime and
 //! reaching actors through their addresses.
 
+mod convert;
+mod status;
+pub mod users;
+
 use std::future::Future;
 
-use tonic::transport::{server::TcpIncoming, Server};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{server::TcpIncoming, Server},
+    Request, Status,
+};
 use tonic_health::server::HealthReporter;
+
+pub use users::Users;
+
+use crate::auth::{Claims, JwtAuth};
 
 /// Code generated from `proto/user_service.proto`.
 pub mod pb {
@@ -17,17 +29,52 @@ pub mod pb {
 }
 
 /// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight calls.
+/// Health is open to all; the user service needs a bearer token.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
+    users: Users,
+    auth: JwtAuth,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let users = pb::user_service_server::UserServiceServer::new(users);
     Server::builder()
         .add_service(health)
+        .add_service(InterceptedService::new(users, authenticate(auth)))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
+}
+
+/// Checks `authorization: Bearer <jwt>` and puts the [`Claims`] in the request extensions;
+/// a missing or bad token is `UNAUTHENTICATED`.
+fn authenticate(
+    auth: JwtAuth,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    move |mut request: Request<()>| {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| {
+                Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+            })?
+            .to_str()
+            .map_err(|_| Status::unauthenticated("the authorization metadata is not text"))?;
+        let token = match header.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => {
+                return Err(Status::unauthenticated(
+                    "the authorization metadata must be `Bearer <token>`",
+                ))
+            }
+        };
+        let claims: Claims = auth
+            .verify(token)
+            .map_err(|error| Status::unauthenticated(error.to_string()))?;
+        request.extensions_mut().insert(claims);
+        Ok(request)
+    }
 }
 
 /// Marks the server as not serving and closes every `Watch` stream, so clients learn of

@@ -278,10 +278,25 @@ pub async fn spawn_app_with(db: TestDb, settings: Settings) -> TestApp {
     }
 }
 
-/// Defines one test per backend for each listed `async fn NAME(db: &TestDb)`:
-/// `NAME::sqlite` always runs; `NAME::postgres` runs when PostgreSQL is configured.
+/// Defines one test per backend for each listed `async fn NAME(db: &TestDb)` (or, after
+/// `owned:`, `async fn NAME(db: TestDb)`, e.g. to hand the database to a server):
+/// `NAME::sqlite` always runs; `NAME::postgres` runs when PostgreSQL is reachable.
 #[macro_export]
 macro_rules! on_both_backends {
+    (owned: $($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::TestDb::sqlite()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = $crate::helpers::TestDb::postgres().await else { return };
+                super::$name(db).await;
+            }
+        }
+    )*};
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

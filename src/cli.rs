@@ -170,6 +170,14 @@ pub struct SettingsArgs {
         value_name = "BOOL"
     )]
     pub migrate_on_start: Option<bool>,
+    /// New users a StreamUsers call may hold for a client that does not read [default: 1024].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_GRPC_STREAM_BUFFER",
+        global = true,
+        value_name = "N"
+    )]
+    pub grpc_stream_buffer: Option<usize>,
     /// WebSocket policies and limits.
     #[command(flatten)]
     pub websocket: WsArgs,
@@ -183,6 +191,7 @@ impl SettingsArgs {
             grpc_addr: self.grpc_addr.clone(),
             jwt_secret: self.jwt_secret.clone(),
             shutdown_timeout: self.shutdown_timeout.clone(),
+            grpc_stream_buffer: self.grpc_stream_buffer,
             log: LogLayer {
                 format: self.log_format,
                 level: self.log_level.clone(),

@@ -30,6 +30,9 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// WebSocket policies and limits.
     pub websocket: WsSettings,
+    /// New users a `StreamUsers` call may hold for a client that does not read before
+    /// the call ends with `RESOURCE_EXHAUSTED`.
+    pub grpc_stream_buffer: usize,
 }
 
 impl Default for Settings {
@@ -42,6 +45,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             shutdown_timeout: Duration::from_secs(10),
             websocket: WsSettings::default(),
+            grpc_stream_buffer: crate::grpc::users::DEFAULT_STREAM_BUFFER,
         }
     }
 }
@@ -281,6 +285,8 @@ pub struct SettingsLayer {
     pub jwt_secret: Option<String>,
     /// See [`Settings::shutdown_timeout`] (e.g. `"10s"`).
     pub shutdown_timeout: Option<String>,
+    /// See [`Settings::grpc_stream_buffer`].
+    pub grpc_stream_buffer: Option<usize>,
     /// The `[log]` table.
     #[serde(default)]
     pub log: LogLayer,
@@ -354,6 +360,15 @@ impl Settings {
         }
         if let Some(timeout) = layer.shutdown_timeout {
             self.shutdown_timeout = parse_duration("shutdown timeout", &timeout)?;
+        }
+        if let Some(buffer) = layer.grpc_stream_buffer {
+            if buffer == 0 {
+                return Err(ConfigError::invalid(
+                    "grpc stream buffer",
+                    "it must be at least 1",
+                ));
+            }
+            self.grpc_stream_buffer = buffer;
         }
         if let Some(format) = layer.log.format {
             self.log.format = format;

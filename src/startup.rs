@@ -18,7 +18,10 @@ use tokio::{
 use tonic_health::server::HealthReporter;
 
 use crate::{
-    actors::hub::{self, Hub},
+    actors::{
+        events::{self, Events},
+        hub::{self, Hub},
+    },
     auth::JwtAuth,
     config::{JwtSecret, Settings},
     db::{migrate, Database, DbError},
@@ -73,8 +76,9 @@ pub struct Application {
     database: Database,
     auth: JwtAuth,
     hub: Addr<Hub>,
-    /// The hub's own thread, stopped last.
-    hub_arbiter: Arbiter,
+    events: Addr<Events>,
+    /// The thread of the singleton actors (hub, events), stopped last.
+    singletons: Arbiter,
     shutdown_timeout: Duration,
     /// Runs tonic and the PostgreSQL connection drivers; shut down last.
     io_runtime: IoRuntime,
@@ -136,14 +140,17 @@ impl Application {
         let auth = JwtAuth::new(&jwt_secret(settings.jwt_secret.as_ref()));
         let (draining, draining_rx) = watch::channel(false);
 
-        let hub_arbiter = Arbiter::new();
+        let singletons = Arbiter::new();
         let max_sessions = settings.websocket.max_sessions_per_user;
-        let hub = Hub::start_in_arbiter(&hub_arbiter.handle(), move |_| Hub::new(max_sessions));
+        let hub = Hub::start_in_arbiter(&singletons.handle(), move |_| Hub::new(max_sessions));
+        let events = Events::start_in_arbiter(&singletons.handle(), |_| Events::new());
+        let database = database.announcing_to(events.clone().recipient());
 
         let state = web::Data::new(http::HttpState {
             db: database.clone(),
             started_at: Instant::now(),
             draining: draining_rx,
+            events: events.clone(),
             chat: http::ChatState {
                 hub: hub.clone(),
                 auth: auth.clone(),
@@ -182,7 +189,11 @@ impl Application {
         let grpc_task = io_runtime.handle().spawn(grpc::serve(
             grpc_listener,
             health_service,
-            grpc::Users::new(database.clone()),
+            grpc::Users::new(
+                database.clone(),
+                events.clone(),
+                settings.grpc_stream_buffer,
+            ),
             auth.clone(),
             async {
                 let _ = stopped.await;
@@ -203,7 +214,8 @@ impl Application {
             database,
             auth,
             hub,
-            hub_arbiter,
+            events,
+            singletons,
             shutdown_timeout: settings.shutdown_timeout,
             io_runtime,
         })
@@ -260,7 +272,9 @@ impl Application {
         let _ = self.grpc_stop.send(());
         let mut health = self.health.clone();
         let hub = self.hub.clone();
+        let events = self.events.clone();
         let drain = async {
+            let _ = events.send(events::CloseAll).await;
             match hub.send(hub::Shutdown).await {
                 Ok(sessions) => tracing::info!(sessions, "closing WebSocket sessions"),
                 Err(error) => tracing::warn!(%error, "the chat hub did not answer"),
@@ -277,7 +291,7 @@ impl Application {
         {
             tracing::warn!("shutdown timeout reached; remaining connections dropped");
         }
-        self.hub_arbiter.stop();
+        self.singletons.stop();
         drop(self.io_runtime);
         tracing::info!("stopped");
         match early_exit {

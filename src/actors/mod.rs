@@ -1,5 +1,6 @@
 //! The actors that own all runtime state. Each changes state only by handling its typed
 //! messages (`messages.rs` beside it); front doors hold their addresses.
 
+pub mod events;
 pub mod hub;
 pub mod session;

@@ -27,6 +27,8 @@ use futures_util::FutureExt;
 use serde::Serialize;
 
 pub use error::DbError;
+
+use crate::actors::events::UsersCreated;
 pub use repo::{PageCursor, UserPage, MAX_PAGE_SIZE};
 pub use stats::{DbStats, DbStatsSnapshot, LatencyBucket, LATENCY_BUCKETS_MS};
 
@@ -87,6 +89,8 @@ pub struct Database {
     stats: Arc<DbStats>,
     max_connections: u32,
     connect_timeout: Duration,
+    /// Told about users after their insert commits (the `Events` actor).
+    created: Option<actix::Recipient<UsersCreated>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -166,7 +170,23 @@ impl Database {
             stats,
             max_connections: settings.max_connections,
             connect_timeout: settings.connect_timeout,
+            created: None,
         })
+    }
+
+    /// This database, announcing every committed new user to `events`.
+    pub fn announcing_to(mut self, events: actix::Recipient<UsersCreated>) -> Self {
+        self.created = Some(events);
+        self
+    }
+
+    /// Announces users whose insert has committed.
+    pub(crate) fn announce(&self, users: &[crate::domain::User]) {
+        if let (Some(events), false) = (&self.created, users.is_empty()) {
+            events.do_send(UsersCreated {
+                users: users.into(),
+            });
+        }
     }
 
     /// Which engine this is.

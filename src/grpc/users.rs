@@ -1,8 +1,10 @@
 //! The `userservice.UserService` implementation.
 
-use std::pin::Pin;
+use std::{collections::HashSet, pin::Pin};
 
+use actix::Addr;
 use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
@@ -10,8 +12,9 @@ use super::{
     pb::{self, user_service_server::UserService},
 };
 use crate::{
-    db::{Database, DbError, PageCursor},
-    domain::NewUser,
+    actors::events::{Events, Subscribe, Subscription, Unsubscribe},
+    db::{Database, DbError, PageCursor, MAX_PAGE_SIZE},
+    domain::{NewUser, User, UserId},
 };
 
 /// Default `page_size` when a request leaves it at 0.
@@ -19,16 +22,28 @@ pub const DEFAULT_PAGE_SIZE: u32 = 10;
 /// Requests of a bulk create stored per transaction.
 pub const BULK_BATCH: usize = 500;
 
+/// Users a `StreamUsers` call may have queued for a client that does not read, before
+/// the call ends with `RESOURCE_EXHAUSTED`.
+pub const DEFAULT_STREAM_BUFFER: usize = 1024;
+/// Users handed to tonic ahead of the client (between the feeder task and the wire).
+const WIRE_BUFFER: usize = 64;
+
 /// The service: thin, turning protobuf into repository calls and back.
 #[derive(Clone)]
 pub struct Users {
     db: Database,
+    events: Addr<Events>,
+    stream_buffer: usize,
 }
 
 impl Users {
-    /// A service over `db`.
-    pub fn new(db: Database) -> Self {
-        Self { db }
+    /// A service over `db`, streaming new users from `events`.
+    pub fn new(db: Database, events: Addr<Events>, stream_buffer: usize) -> Self {
+        Self {
+            db,
+            events,
+            stream_buffer,
+        }
     }
 
     /// Stores one batch of a bulk create; when the batch as a whole is refused because
@@ -138,11 +153,30 @@ impl UserService for Users {
 
     async fn stream_users(
         &self,
-        _request: Request<pb::StreamUsersRequest>,
+        request: Request<pb::StreamUsersRequest>,
     ) -> Result<Response<Self::StreamUsersStream>, Status> {
-        Err(Status::unimplemented(
-            "StreamUsers is not available yet in this build",
-        ))
+        let filter = request.into_inner().filter;
+        // Subscribe before reading the snapshot: a user committed in between is in both,
+        // and the feeder drops the second copy.
+        let subscription = self
+            .events
+            .send(Subscribe {
+                filter: filter.clone(),
+                buffer: self.stream_buffer,
+            })
+            .await
+            .map_err(|_| Status::unavailable("the event service is not running"))?;
+        let (wire, mut out) = mpsc::channel(WIRE_BUFFER);
+        let feeder = Feeder {
+            db: self.db.clone(),
+            events: self.events.clone(),
+            filter,
+            buffer: self.stream_buffer,
+            wire,
+        };
+        tokio::spawn(feeder.run(subscription));
+        let stream = futures_util::stream::poll_fn(move |cx| out.poll_recv(cx));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn bulk_create_users(
@@ -171,5 +205,71 @@ impl UserService for Users {
             self.store_batch(batch, &mut response).await?;
         }
         Ok(Response::new(response))
+    }
+}
+
+/// Feeds one `StreamUsers` call: the snapshot page by page, then live users.
+struct Feeder {
+    db: Database,
+    events: Addr<Events>,
+    filter: String,
+    buffer: usize,
+    wire: mpsc::Sender<Result<pb::User, Status>>,
+}
+
+impl Feeder {
+    async fn run(self, subscription: Subscription) {
+        let id = subscription.id;
+        // `Err` means the client went away; either way the subscription is released now.
+        let _ = self.feed(subscription).await;
+        self.events.do_send(Unsubscribe { id });
+    }
+
+    async fn feed(&self, mut subscription: Subscription) -> Result<(), ()> {
+        let mut seen: HashSet<UserId> = HashSet::new();
+        let mut cursor: Option<PageCursor> = None;
+        loop {
+            let page = match self
+                .db
+                .list_users(&self.filter, MAX_PAGE_SIZE, cursor.as_ref())
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => return self.send(Err(error.into())).await,
+            };
+            for user in page.users {
+                seen.insert(user.id);
+                self.send(Ok(user.into())).await?;
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        loop {
+            let user = tokio::select! {
+                () = self.wire.closed() => return Err(()),
+                user = subscription.users.recv() => user,
+            };
+            match user {
+                Some(user) if seen.remove(&user.id) => {}
+                Some(user) => self.send(Ok(User::clone(&user).into())).await?,
+                None => break,
+            }
+        }
+        let status = if subscription.overflowed.try_recv().is_ok() {
+            Status::resource_exhausted(format!(
+                "stream consumer too slow: more than {} new users waited for it; \
+                 call StreamUsers again to resume from a fresh snapshot",
+                self.buffer
+            ))
+        } else {
+            Status::unavailable("the server is shutting down")
+        };
+        self.send(Err(status)).await
+    }
+
+    async fn send(&self, item: Result<pb::User, Status>) -> Result<(), ()> {
+        self.wire.send(item).await.map_err(|_| ())
     }
 }

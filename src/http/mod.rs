@@ -9,7 +9,12 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::{actors::hub::Hub, auth::JwtAuth, config::WsSettings, db::Database};
+use crate::{
+    actors::{events::Events, hub::Hub},
+    auth::JwtAuth,
+    config::WsSettings,
+    db::Database,
+};
 
 /// What HTTP handlers need, shared through `web::Data`. Handles only, no domain state.
 #[derive(Clone)]
@@ -20,6 +25,8 @@ pub struct HttpState {
     pub started_at: Instant,
     /// Becomes `true` when a graceful shutdown begins (readiness then fails).
     pub draining: watch::Receiver<bool>,
+    /// The domain-event actor (for `/health`).
+    pub events: actix::Addr<Events>,
     /// What the WebSocket and room routes need.
     pub chat: ChatState,
 }

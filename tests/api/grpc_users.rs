@@ -18,8 +18,8 @@ use crate::{
 };
 
 /// Adds the `authorization` metadata to each call.
-type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
-type Client = UserServiceClient<InterceptedService<Channel, AddToken>>;
+pub type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
+pub type Client = UserServiceClient<InterceptedService<Channel, AddToken>>;
 
 /// A client that sends `authorization` (when given) with every call.
 async fn client_with(app: &TestApp, authorization: Option<String>) -> Client {
@@ -35,7 +35,7 @@ async fn client_with(app: &TestApp, authorization: Option<String>) -> Client {
 }
 
 /// An authenticated client.
-async fn client(app: &TestApp) -> Client {
+pub async fn client(app: &TestApp) -> Client {
     client_with(app, Some(format!("Bearer {}", token("service", None)))).await
 }
 

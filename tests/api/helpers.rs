@@ -180,6 +180,9 @@ pub struct TestApp {
     pub grpc_addr: SocketAddr,
     /// An HTTP client for it.
     pub http: reqwest::Client,
+    /// The server's own database handle: writes through it reach the server's actors
+    /// (e.g. live `StreamUsers` subscribers), as writes from any front door do.
+    pub database: Database,
     /// The database it uses.
     pub db: TestDb,
     stop: Option<oneshot::Sender<()>>,
@@ -249,7 +252,8 @@ pub async fn spawn_app_with(db: TestDb, settings: Settings) -> TestApp {
         actix_rt::System::new().block_on(async move {
             match Application::build(settings).await {
                 Ok(app) => {
-                    let _ = ready_tx.send(Ok((app.http_addr(), app.grpc_addr())));
+                    let addresses = (app.http_addr(), app.grpc_addr(), app.database().clone());
+                    let _ = ready_tx.send(Ok(addresses));
                     app.run_until_stopped(async {
                         let _ = stop_rx.await;
                     })
@@ -264,13 +268,14 @@ pub async fn spawn_app_with(db: TestDb, settings: Settings) -> TestApp {
             }
         })
     });
-    let (http_addr, grpc_addr) = ready_rx
+    let (http_addr, grpc_addr, database) = ready_rx
         .await
         .expect("the server thread reports readiness")
         .unwrap_or_else(|e| panic!("the test server failed to start: {e}"));
     TestApp {
         http_addr,
         grpc_addr,
+        database,
         http: reqwest::Client::new(),
         db,
         stop: Some(stop_tx),

@@ -62,6 +62,7 @@ impl Database {
                 .await
         })
         .map_err(|e| user_write_error(e, user.email.as_str()))?;
+        self.announce(std::slice::from_ref(&user));
         Ok(user)
     }
 
@@ -254,7 +255,10 @@ impl Database {
             }
         };
         match result {
-            Ok(()) => Ok(users),
+            Ok(()) => {
+                self.announce(&users);
+                Ok(users)
+            }
             Err(e) if is_unique_violation(&e) => {
                 let emails: Vec<&str> = users.iter().map(|u| u.email.as_str()).collect();
                 let taken = self.first_taken_email(&emails).await?;

@@ -5,7 +5,10 @@ use std::time::Duration;
 use actix_web::{http::header::ContentType, web, HttpResponse};
 use serde_json::json;
 
-use crate::{actors::hub::GetStats, http::HttpState};
+use crate::{
+    actors::{events::GetEventStats, hub::GetStats},
+    http::HttpState,
+};
 
 /// How long a health or readiness probe waits for the database.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -54,12 +57,17 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
         Err(_) => json!({ "status": "fail", "output": "chat hub unavailable" }),
     };
 
+    let events = match state.events.send(GetEventStats).await {
+        Ok(stats) => json!({ "status": "pass", "stats": stats }),
+        Err(_) => json!({ "status": "fail", "output": "event service unavailable" }),
+    };
+
     let status = if ping.is_ok() { "pass" } else { "fail" };
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started_at.elapsed().as_secs(),
-        "checks": { "database": database, "hub": hub },
+        "checks": { "database": database, "hub": hub, "events": events },
     });
     let mut response = if ping.is_ok() {
         HttpResponse::Ok()

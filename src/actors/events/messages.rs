@@ -1,0 +1,67 @@
+//! Messages the [`Events`](super::Events) actor handles.
+
+use std::sync::Arc;
+
+use actix::Message;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::User;
+
+/// Users stored by one committed write (one user, or a bulk batch). Sent by the data layer.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct UsersCreated {
+    /// The stored users.
+    pub users: Arc<[User]>,
+}
+
+/// Subscribe to new users whose name or email contains `filter` (case-insensitively).
+#[derive(Debug, Message)]
+#[rtype(result = "Subscription")]
+pub struct Subscribe {
+    /// Substring filter; empty for every user.
+    pub filter: String,
+    /// Events that may wait for the subscriber before it counts as too slow.
+    pub buffer: usize,
+}
+
+/// A live subscription. Dropping `users` (or sending [`Unsubscribe`]) ends it.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Its id, for [`Unsubscribe`].
+    pub id: u64,
+    /// New users, in commit order.
+    pub users: mpsc::Receiver<Arc<User>>,
+    /// Resolves with `Ok(())` if the subscription was dropped because its buffer overflowed.
+    pub overflowed: oneshot::Receiver<()>,
+}
+
+/// End a subscription now (the client went away).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    /// The subscription.
+    pub id: u64,
+}
+
+/// The actor's counters.
+#[derive(Debug, Message)]
+#[rtype(result = "EventStats")]
+pub struct GetEventStats;
+
+/// Gauges and counters since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EventStats {
+    /// Live subscriptions.
+    pub subscribers: usize,
+    /// Users announced by the data layer.
+    pub users_created: u64,
+    /// Subscriptions ended because the subscriber fell behind.
+    pub overflows: u64,
+}
+
+/// Drop every subscription (server shutdown), so long-lived streams end.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CloseAll;

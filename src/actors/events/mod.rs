@@ -1,0 +1,138 @@
+//! Domain events: the data layer tells this actor about users after they are committed,
+//! and it hands each one to every matching live subscription (gRPC `StreamUsers`, later
+//! GraphQL subscriptions). Each subscription has a bounded buffer; one that overflows is
+//! dropped and told so — a subscriber never silently misses an event.
+
+pub mod messages;
+
+use std::{collections::HashMap, sync::Arc};
+
+use actix::{Actor, Context, Handler, MessageResult};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    oneshot,
+};
+
+pub use messages::*;
+
+use crate::domain::User;
+
+/// Owns the live subscriptions. Start one per server.
+#[derive(Default)]
+pub struct Events {
+    /// Live subscriptions by id.
+    subscribers: HashMap<u64, Subscriber>,
+    /// The next subscription id.
+    next_id: u64,
+    /// Counters.
+    stats: EventStats,
+}
+
+struct Subscriber {
+    /// Lower-cased substring of name or email; empty matches everyone.
+    filter: String,
+    users: mpsc::Sender<Arc<User>>,
+    overflowed: oneshot::Sender<()>,
+}
+
+/// Whether `user` matches a lower-cased `filter`, as `ListUsers` filters.
+pub fn matches(user: &User, filter: &str) -> bool {
+    filter.is_empty()
+        || user.name.as_str().to_lowercase().contains(filter)
+        || user.email.as_str().to_lowercase().contains(filter)
+}
+
+impl Events {
+    /// An actor with no subscriptions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Actor for Events {
+    type Context = Context<Self>;
+}
+
+impl Handler<Subscribe> for Events {
+    type Result = MessageResult<Subscribe>;
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) -> Self::Result {
+        let (users, receiver) = mpsc::channel(msg.buffer.max(1));
+        let (overflowed, overflow_rx) = oneshot::channel();
+        self.next_id += 1;
+        let id = self.next_id;
+        self.subscribers.insert(
+            id,
+            Subscriber {
+                filter: msg.filter.trim().to_lowercase(),
+                users,
+                overflowed,
+            },
+        );
+        MessageResult(Subscription {
+            id,
+            users: receiver,
+            overflowed: overflow_rx,
+        })
+    }
+}
+
+impl Handler<Unsubscribe> for Events {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) {
+        self.subscribers.remove(&msg.id);
+    }
+}
+
+impl Handler<UsersCreated> for Events {
+    type Result = ();
+
+    fn handle(&mut self, msg: UsersCreated, _ctx: &mut Self::Context) {
+        self.stats.users_created += msg.users.len() as u64;
+        let mut ended = Vec::new();
+        for user in msg.users.iter() {
+            let user = Arc::new(user.clone());
+            for (id, subscriber) in &self.subscribers {
+                if ended.contains(id) || !matches(&user, &subscriber.filter) {
+                    continue;
+                }
+                match subscriber.users.try_send(user.clone()) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        self.stats.overflows += 1;
+                        ended.push(*id);
+                    }
+                    Err(TrySendError::Closed(_)) => ended.push(*id),
+                }
+            }
+        }
+        for id in ended {
+            if let Some(subscriber) = self.subscribers.remove(&id) {
+                // Only an overflow is reported; a closed receiver has nobody to tell.
+                if !subscriber.users.is_closed() {
+                    let _ = subscriber.overflowed.send(());
+                }
+            }
+        }
+    }
+}
+
+impl Handler<GetEventStats> for Events {
+    type Result = MessageResult<GetEventStats>;
+
+    fn handle(&mut self, _msg: GetEventStats, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(EventStats {
+            subscribers: self.subscribers.len(),
+            ..self.stats.clone()
+        })
+    }
+}
+
+impl Handler<CloseAll> for Events {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CloseAll, _ctx: &mut Self::Context) {
+        self.subscribers.clear();
+    }
+}

@@ -178,6 +178,14 @@ pub struct SettingsArgs {
         value_name = "N"
     )]
     pub grpc_stream_buffer: Option<usize>,
+    /// Largest gRPC message accepted or sent, in bytes [default: 4194304].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_GRPC_MAX_MESSAGE_SIZE",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub grpc_max_message_size: Option<usize>,
     /// WebSocket policies and limits.
     #[command(flatten)]
     pub websocket: WsArgs,
@@ -192,6 +200,7 @@ impl SettingsArgs {
             jwt_secret: self.jwt_secret.clone(),
             shutdown_timeout: self.shutdown_timeout.clone(),
             grpc_stream_buffer: self.grpc_stream_buffer,
+            grpc_max_message_size: self.grpc_max_message_size,
             log: LogLayer {
                 format: self.log_format,
                 level: self.log_level.clone(),

@@ -33,6 +33,8 @@ pub struct Settings {
     /// New users a `StreamUsers` call may hold for a client that does not read before
     /// the call ends with `RESOURCE_EXHAUSTED`.
     pub grpc_stream_buffer: usize,
+    /// Largest gRPC message accepted or sent, in bytes.
+    pub grpc_max_message_size: usize,
 }
 
 impl Default for Settings {
@@ -46,6 +48,7 @@ impl Default for Settings {
             shutdown_timeout: Duration::from_secs(10),
             websocket: WsSettings::default(),
             grpc_stream_buffer: crate::grpc::users::DEFAULT_STREAM_BUFFER,
+            grpc_max_message_size: 4 * 1024 * 1024,
         }
     }
 }
@@ -287,6 +290,8 @@ pub struct SettingsLayer {
     pub shutdown_timeout: Option<String>,
     /// See [`Settings::grpc_stream_buffer`].
     pub grpc_stream_buffer: Option<usize>,
+    /// See [`Settings::grpc_max_message_size`].
+    pub grpc_max_message_size: Option<usize>,
     /// The `[log]` table.
     #[serde(default)]
     pub log: LogLayer,
@@ -369,6 +374,15 @@ impl Settings {
                 ));
             }
             self.grpc_stream_buffer = buffer;
+        }
+        if let Some(size) = layer.grpc_max_message_size {
+            if size < 1024 {
+                return Err(ConfigError::invalid(
+                    "grpc max message size",
+                    "it must be at least 1024 bytes",
+                ));
+            }
+            self.grpc_max_message_size = size;
         }
         if let Some(format) = layer.log.format {
             self.log.format = format;

@@ -194,7 +194,10 @@ impl Application {
                 events.clone(),
                 settings.grpc_stream_buffer,
             ),
-            auth.clone(),
+            grpc::ServeOptions {
+                auth: auth.clone(),
+                max_message_size: settings.grpc_max_message_size,
+            },
             async {
                 let _ = stopped.await;
             },

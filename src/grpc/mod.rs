@@ -8,6 +8,7 @@ pub mod users;
 use std::future::Future;
 
 use tonic::{
+    codec::CompressionEncoding,
     service::interceptor::InterceptedService,
     transport::{server::TcpIncoming, Server},
     Request, Status,
@@ -29,22 +30,47 @@ pub mod pb {
 }
 
 /// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight calls.
-/// Health is open to all; the user service needs a bearer token.
+/// Health and reflection are open to all; the user service needs a bearer token.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
     users: Users,
-    auth: JwtAuth,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let users = pb::user_service_server::UserServiceServer::new(users);
+    let users = pb::user_service_server::UserServiceServer::new(users)
+        .max_decoding_message_size(options.max_message_size)
+        .max_encoding_message_size(options.max_message_size)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the embedded descriptor sets are valid");
     Server::builder()
         .add_service(health)
-        .add_service(InterceptedService::new(users, authenticate(auth)))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(InterceptedService::new(users, authenticate(options.auth)))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
+}
+
+/// How the gRPC server is set up.
+pub struct ServeOptions {
+    /// Verifies bearer tokens.
+    pub auth: JwtAuth,
+    /// Largest message accepted or sent, in bytes.
+    pub max_message_size: usize,
 }
 
 /// Checks `authorization: Bearer <jwt>` and puts the [`Claims`] in the request extensions;

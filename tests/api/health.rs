@@ -115,7 +115,7 @@ async fn readiness_fails_when_the_database_goes_away() {
         StatusCode::OK
     );
 
-    app.db.drop_postgres_database().await;
+    app.db().drop_postgres_database().await;
 
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);

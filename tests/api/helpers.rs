@@ -183,13 +183,18 @@ pub struct TestApp {
     /// The server's own database handle: writes through it reach the server's actors
     /// (e.g. live `StreamUsers` subscribers), as writes from any front door do.
     pub database: Database,
-    /// The database it uses.
-    pub db: TestDb,
+    /// The database it uses (taken only when the server is dropped).
+    db: Option<TestDb>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
 
 impl TestApp {
+    /// The database the server uses.
+    pub fn db(&self) -> &TestDb {
+        self.db.as_ref().expect("present while the server runs")
+    }
+
     /// `http://ADDR{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http_addr)
@@ -225,9 +230,25 @@ impl Drop for TestApp {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        // Wait so the database is not dropped under a running server.
-        if let Some(thread) = self.thread.take() {
+        // The database must outlive the server. On a current-thread runtime, joining here
+        // would block the thread that drives the clients' connections, which the server's
+        // graceful shutdown waits for; there a helper thread waits and drops the database
+        // (the runtime's end closes those connections). Elsewhere we wait in place, so
+        // PostgreSQL test databases are always dropped before the process exits.
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let db = self.db.take();
+        let finish = move || {
             let _ = thread.join();
+            drop(db);
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {
+                std::thread::spawn(finish);
+            }
+            Ok(_) => tokio::task::block_in_place(finish),
+            Err(_) => finish(),
         }
     }
 }
@@ -277,7 +298,7 @@ pub async fn spawn_app_with(db: TestDb, settings: Settings) -> TestApp {
         grpc_addr,
         database,
         http: reqwest::Client::new(),
-        db,
+        db: Some(db),
         stop: Some(stop_tx),
         thread: Some(thread),
     }

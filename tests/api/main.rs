@@ -5,6 +5,7 @@ mod chat_limits;
 mod cli;
 mod config_errors;
 mod grpc_health;
+mod grpc_reflection;
 mod grpc_stream;
 mod grpc_users;
 mod health;

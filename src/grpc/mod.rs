@@ -2,6 +2,7 @@
 //! reaching actors through their addresses.
 
 mod convert;
+pub mod layer;
 mod status;
 pub mod users;
 
@@ -57,6 +58,7 @@ pub async fn serve(
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
     Server::builder()
+        .layer(layer::CallLayer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

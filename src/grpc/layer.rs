@@ -1,0 +1,226 @@
+//! The tower layer around every gRPC call: request id, deadline, and one log line with
+//! the method, final status code, duration and peer — which an interceptor cannot do,
+//! since it never sees the response (streaming calls end in trailers).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body as HttpBody, Frame};
+use tonic::{body::Body, transport::server::TcpConnectInfo, Status};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The metadata key that carries the request id both ways.
+pub const REQUEST_ID: &str = "request-id";
+/// Deadlines are answered a tenth early (at most this much), so `DEADLINE_EXCEEDED`
+/// reaches the caller before its own timer (and tonic's, which says `CANCELLED`) fires.
+const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+/// Longest incoming request id accepted.
+const MAX_ID_LEN: usize = 128;
+
+/// Adds [`Call`] around a service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallLayer;
+
+impl<S> Layer<S> for CallLayer {
+    type Service = Call<S>;
+
+    fn layer(&self, inner: S) -> Call<S> {
+        Call { inner }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Call<S> {
+    inner: S,
+}
+
+/// What the log line needs, carried to wherever the call ends.
+struct CallLog {
+    id: String,
+    method: String,
+    peer: String,
+    started: Instant,
+}
+
+impl CallLog {
+    fn finish(&self, code: &str) {
+        tracing::info!(
+            request_id = %self.id,
+            method = %self.method,
+            peer = %self.peer,
+            grpc_status = code,
+            elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            "grpc call completed"
+        );
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<http::Request<B>> for Call<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let id = request_id(request.headers());
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            request.headers_mut().insert(REQUEST_ID, value);
+        }
+        let log = CallLog {
+            peer: request
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr)
+                .map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
+            method: request.uri().path().to_owned(),
+            id,
+            started: Instant::now(),
+        };
+        // The clone that was driven to readiness serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let call = inner.call(request);
+            let mut response = match deadline {
+                None => call.await?,
+                Some(deadline) => {
+                    let budget = deadline - (deadline / 10).min(MAX_DEADLINE_MARGIN);
+                    match tokio::time::timeout(budget, call).await {
+                        Ok(response) => response?,
+                        Err(_) => Status::deadline_exceeded(format!(
+                            "the call did not finish within its {deadline:?} deadline"
+                        ))
+                        .into_http(),
+                    }
+                }
+            };
+            if let Ok(value) = HeaderValue::from_str(&log.id) {
+                response.headers_mut().insert(REQUEST_ID, value);
+            }
+            // A trailers-only answer (every error) has its status in the headers; otherwise
+            // the status comes in the trailers at the end of the body.
+            if let Some(code) = response.headers().get("grpc-status") {
+                log.finish(code.to_str().unwrap_or("?"));
+                return Ok(response);
+            }
+            Ok(response.map(|body| {
+                Body::new(Logged {
+                    inner: body,
+                    log: Some(log),
+                })
+            }))
+        })
+    }
+}
+
+/// The caller's id when it sent a sane one, otherwise a fresh UUIDv7.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (`H M S m u n`).
+pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
+    if raw.len() < 2 || raw.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = raw.split_at(raw.len() - 1);
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value * 3600),
+        "M" => Duration::from_secs(value * 60),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+/// A response body that logs the call when its trailers pass (or when it is dropped
+/// unfinished, which means the client went away).
+struct Logged {
+    inner: Body,
+    log: Option<CallLog>,
+}
+
+impl HttpBody for Logged {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(trailers) = frame.trailers_ref() {
+                if let Some(log) = self.log.take() {
+                    let code = trailers.get("grpc-status").and_then(|v| v.to_str().ok());
+                    log.finish(code.unwrap_or("?"));
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.finish("cancelled");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("100n"), Some(Duration::from_nanos(100)));
+        for bad in ["", "5", "S", "123456789S", "5x", "-5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+}

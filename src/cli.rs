@@ -259,8 +259,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn serve(settings: Settings) -> anyhow::Result<()> {
     telemetry::init(&settings.log);
     actix_rt::System::new().block_on(async move {
+        let signal = shutdown_signal()?;
         let app = Application::build(settings).await?;
-        app.run_until_stopped(shutdown_signal()).await?;
+        app.run_until_stopped(signal).await?;
         Ok(())
     })
 }
@@ -298,27 +299,26 @@ fn migrate(settings: Settings, action: MigrateAction) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Registers for SIGINT (Ctrl-C) and SIGTERM at once — before the server announces its
+/// addresses, so a signal sent right after cannot kill it ungracefully — and returns a
+/// future that resolves on either. Must be called inside a tokio runtime.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => tracing::info!("received SIGINT"),
-                    _ = terminate.recv() => tracing::info!("received SIGTERM"),
-                }
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => tracing::info!("received SIGINT"),
+                _ = terminate.recv() => tracing::info!("received SIGTERM"),
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = interrupt.await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

@@ -186,6 +186,14 @@ pub struct SettingsArgs {
         value_name = "BYTES"
     )]
     pub grpc_max_message_size: Option<usize>,
+    /// How often the database is pinged for gRPC health [default: 5s].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_HEALTH_INTERVAL",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub health_interval: Option<String>,
     /// WebSocket policies and limits.
     #[command(flatten)]
     pub websocket: WsArgs,
@@ -201,6 +209,7 @@ impl SettingsArgs {
             shutdown_timeout: self.shutdown_timeout.clone(),
             grpc_stream_buffer: self.grpc_stream_buffer,
             grpc_max_message_size: self.grpc_max_message_size,
+            health_interval: self.health_interval.clone(),
             log: LogLayer {
                 format: self.log_format,
                 level: self.log_level.clone(),

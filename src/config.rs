@@ -35,6 +35,8 @@ pub struct Settings {
     pub grpc_stream_buffer: usize,
     /// Largest gRPC message accepted or sent, in bytes.
     pub grpc_max_message_size: usize,
+    /// How often the health monitor pings the database.
+    pub health_interval: Duration,
 }
 
 impl Default for Settings {
@@ -49,6 +51,7 @@ impl Default for Settings {
             websocket: WsSettings::default(),
             grpc_stream_buffer: crate::grpc::users::DEFAULT_STREAM_BUFFER,
             grpc_max_message_size: 4 * 1024 * 1024,
+            health_interval: Duration::from_secs(5),
         }
     }
 }
@@ -292,6 +295,8 @@ pub struct SettingsLayer {
     pub grpc_stream_buffer: Option<usize>,
     /// See [`Settings::grpc_max_message_size`].
     pub grpc_max_message_size: Option<usize>,
+    /// See [`Settings::health_interval`] (e.g. `"5s"`).
+    pub health_interval: Option<String>,
     /// The `[log]` table.
     #[serde(default)]
     pub log: LogLayer,
@@ -383,6 +388,16 @@ impl Settings {
                 ));
             }
             self.grpc_max_message_size = size;
+        }
+        if let Some(raw) = layer.health_interval {
+            let interval = parse_duration("health interval", &raw)?;
+            if interval.is_zero() {
+                return Err(ConfigError::invalid(
+                    "health interval",
+                    "it must be greater than zero",
+                ));
+            }
+            self.health_interval = interval;
         }
         if let Some(format) = layer.log.format {
             self.log.format = format;

@@ -20,6 +20,7 @@ use tonic_health::server::HealthReporter;
 use crate::{
     actors::{
         events::{self, Events},
+        health::HealthMonitor,
         hub::{self, Hub},
     },
     auth::JwtAuth,
@@ -173,9 +174,16 @@ impl Application {
         .run();
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
+        for service in grpc::HEALTH_SERVICES {
+            health
+                .set_service_status(service, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        HealthMonitor::start_in_arbiter(&singletons.handle(), {
+            let (db, health) = (database.clone(), health.clone());
+            let (interval, draining) = (settings.health_interval, draining.subscribe());
+            move |_| HealthMonitor::new(db, health, interval, draining)
+        });
         let grpc_listener = {
             let _entered = io_runtime.handle().enter();
             tokio::net::TcpListener::from_std(grpc_listener).map_err(|source| {

@@ -2,5 +2,6 @@
 //! messages (`messages.rs` beside it); front doors hold their addresses.
 
 pub mod events;
+pub mod health;
 pub mod hub;
 pub mod session;

@@ -108,8 +108,13 @@ fn authenticate(
 /// Marks the server as not serving and closes every `Watch` stream, so clients learn of
 /// the shutdown and long-lived health streams do not hold the drain open.
 pub async fn withdraw_health(reporter: &mut HealthReporter) {
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    reporter.clear_service_status("").await;
+    for service in HEALTH_SERVICES {
+        reporter
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
+        reporter.clear_service_status(service).await;
+    }
 }
+
+/// The names `grpc.health.v1` reports on: the server as a whole, and the user service.
+pub const HEALTH_SERVICES: [&str; 2] = ["", "userservice.UserService"];

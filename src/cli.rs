@@ -178,7 +178,7 @@ pub struct SettingsArgs {
         value_name = "N"
     )]
     pub grpc_stream_buffer: Option<usize>,
-    /// Largest gRPC message accepted or sent, in bytes [default: 4194304].
+    /// Largest incoming gRPC message, in bytes [default: 4194304].
     #[arg(
         long,
         env = "SWITCHBOARD_GRPC_MAX_MESSAGE_SIZE",

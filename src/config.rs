@@ -33,7 +33,7 @@ pub struct Settings {
     /// New users a `StreamUsers` call may hold for a client that does not read before
     /// the call ends with `RESOURCE_EXHAUSTED`.
     pub grpc_stream_buffer: usize,
-    /// Largest gRPC message accepted or sent, in bytes.
+    /// Largest incoming gRPC message, in bytes.
     pub grpc_max_message_size: usize,
     /// How often the health monitor pings the database.
     pub health_interval: Duration,

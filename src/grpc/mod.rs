@@ -42,8 +42,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let users = pb::user_service_server::UserServiceServer::new(users)
+        // Incoming messages are bounded; outgoing ones are not, since a bulk create of
+        // 100,000 users answers with all of them (about 10 MB; clients raise their own
+        // decoding limit to read it).
         .max_decoding_message_size(options.max_message_size)
-        .max_encoding_message_size(options.max_message_size)
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
     let reflection = || {
@@ -71,7 +73,7 @@ pub async fn serve(
 pub struct ServeOptions {
     /// Verifies bearer tokens.
     pub auth: JwtAuth,
-    /// Largest message accepted or sent, in bytes.
+    /// Largest incoming message, in bytes.
     pub max_message_size: usize,
 }
 

@@ -1,4 +1,4 @@
-//! Server reflection (v1 and v1alpha) and gzip, without a token where the issue says so.
+//! Server reflection (v1 and v1alpha, no token needed), gzip and message size limits.
 
 use tonic::codec::CompressionEncoding;
 use tonic_reflection::pb::{v1, v1alpha};
@@ -108,4 +108,25 @@ async fn gzip_requests_and_responses_work() {
         "the response was compressed"
     );
     assert_eq!(created.into_inner().name, "Zip");
+}
+
+#[tokio::test]
+async fn messages_over_the_size_limit_are_refused() {
+    let db = crate::helpers::TestDb::sqlite();
+    let mut settings = crate::helpers::test_settings(&db);
+    settings.grpc_max_message_size = 1024;
+    let app = crate::helpers::spawn_app_with(db, settings).await;
+    let mut users = client(&app).await;
+    let metadata = (0..3).map(|i| (format!("k{i}"), "v".repeat(900))).collect();
+    let status = users
+        .create_user(switchboard::grpc::pb::CreateUserRequest {
+            name: "Big".into(),
+            email: "big@example.com".into(),
+            metadata,
+            age: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("1024"), "{}", status.message());
 }

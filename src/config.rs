@@ -372,32 +372,13 @@ impl Settings {
             self.shutdown_timeout = parse_duration("shutdown timeout", &timeout)?;
         }
         if let Some(buffer) = layer.grpc_stream_buffer {
-            if buffer == 0 {
-                return Err(ConfigError::invalid(
-                    "grpc stream buffer",
-                    "it must be at least 1",
-                ));
-            }
-            self.grpc_stream_buffer = buffer;
+            self.grpc_stream_buffer = at_least("grpc stream buffer", buffer, 1)?;
         }
         if let Some(size) = layer.grpc_max_message_size {
-            if size < 1024 {
-                return Err(ConfigError::invalid(
-                    "grpc max message size",
-                    "it must be at least 1024 bytes",
-                ));
-            }
-            self.grpc_max_message_size = size;
+            self.grpc_max_message_size = at_least("grpc max message size", size, 1024)?;
         }
         if let Some(raw) = layer.health_interval {
-            let interval = parse_duration("health interval", &raw)?;
-            if interval.is_zero() {
-                return Err(ConfigError::invalid(
-                    "health interval",
-                    "it must be greater than zero",
-                ));
-            }
-            self.health_interval = interval;
+            self.health_interval = positive("health interval", &raw)?;
         }
         if let Some(format) = layer.log.format {
             self.log.format = format;
@@ -419,13 +400,7 @@ impl DatabaseSettings {
             self.url = url.parse()?;
         }
         if let Some(max) = layer.max_connections {
-            if max == 0 {
-                return Err(ConfigError::invalid(
-                    "database max connections",
-                    "it must be at least 1",
-                ));
-            }
-            self.max_connections = max;
+            self.max_connections = at_least("database max connections", max as usize, 1)? as u32;
         }
         if let Some(min) = layer.min_idle {
             self.min_idle = (min > 0).then_some(min);
@@ -437,14 +412,7 @@ impl DatabaseSettings {
             self.idle_timeout = nonzero(parse_duration("database idle timeout", &raw)?);
         }
         if let Some(raw) = layer.connect_timeout {
-            let timeout = parse_duration("database connect timeout", &raw)?;
-            if timeout.is_zero() {
-                return Err(ConfigError::invalid(
-                    "database connect timeout",
-                    "it must be greater than zero",
-                ));
-            }
-            self.connect_timeout = timeout;
+            self.connect_timeout = positive("database connect timeout", &raw)?;
         }
         if let Some(raw) = layer.slow_query_threshold {
             self.slow_query_threshold = parse_duration("database slow query threshold", &raw)?;
@@ -468,6 +436,29 @@ impl DatabaseSettings {
         }
         Ok(self)
     }
+}
+
+/// `value`, or an error naming `setting` when it is below `min`.
+fn at_least(setting: &'static str, value: usize, min: usize) -> Result<usize, ConfigError> {
+    if value < min {
+        return Err(ConfigError::invalid(
+            setting,
+            format!("it must be at least {min}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A duration that must be greater than zero.
+fn positive(setting: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    let duration = parse_duration(setting, raw)?;
+    if duration.is_zero() {
+        return Err(ConfigError::invalid(
+            setting,
+            "it must be greater than zero",
+        ));
+    }
+    Ok(duration)
 }
 
 fn nonzero(duration: Duration) -> Option<Duration> {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{parse_duration, ConfigError};
+use super::{at_least, positive, ConfigError};
 
 /// Limits and policies for `GET /ws`.
 #[derive(Debug, Clone, PartialEq)]
@@ -185,27 +185,6 @@ impl WsSettings {
         }
         Ok(self)
     }
-}
-
-fn at_least(setting: &'static str, value: usize, min: usize) -> Result<usize, ConfigError> {
-    if value < min {
-        return Err(ConfigError::invalid(
-            setting,
-            format!("it must be at least {min}"),
-        ));
-    }
-    Ok(value)
-}
-
-fn positive(setting: &'static str, raw: &str) -> Result<Duration, ConfigError> {
-    let duration = parse_duration(setting, raw)?;
-    if duration.is_zero() {
-        return Err(ConfigError::invalid(
-            setting,
-            "it must be greater than zero",
-        ));
-    }
-    Ok(duration)
 }
 
 /// The WebSocket flags (each with an environment fallback).

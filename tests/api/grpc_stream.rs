@@ -178,3 +178,23 @@ async fn cancelling_a_stream_releases_its_subscription_at_once() {
     drop(stream);
     until_events(&app, "no subscriber", |s| s["subscribers"] == 0).await;
 }
+
+#[tokio::test]
+async fn shutdown_ends_live_streams() {
+    let app = crate::helpers::spawn_app().await;
+    let mut users = client(&app).await;
+    let mut stream = users
+        .stream_users(StreamUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    until_events(&app, "one subscriber", |s| s["subscribers"] == 1).await;
+
+    let stopping = tokio::spawn(app.shutdown());
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("the stream ends promptly");
+    let status = ended.expect("a final status").unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    stopping.await.unwrap().expect("a clean shutdown");
+}

@@ -20,6 +20,7 @@
 //!   one [`actors::session::Session`] per WebSocket.
 //! - [`http`]: actix-web routes and middleware.
 //! - [`grpc`]: the tonic server and its generated code.
+//! - [`graphql`]: the juniper schema served at `/graphql`.
 
 pub mod actors;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod graphql;
 pub mod grpc;
 pub mod http;
 pub mod startup;

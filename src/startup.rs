@@ -145,13 +145,20 @@ impl Application {
         let max_sessions = settings.websocket.max_sessions_per_user;
         let hub = Hub::start_in_arbiter(&singletons.handle(), move |_| Hub::new(max_sessions));
         let events = Events::start_in_arbiter(&singletons.handle(), |_| Events::new());
-        let database = database.announcing_to(events.clone().recipient());
+        let database = database.announcing_to(events.clone());
 
         let state = web::Data::new(http::HttpState {
             db: database.clone(),
             started_at: Instant::now(),
             draining: draining_rx,
             events: events.clone(),
+            graphql: http::routes::graphql::GraphqlState {
+                schema: std::sync::Arc::new(crate::graphql::schema(
+                    &crate::graphql::Limits::default(),
+                )),
+                max_operations_per_connection: 16,
+                keep_alive: Duration::from_secs(15),
+            },
             chat: http::ChatState {
                 hub: hub.clone(),
                 auth: auth.clone(),

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 pub use error::DbError;
 
-use crate::actors::events::UsersCreated;
+use crate::actors::events::{Events, PostCreated, UsersCreated};
 pub use repo::{PageCursor, UserPage, MAX_PAGE_SIZE};
 pub use stats::{DbStats, DbStatsSnapshot, LatencyBucket, LATENCY_BUCKETS_MS};
 
@@ -89,8 +89,8 @@ pub struct Database {
     stats: Arc<DbStats>,
     max_connections: u32,
     connect_timeout: Duration,
-    /// Told about users after their insert commits (the `Events` actor).
-    created: Option<actix::Recipient<UsersCreated>>,
+    /// Told about users and posts after their insert commits (the `Events` actor).
+    created: Option<actix::Addr<Events>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -174,8 +174,8 @@ impl Database {
         })
     }
 
-    /// This database, announcing every committed new user to `events`.
-    pub fn announcing_to(mut self, events: actix::Recipient<UsersCreated>) -> Self {
+    /// This database, announcing every committed new user and post to `events`.
+    pub fn announcing_to(mut self, events: actix::Addr<Events>) -> Self {
         self.created = Some(events);
         self
     }
@@ -185,6 +185,15 @@ impl Database {
         if let (Some(events), false) = (&self.created, users.is_empty()) {
             events.do_send(UsersCreated {
                 users: users.into(),
+            });
+        }
+    }
+
+    /// Announces a post whose insert has committed.
+    pub(crate) fn announce_post(&self, post: &crate::domain::Post) {
+        if let Some(events) = &self.created {
+            events.do_send(PostCreated {
+                post: std::sync::Arc::new(post.clone()),
             });
         }
     }

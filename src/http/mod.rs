@@ -29,6 +29,8 @@ pub struct HttpState {
     pub events: actix::Addr<Events>,
     /// What the WebSocket and room routes need.
     pub chat: ChatState,
+    /// What the GraphQL routes need.
+    pub graphql: routes::graphql::GraphqlState,
 }
 
 /// Handles for the chat routes.
@@ -46,6 +48,7 @@ pub struct ChatState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::health::configure(cfg);
     routes::rooms::configure(cfg);
+    routes::graphql::configure(cfg);
     routes::ws::configure(cfg);
     cfg.default_service(web::to(not_found));
 }

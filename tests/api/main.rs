@@ -4,6 +4,7 @@ mod chat;
 mod chat_limits;
 mod cli;
 mod config_errors;
+mod graphql;
 mod grpc_calls;
 mod grpc_health;
 mod grpc_reflection;

@@ -6,7 +6,7 @@ use actix::Message;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::User;
+use crate::domain::{Post, User};
 
 /// Users stored by one committed write (one user, or a bulk batch). Sent by the data layer.
 #[derive(Debug, Clone, Message)]
@@ -57,6 +57,8 @@ pub struct EventStats {
     pub subscribers: usize,
     /// Users announced by the data layer.
     pub users_created: u64,
+    /// Posts announced by the data layer.
+    pub posts_created: u64,
     /// Subscriptions ended because the subscriber fell behind.
     pub overflows: u64,
 }
@@ -65,3 +67,28 @@ pub struct EventStats {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct CloseAll;
+
+/// A post stored and committed. Sent by the data layer.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct PostCreated {
+    /// The stored post.
+    pub post: Arc<Post>,
+}
+
+/// Subscribe to new posts.
+#[derive(Debug, Message)]
+#[rtype(result = "PostSubscription")]
+pub struct SubscribePosts {
+    /// Events that may wait for the subscriber before it counts as too slow.
+    pub buffer: usize,
+}
+
+/// A live post subscription; dropping `posts` ends it.
+#[derive(Debug)]
+pub struct PostSubscription {
+    /// New posts, in commit order.
+    pub posts: mpsc::Receiver<Arc<Post>>,
+    /// Resolves with `Ok(())` if the subscription was dropped because its buffer overflowed.
+    pub overflowed: oneshot::Receiver<()>,
+}

@@ -20,12 +20,19 @@ use crate::domain::User;
 /// Owns the live subscriptions. Start one per server.
 #[derive(Default)]
 pub struct Events {
-    /// Live subscriptions by id.
+    /// Live user subscriptions by id.
     subscribers: HashMap<u64, Subscriber>,
+    /// Live post subscriptions.
+    post_subscribers: Vec<PostSubscriber>,
     /// The next subscription id.
     next_id: u64,
     /// Counters.
     stats: EventStats,
+}
+
+struct PostSubscriber {
+    posts: mpsc::Sender<Arc<crate::domain::Post>>,
+    overflowed: oneshot::Sender<()>,
 }
 
 struct Subscriber {
@@ -118,12 +125,48 @@ impl Handler<UsersCreated> for Events {
     }
 }
 
+impl Handler<SubscribePosts> for Events {
+    type Result = MessageResult<SubscribePosts>;
+
+    fn handle(&mut self, msg: SubscribePosts, _ctx: &mut Self::Context) -> Self::Result {
+        let (posts, receiver) = mpsc::channel(msg.buffer.max(1));
+        let (overflowed, overflow_rx) = oneshot::channel();
+        self.post_subscribers
+            .push(PostSubscriber { posts, overflowed });
+        MessageResult(PostSubscription {
+            posts: receiver,
+            overflowed: overflow_rx,
+        })
+    }
+}
+
+impl Handler<PostCreated> for Events {
+    type Result = ();
+
+    fn handle(&mut self, msg: PostCreated, _ctx: &mut Self::Context) {
+        self.stats.posts_created += 1;
+        let mut kept = Vec::with_capacity(self.post_subscribers.len());
+        for subscriber in self.post_subscribers.drain(..) {
+            match subscriber.posts.try_send(msg.post.clone()) {
+                Ok(()) => kept.push(subscriber),
+                Err(TrySendError::Full(_)) => {
+                    self.stats.overflows += 1;
+                    let _ = subscriber.overflowed.send(());
+                }
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+        self.post_subscribers = kept;
+    }
+}
+
 impl Handler<GetEventStats> for Events {
     type Result = MessageResult<GetEventStats>;
 
     fn handle(&mut self, _msg: GetEventStats, _ctx: &mut Self::Context) -> Self::Result {
+        self.post_subscribers.retain(|s| !s.posts.is_closed());
         MessageResult(EventStats {
-            subscribers: self.subscribers.len(),
+            subscribers: self.subscribers.len() + self.post_subscribers.len(),
             ..self.stats.clone()
         })
     }
@@ -134,5 +177,6 @@ impl Handler<CloseAll> for Events {
 
     fn handle(&mut self, _msg: CloseAll, _ctx: &mut Self::Context) {
         self.subscribers.clear();
+        self.post_subscribers.clear();
     }
 }

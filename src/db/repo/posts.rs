@@ -42,6 +42,7 @@ impl Database {
                 e.into()
             }
         })?;
+        self.announce_post(&post);
         Ok(post)
     }
 

@@ -215,6 +215,33 @@ impl Database {
         })
     }
 
+    /// Users whose name or email contains `filter` (case-insensitively), in creation
+    /// order, skipping `offset` and returning at most `limit` (for GraphQL's
+    /// `users(limit, offset, filter)`; gRPC pages with keyset cursors instead).
+    #[tracing::instrument(skip(self))]
+    pub async fn users_at_offset(
+        &self,
+        filter: &str,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<User>, DbError> {
+        let pattern = substring_pattern(filter);
+        let mut conn = self.conn().await?;
+        let rows: Vec<UserRow> = with_conn!(&mut conn, |c| {
+            let mut page = users::table
+                .select(UserRow::as_select())
+                .order((users::created_at.asc(), users::id.asc()))
+                .limit(i64::from(limit))
+                .offset(i64::from(offset))
+                .into_boxed();
+            if let Some(pattern) = &pattern {
+                page = page.filter(name_or_email_like!(pattern));
+            }
+            page.load(c).await
+        })?;
+        rows.into_iter().map(User::try_from).collect()
+    }
+
     /// Stores all of `new_users` in one transaction, or none of them: a taken or repeated
     /// email anywhere rejects the whole batch with [`DbError::DuplicateEmail`].
     #[tracing::instrument(skip_all, fields(count = new_users.len()))]

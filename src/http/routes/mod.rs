@@ -1,5 +1,6 @@
 //! Route groups, one file each.
 
+pub mod graphql;
 pub mod health;
 pub mod rooms;
 pub mod ws;

@@ -1,0 +1,18 @@
+//! The per-request context: handles to the data layer and actors, and who is asking.
+
+use actix::Addr;
+
+use crate::{actors::events::Events, auth::Claims, db::Database};
+
+/// What resolvers need. Cloning copies a few handles.
+#[derive(Clone)]
+pub struct Context {
+    /// The data layer.
+    pub db: Database,
+    /// Domain events (for subscriptions).
+    pub events: Addr<Events>,
+    /// The caller: `Ok(None)` without a token, `Err(reason)` with a bad one.
+    pub identity: Result<Option<Claims>, String>,
+}
+
+impl juniper::Context for Context {}

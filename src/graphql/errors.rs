@@ -1,0 +1,49 @@
+//! GraphQL errors with a machine-readable `extensions.code`, mapped in one place.
+
+use juniper::{graphql_value, FieldError};
+
+use crate::{db::DbError, domain::ValidationError};
+
+/// Error codes clients can branch on.
+pub mod code {
+    /// Input failed validation; `extensions.field` names the field.
+    pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
+    /// The email belongs to another user.
+    pub const DUPLICATE_EMAIL: &str = "DUPLICATE_EMAIL";
+    /// A post's author does not exist.
+    pub const UNKNOWN_AUTHOR: &str = "UNKNOWN_AUTHOR";
+    /// A mutation without a valid bearer token.
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// The database is unreachable.
+    pub const UNAVAILABLE: &str = "UNAVAILABLE";
+    /// Anything else; details are logged, not returned.
+    pub const INTERNAL: &str = "INTERNAL";
+}
+
+/// An error with a code.
+pub fn coded(message: impl std::fmt::Display, code: &str) -> FieldError {
+    FieldError::new(message, graphql_value!({ "code": code }))
+}
+
+/// A validation failure, naming the field.
+pub fn invalid(error: ValidationError) -> FieldError {
+    let field = error.field;
+    FieldError::new(
+        error.to_string(),
+        graphql_value!({ "code": (code::BAD_USER_INPUT), "field": field }),
+    )
+}
+
+/// A data-layer failure.
+pub fn db(error: DbError) -> FieldError {
+    match &error {
+        DbError::DuplicateEmail { .. } => coded(&error, code::DUPLICATE_EMAIL),
+        DbError::UnknownAuthor(_) => coded(&error, code::UNKNOWN_AUTHOR),
+        DbError::InvalidCursor(_) | DbError::NotFound { .. } => coded(&error, code::BAD_USER_INPUT),
+        DbError::Unavailable(_) => coded(&error, code::UNAVAILABLE),
+        DbError::Query(_) | DbError::Corrupt(_) => {
+            tracing::error!(%error, "database failure in a GraphQL resolver");
+            coded("internal database error", code::INTERNAL)
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `Subscription { userCreated, postCreated }`: live, fed by the `Events` actor, so users and
+//! posts created through any front door (gRPC, GraphQL, bulk) appear. A subscriber that
+//! falls more than the buffer behind gets a final error and the stream ends.
+
+use std::pin::Pin;
+
+use futures_util::{stream, Stream, StreamExt};
+use juniper::{graphql_subscription, FieldError, FieldResult};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    errors,
+    objects::{PostObject, UserObject},
+    Context,
+};
+use crate::actors::events::{Subscribe, SubscribePosts};
+
+/// New users or posts a subscription may hold for a slow client.
+pub const SUBSCRIPTION_BUFFER: usize = 1024;
+
+/// The subscription root.
+pub struct Subscription;
+
+type Live<T> = Pin<Box<dyn Stream<Item = FieldResult<T>> + Send>>;
+
+/// Turns a bounded event channel into a stream that ends with an error when the
+/// subscriber fell behind (rather than skipping events silently).
+fn live<E: Send + 'static, T: Send + 'static>(
+    receiver: mpsc::Receiver<E>,
+    overflowed: oneshot::Receiver<()>,
+    map: impl Fn(E) -> T + Send + 'static,
+) -> Live<T> {
+    let items = stream::unfold(receiver, |mut receiver| async move {
+        let item = receiver.recv().await?;
+        Some((item, receiver))
+    })
+    .map(move |item| Ok(map(item)));
+    let ending =
+        stream::once(async move { overflowed.await.ok() }).filter_map(|overflow| async move {
+            overflow.map(|()| {
+                Err(errors::coded(
+                    format!(
+                        "subscriber too slow: more than {SUBSCRIPTION_BUFFER} events waited; \
+                     subscribe again"
+                    ),
+                    "RESOURCE_EXHAUSTED",
+                ))
+            })
+        });
+    Box::pin(items.chain(ending))
+}
+
+fn unavailable() -> FieldError {
+    errors::coded(
+        "the event service is not running",
+        errors::code::UNAVAILABLE,
+    )
+}
+
+#[graphql_subscription(context = Context)]
+impl Subscription {
+    /// Every user created from now on, by any front door.
+    async fn user_created(context: &Context) -> FieldResult<Live<UserObject>> {
+        let subscription = context
+            .events
+            .send(Subscribe {
+                filter: String::new(),
+                buffer: SUBSCRIPTION_BUFFER,
+            })
+            .await
+            .map_err(|_| unavailable())?;
+        Ok(live(subscription.users, subscription.overflowed, |user| {
+            UserObject::single((*user).clone())
+        }))
+    }
+
+    /// Every post created from now on.
+    async fn post_created(context: &Context) -> FieldResult<Live<PostObject>> {
+        let subscription = context
+            .events
+            .send(SubscribePosts {
+                buffer: SUBSCRIPTION_BUFFER,
+            })
+            .await
+            .map_err(|_| unavailable())?;
+        Ok(live(subscription.posts, subscription.overflowed, |post| {
+            PostObject::single((*post).clone())
+        }))
+    }
+}

@@ -1,0 +1,186 @@
+//! GraphQL over HTTP (`POST`/`GET /graphql`), over WebSocket (`/subscriptions`, both the
+//! `graphql-transport-ws` and the legacy `graphql-ws` protocols), and the GraphiQL and
+//! Playground pages.
+
+use std::{sync::Arc, time::Duration};
+
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use juniper::{
+    http::{GraphQLBatchRequest, GraphQLRequest},
+    DefaultScalarValue, InputValue, ScalarValue as _,
+};
+use juniper_graphql_ws::ConnectionConfig;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    graphql::{Context, Schema},
+    http::HttpState,
+};
+
+/// Where the GraphQL endpoints live.
+pub const GRAPHQL_PATH: &str = "/graphql";
+/// The subscription endpoint.
+pub const SUBSCRIPTIONS_PATH: &str = "/subscriptions";
+
+/// What the GraphQL routes need.
+#[derive(Clone)]
+pub struct GraphqlState {
+    /// The schema (with its document limits).
+    pub schema: Arc<Schema>,
+    /// Concurrent subscriptions per WebSocket connection.
+    pub max_operations_per_connection: usize,
+    /// Keep-alive interval on subscription connections.
+    pub keep_alive: Duration,
+}
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(GRAPHQL_PATH, web::post().to(post))
+        .route(GRAPHQL_PATH, web::get().to(get))
+        .route(SUBSCRIPTIONS_PATH, web::get().to(subscriptions))
+        .route("/graphiql", web::get().to(graphiql))
+        .route("/playground", web::get().to(playground));
+}
+
+fn context(state: &HttpState, authorization: Option<&str>) -> Context {
+    Context {
+        db: state.db.clone(),
+        events: state.events.clone(),
+        identity: identify(state, authorization),
+    }
+}
+
+/// `Ok(None)` without a token; `Err` with a reason for a bad one.
+fn identify(
+    state: &HttpState,
+    authorization: Option<&str>,
+) -> Result<Option<crate::auth::Claims>, String> {
+    let Some(value) = authorization else {
+        return Ok(None);
+    };
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ if !value.contains(' ') => value.trim(),
+        _ => return Err("the authorization must be `Bearer <token>`".into()),
+    };
+    state
+        .chat
+        .auth
+        .verify(token)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+fn bad_request(message: impl Into<String>) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({ "errors": [{ "message": message.into() }] }))
+}
+
+fn authorization(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn execute(
+    state: &HttpState,
+    req: &HttpRequest,
+    request: GraphQLBatchRequest,
+) -> HttpResponse {
+    let graphql = &state.graphql;
+    let context = context(state, authorization(req));
+    let response = request.execute(&graphql.schema, &context).await;
+    let status = if response.is_ok() {
+        actix_web::http::StatusCode::OK
+    } else {
+        actix_web::http::StatusCode::BAD_REQUEST
+    };
+    HttpResponse::build(status).json(response)
+}
+
+async fn post(req: HttpRequest, body: web::Bytes, state: web::Data<HttpState>) -> HttpResponse {
+    let request = match actix_web::HttpMessage::mime_type(&req) {
+        Ok(Some(mime)) if mime.essence_str() == "application/graphql" => {
+            match std::str::from_utf8(&body) {
+                Ok(query) => {
+                    GraphQLBatchRequest::Single(GraphQLRequest::new(query.into(), None, None))
+                }
+                Err(_) => return bad_request("the body is not UTF-8"),
+            }
+        }
+        Ok(Some(mime)) if mime.essence_str() != "application/json" => {
+            return bad_request("send application/json (or application/graphql)")
+        }
+        Err(_) => return bad_request("malformed Content-Type"),
+        _ => match serde_json::from_slice::<GraphQLBatchRequest>(&body) {
+            Ok(request) => request,
+            Err(error) => return bad_request(format!("malformed GraphQL request: {error}")),
+        },
+    };
+    execute(&state, &req, request).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GetParams {
+    query: String,
+    operation_name: Option<String>,
+    variables: Option<String>,
+}
+
+async fn get(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
+    let params = match web::Query::<GetParams>::from_query(req.query_string()) {
+        Ok(params) => params.into_inner(),
+        Err(error) => return bad_request(format!("malformed query string: {error}")),
+    };
+    let variables = match params
+        .variables
+        .as_deref()
+        .map(serde_json::from_str::<InputValue>)
+    {
+        None => None,
+        Some(Ok(variables)) => Some(variables),
+        Some(Err(error)) => return bad_request(format!("`variables` is not JSON: {error}")),
+    };
+    let request = GraphQLRequest::new(params.query, params.operation_name, variables);
+    execute(&state, &req, GraphQLBatchRequest::Single(request)).await
+}
+
+/// Refusal of a subscription connection's `connection_init`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct InitRefused(String);
+
+async fn subscriptions(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let schema = state.graphql.schema.clone();
+    let state = state.into_inner();
+    let init = move |params: juniper::Variables<DefaultScalarValue>| async move {
+        let token = ["authorization", "Authorization", "token"]
+            .iter()
+            .find_map(|key| {
+                params
+                    .get(*key)
+                    .and_then(|v| v.as_scalar()?.try_to_string())
+            });
+        let context = context(&state, token.as_deref());
+        if let Err(reason) = &context.identity {
+            return Err(InitRefused(reason.clone()));
+        }
+        Ok(ConnectionConfig::new(context)
+            .with_max_in_flight_operations(state.graphql.max_operations_per_connection)
+            .with_keep_alive_interval(state.graphql.keep_alive))
+    };
+    juniper_actix::subscriptions::ws_handler(req, stream, schema, init).await
+}
+
+async fn graphiql() -> Result<HttpResponse, actix_web::Error> {
+    juniper_actix::graphiql_handler(GRAPHQL_PATH, Some(SUBSCRIPTIONS_PATH)).await
+}
+
+async fn playground() -> Result<HttpResponse, actix_web::Error> {
+    juniper_actix::playground_handler(GRAPHQL_PATH, Some(SUBSCRIPTIONS_PATH)).await
+}

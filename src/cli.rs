@@ -10,7 +10,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     auth::JwtAuth,
-    config::{parse_duration, DatabaseLayer, LogFormat, LogLayer, Settings, SettingsLayer, WsArgs},
+    config::{
+        parse_duration, DatabaseLayer, GraphqlArgs, LogFormat, LogLayer, Settings, SettingsLayer,
+        WsArgs,
+    },
     db::migrate,
     startup::Application,
     telemetry,
@@ -197,6 +200,9 @@ pub struct SettingsArgs {
     /// WebSocket policies and limits.
     #[command(flatten)]
     pub websocket: WsArgs,
+    /// GraphQL limits and CORS.
+    #[command(flatten)]
+    pub graphql: GraphqlArgs,
 }
 
 impl SettingsArgs {
@@ -226,6 +232,7 @@ impl SettingsArgs {
                 migrate_on_start: self.migrate_on_start,
             },
             websocket: self.websocket.layer(),
+            graphql: self.graphql.layer(),
         }
     }
 

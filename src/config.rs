@@ -9,8 +9,10 @@ use std::{fmt, net::SocketAddr, path::Path, path::PathBuf, str::FromStr, time::D
 
 use serde::Deserialize;
 
+pub mod graphql;
 pub mod websocket;
 
+pub use graphql::{GraphqlArgs, GraphqlLayer, GraphqlSettings};
 pub use websocket::{OriginPolicy, WsArgs, WsLayer, WsSettings};
 
 /// Everything the server needs to start, already validated.
@@ -37,6 +39,8 @@ pub struct Settings {
     pub grpc_max_message_size: usize,
     /// How often the health monitor pings the database.
     pub health_interval: Duration,
+    /// GraphQL limits, subscriptions and CORS.
+    pub graphql: GraphqlSettings,
 }
 
 impl Default for Settings {
@@ -52,6 +56,7 @@ impl Default for Settings {
             grpc_stream_buffer: crate::grpc::users::DEFAULT_STREAM_BUFFER,
             grpc_max_message_size: 4 * 1024 * 1024,
             health_interval: Duration::from_secs(5),
+            graphql: GraphqlSettings::default(),
         }
     }
 }
@@ -306,6 +311,9 @@ pub struct SettingsLayer {
     /// The `[websocket]` table.
     #[serde(default)]
     pub websocket: WsLayer,
+    /// The `[graphql]` table.
+    #[serde(default)]
+    pub graphql: GraphqlLayer,
 }
 
 /// Optional overrides of [`LogSettings`].
@@ -390,6 +398,7 @@ impl Settings {
         }
         self.database = self.database.apply(layer.database)?;
         self.websocket = self.websocket.apply(layer.websocket)?;
+        self.graphql = self.graphql.apply(layer.graphql)?;
         Ok(self)
     }
 }

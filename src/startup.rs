@@ -153,11 +153,11 @@ impl Application {
             draining: draining_rx,
             events: events.clone(),
             graphql: http::routes::graphql::GraphqlState {
-                schema: std::sync::Arc::new(crate::graphql::schema(
-                    &crate::graphql::Limits::default(),
-                )),
-                max_operations_per_connection: 16,
+                schema: std::sync::Arc::new(crate::graphql::schema(&settings.graphql)),
+                max_cost: settings.graphql.max_cost,
+                max_operations_per_connection: settings.graphql.max_subscriptions_per_connection,
                 keep_alive: Duration::from_secs(15),
+                cors_origins: settings.graphql.cors_origins.clone(),
             },
             chat: http::ChatState {
                 hub: hub.clone(),

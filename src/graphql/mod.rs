@@ -7,6 +7,7 @@
 //! - [`errors`]: errors with a machine-readable `extensions.code`.
 
 pub mod context;
+pub mod cost;
 pub mod errors;
 pub mod mutation;
 pub mod objects;
@@ -14,6 +15,8 @@ pub mod query;
 pub mod subscription;
 
 pub use context::Context;
+
+use crate::config::GraphqlSettings;
 pub use mutation::Mutation;
 pub use query::Query;
 pub use subscription::Subscription;
@@ -21,31 +24,11 @@ pub use subscription::Subscription;
 /// The schema type.
 pub type Schema = juniper::RootNode<Query, Mutation, Subscription>;
 
-/// Builds the schema with its document limits.
-pub fn schema(limits: &Limits) -> Schema {
+/// Builds the schema with its document limits (the cost limit is checked separately,
+/// by [`cost::check`], before execution).
+pub fn schema(settings: &GraphqlSettings) -> Schema {
     Schema::new(Query, Mutation, Subscription)
-        .limit_depth(limits.max_depth)
-        .limit_fields(limits.max_fields)
-        .limit_tokens(limits.max_tokens)
-}
-
-/// Limits applied to every document before it executes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Deepest selection nesting.
-    pub max_depth: usize,
-    /// Most fields in one document.
-    pub max_fields: usize,
-    /// Most tokens in one document.
-    pub max_tokens: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_depth: 10,
-            max_fields: 200,
-            max_tokens: 5_000,
-        }
-    }
+        .limit_depth(settings.max_depth)
+        .limit_fields(settings.max_fields)
+        .limit_tokens(settings.max_tokens)
 }

@@ -5,6 +5,7 @@ mod chat_limits;
 mod cli;
 mod config_errors;
 mod graphql;
+mod graphql_more;
 mod grpc_calls;
 mod grpc_health;
 mod grpc_reflection;

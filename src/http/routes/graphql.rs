@@ -4,7 +4,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use actix_web::{
+    http::{header, Method},
+    web, HttpRequest, HttpResponse,
+};
 use juniper::{
     http::{GraphQLBatchRequest, GraphQLRequest},
     DefaultScalarValue, InputValue, ScalarValue as _,
@@ -14,7 +17,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::{
-    graphql::{Context, Schema},
+    config::OriginPolicy,
+    graphql::{cost, Context, Schema},
     http::HttpState,
 };
 
@@ -26,18 +30,23 @@ pub const SUBSCRIPTIONS_PATH: &str = "/subscriptions";
 /// What the GraphQL routes need.
 #[derive(Clone)]
 pub struct GraphqlState {
-    /// The schema (with its document limits).
+    /// The schema (with its depth, field and token limits).
     pub schema: Arc<Schema>,
+    /// Highest document cost accepted (see [`crate::graphql::cost`]).
+    pub max_cost: u64,
     /// Concurrent subscriptions per WebSocket connection.
     pub max_operations_per_connection: usize,
     /// Keep-alive interval on subscription connections.
     pub keep_alive: Duration,
+    /// Origins allowed to call `/graphql` from a browser on another origin.
+    pub cors_origins: OriginPolicy,
 }
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(GRAPHQL_PATH, web::post().to(post))
         .route(GRAPHQL_PATH, web::get().to(get))
+        .route(GRAPHQL_PATH, web::method(Method::OPTIONS).to(preflight))
         .route(SUBSCRIPTIONS_PATH, web::get().to(subscriptions))
         .route("/graphiql", web::get().to(graphiql))
         .route("/playground", web::get().to(playground));
@@ -88,6 +97,22 @@ async fn execute(
     request: GraphQLBatchRequest,
 ) -> HttpResponse {
     let graphql = &state.graphql;
+    let requests = match &request {
+        GraphQLBatchRequest::Single(single) => std::slice::from_ref(single),
+        GraphQLBatchRequest::Batch(many) => many.as_slice(),
+    };
+    for single in requests {
+        if let Err(exceeded) = cost::check(&graphql.schema, single, graphql.max_cost) {
+            return HttpResponse::BadRequest().json(json!({ "errors": [{
+                "message": exceeded.to_string(),
+                "extensions": {
+                    "code": "COST_LIMIT_EXCEEDED",
+                    "cost": exceeded.cost,
+                    "limit": exceeded.limit,
+                },
+            }] }));
+        }
+    }
     let context = context(state, authorization(req));
     let response = request.execute(&graphql.schema, &context).await;
     let status = if response.is_ok() {
@@ -98,8 +123,57 @@ async fn execute(
     HttpResponse::build(status).json(response)
 }
 
+/// The request's `Origin` when it may call cross-origin (`None` for same-origin calls
+/// or origins not allowed, which then get no CORS headers and the browser blocks them).
+fn cors_origin<'r>(state: &HttpState, req: &'r HttpRequest) -> Option<&'r str> {
+    let origin = req.headers().get(header::ORIGIN)?.to_str().ok()?;
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    state
+        .graphql
+        .cors_origins
+        .allows(Some(origin), host)
+        .then_some(origin)
+}
+
+fn with_cors(mut response: HttpResponse, origin: Option<&str>) -> HttpResponse {
+    if let Some(value) = origin.and_then(|o| header::HeaderValue::from_str(o).ok()) {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        headers.insert(header::VARY, header::HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// Answers a CORS preflight: 204 with the allowed methods and headers for an allowed
+/// origin, 403 for any other.
+async fn preflight(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
+    match cors_origin(&state, &req) {
+        Some(origin) => {
+            let mut response = HttpResponse::NoContent()
+                .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"))
+                .insert_header((
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    "content-type, authorization",
+                ))
+                .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"))
+                .finish();
+            response = with_cors(response, Some(origin));
+            response
+        }
+        None => HttpResponse::Forbidden().json(json!({ "error": "origin not allowed" })),
+    }
+}
+
 async fn post(req: HttpRequest, body: web::Bytes, state: web::Data<HttpState>) -> HttpResponse {
-    let request = match actix_web::HttpMessage::mime_type(&req) {
+    let origin = cors_origin(&state, &req);
+    with_cors(post_inner(&req, body, &state).await, origin)
+}
+
+async fn post_inner(req: &HttpRequest, body: web::Bytes, state: &HttpState) -> HttpResponse {
+    let request = match actix_web::HttpMessage::mime_type(req) {
         Ok(Some(mime)) if mime.essence_str() == "application/graphql" => {
             match std::str::from_utf8(&body) {
                 Ok(query) => {
@@ -117,7 +191,7 @@ async fn post(req: HttpRequest, body: web::Bytes, state: web::Data<HttpState>) -
             Err(error) => return bad_request(format!("malformed GraphQL request: {error}")),
         },
     };
-    execute(&state, &req, request).await
+    execute(state, req, request).await
 }
 
 #[derive(Deserialize)]
@@ -129,6 +203,11 @@ struct GetParams {
 }
 
 async fn get(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
+    let origin = cors_origin(&state, &req);
+    with_cors(get_inner(&req, &state).await, origin)
+}
+
+async fn get_inner(req: &HttpRequest, state: &HttpState) -> HttpResponse {
     let params = match web::Query::<GetParams>::from_query(req.query_string()) {
         Ok(params) => params.into_inner(),
         Err(error) => return bad_request(format!("malformed query string: {error}")),
@@ -143,7 +222,7 @@ async fn get(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
         Some(Err(error)) => return bad_request(format!("`variables` is not JSON: {error}")),
     };
     let request = GraphQLRequest::new(params.query, params.operation_name, variables);
-    execute(&state, &req, GraphQLBatchRequest::Single(request)).await
+    execute(state, req, GraphQLBatchRequest::Single(request)).await
 }
 
 /// Refusal of a subscription connection's `connection_init`.

@@ -1,0 +1,306 @@
+//! GraphQL limits, CORS, the GraphiQL/Playground pages, and subscriptions over both
+//! WebSocket protocols.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue, Message};
+
+use crate::{
+    grpc_users::client,
+    helpers::{spawn_app, spawn_app_with, test_settings, TestApp, TestDb},
+    ws_client::token,
+};
+
+async fn post(app: &TestApp, query: &str) -> (u16, Value) {
+    let response = app
+        .http
+        .post(app.url("/graphql"))
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn documents_over_the_depth_or_cost_limit_are_refused_before_running() {
+    let db = TestDb::sqlite();
+    let mut settings = test_settings(&db);
+    settings.graphql.max_depth = 4;
+    settings.graphql.max_cost = 500;
+    let app = spawn_app_with(db, settings).await;
+
+    let (status, body) = post(
+        &app,
+        "{ users { posts { author { posts { author { name } } } } } }",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("nesting exceeds the limit of 4"),
+        "{message}"
+    );
+
+    let before = app.database.stats().total_queries;
+    let (status, body) = post(&app, "{ users(limit: 100) { posts { title } } }").await;
+    assert_eq!(status, 400, "{body}");
+    let error = &body["errors"][0];
+    assert_eq!(error["extensions"]["code"], "COST_LIMIT_EXCEEDED");
+    assert_eq!(error["extensions"]["cost"], 1101);
+    assert_eq!(error["extensions"]["limit"], 500);
+    assert!(error["message"].as_str().unwrap().contains("1101"));
+    assert_eq!(app.database.stats().total_queries, before, "nothing ran");
+
+    let (status, body) = post(&app, "{ users(limit: 20) { posts { title } } }").await;
+    assert_eq!(status, 200, "cost 221 is within the limit: {body}");
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_for_allowed_origins_only() {
+    let db = TestDb::sqlite();
+    let mut settings = test_settings(&db);
+    settings.graphql.cors_origins =
+        switchboard::config::OriginPolicy::parse(&["https://app.example.com"]).unwrap();
+    let app = spawn_app_with(db, settings).await;
+
+    let preflight = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/graphql"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type, authorization",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    let headers = preflight.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    assert!(headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+
+    let actual = app
+        .http
+        .post(app.url("/graphql"))
+        .header("origin", "https://app.example.com")
+        .json(&json!({ "query": "{ users { id } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        actual.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+
+    let foreign = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/graphql"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    assert!(foreign
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
+
+#[tokio::test]
+async fn graphiql_and_playground_point_at_the_endpoints() {
+    let app = spawn_app().await;
+    for page in ["/graphiql", "/playground"] {
+        let response = app.http.get(app.url(page)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{page}");
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        let html = response.text().await.unwrap();
+        assert!(html.contains("/graphql"), "{page} names the HTTP endpoint");
+        assert!(
+            html.contains("/subscriptions"),
+            "{page} names the subscription endpoint"
+        );
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn subscription_socket(app: &TestApp, protocol: &str) -> Socket {
+    let mut request = format!("ws://{}/subscriptions", app.http_addr)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(protocol).unwrap(),
+    );
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
+/// The next JSON message that is not a keep-alive, or `None` when the socket closes.
+async fn next_message(socket: &mut Socket) -> Option<Value> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message in time")?;
+        match frame.ok()? {
+            Message::Text(text) => {
+                let value: Value = serde_json::from_str(&text).unwrap();
+                if !matches!(value["type"].as_str(), Some("ka" | "ping" | "pong")) {
+                    return Some(value);
+                }
+            }
+            Message::Close(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, value: Value) {
+    socket.send(Message::text(value.to_string())).await.unwrap();
+}
+
+async fn until_subscribers(app: &TestApp, count: u64) {
+    for _ in 0..100 {
+        let health = app.get_json("/health").await;
+        if health["checks"]["events"]["stats"]["subscribers"] == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never {count} subscribers");
+}
+
+async fn create_over_graphql(app: &TestApp, name: &str) {
+    let response: Value = app
+        .http
+        .post(app.url("/graphql"))
+        .bearer_auth(token("writer", None))
+        .json(&json!({
+            "query": "mutation($i: UserInput!) { createUser(input: $i) { id } }",
+            "variables": { "i": { "name": name, "email": format!("{name}@example.com") } },
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(response["errors"].is_null(), "{response}");
+}
+
+async fn create_over_grpc(app: &TestApp, name: &str) {
+    client(app)
+        .await
+        .create_user(switchboard::grpc::pb::CreateUserRequest {
+            name: name.into(),
+            email: format!("{name}@example.com"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn graphql_transport_ws_subscribers_see_users_from_grpc_and_graphql() {
+    let app = spawn_app().await;
+    let mut socket = subscription_socket(&app, "graphql-transport-ws").await;
+    let auth = format!("Bearer {}", token("viewer", None));
+    send(
+        &mut socket,
+        json!({ "type": "connection_init", "payload": { "authorization": auth } }),
+    )
+    .await;
+    assert_eq!(
+        next_message(&mut socket).await.unwrap()["type"],
+        "connection_ack"
+    );
+    send(
+        &mut socket,
+        json!({
+            "id": "1", "type": "subscribe",
+            "payload": { "query": "subscription { userCreated { name email } }" },
+        }),
+    )
+    .await;
+    until_subscribers(&app, 1).await;
+
+    create_over_grpc(&app, "viagrpc").await;
+    create_over_graphql(&app, "viagraphql").await;
+    for expected in ["viagrpc", "viagraphql"] {
+        let message = next_message(&mut socket).await.unwrap();
+        assert_eq!(message["type"], "next", "{message}");
+        assert_eq!(message["id"], "1");
+        assert_eq!(message["payload"]["data"]["userCreated"]["name"], expected);
+    }
+}
+
+#[tokio::test]
+async fn legacy_graphql_ws_subscribers_see_new_posts_and_users() {
+    let app = spawn_app().await;
+    let mut socket = subscription_socket(&app, "graphql-ws").await;
+    send(
+        &mut socket,
+        json!({ "type": "connection_init", "payload": {} }),
+    )
+    .await;
+    assert_eq!(
+        next_message(&mut socket).await.unwrap()["type"],
+        "connection_ack"
+    );
+    send(
+        &mut socket,
+        json!({
+            "id": "u", "type": "start",
+            "payload": { "query": "subscription { userCreated { name } }" },
+        }),
+    )
+    .await;
+    until_subscribers(&app, 1).await;
+
+    create_over_grpc(&app, "legacy").await;
+    let message = next_message(&mut socket).await.unwrap();
+    assert_eq!(message["type"], "data", "{message}");
+    assert_eq!(message["id"], "u");
+    assert_eq!(message["payload"]["data"]["userCreated"]["name"], "legacy");
+}
+
+#[tokio::test]
+async fn a_bad_token_in_connection_init_is_refused() {
+    let app = spawn_app().await;
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut socket = subscription_socket(&app, protocol).await;
+        send(
+            &mut socket,
+            json!({ "type": "connection_init", "payload": { "authorization": "Bearer forged" } }),
+        )
+        .await;
+        match next_message(&mut socket).await {
+            None => {}
+            Some(message) => {
+                assert_ne!(message["type"], "connection_ack", "{protocol}: {message}");
+                assert!(
+                    message.to_string().to_lowercase().contains("token"),
+                    "{protocol}: {message}"
+                );
+            }
+        }
+    }
+}

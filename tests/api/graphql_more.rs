@@ -253,7 +253,7 @@ async fn graphql_transport_ws_subscribers_see_users_from_grpc_and_graphql() {
 }
 
 #[tokio::test]
-async fn legacy_graphql_ws_subscribers_see_new_posts_and_users() {
+async fn legacy_graphql_ws_subscribers_see_new_users_and_posts() {
     let app = spawn_app().await;
     let mut socket = subscription_socket(&app, "graphql-ws").await;
     send(
@@ -275,11 +275,77 @@ async fn legacy_graphql_ws_subscribers_see_new_posts_and_users() {
     .await;
     until_subscribers(&app, 1).await;
 
+    send(
+        &mut socket,
+        json!({
+            "id": "p", "type": "start",
+            "payload": { "query": "subscription { postCreated { title author { name } } }" },
+        }),
+    )
+    .await;
+    until_subscribers(&app, 2).await;
+
     create_over_grpc(&app, "legacy").await;
     let message = next_message(&mut socket).await.unwrap();
     assert_eq!(message["type"], "data", "{message}");
     assert_eq!(message["id"], "u");
     assert_eq!(message["payload"]["data"]["userCreated"]["name"], "legacy");
+
+    let author = app
+        .database
+        .users_at_offset("legacy", 1, 0)
+        .await
+        .unwrap()
+        .remove(0);
+    app.database
+        .create_post(switchboard::domain::NewPost {
+            author_id: author.id,
+            title: switchboard::domain::PostTitle::parse("Fresh").unwrap(),
+            content: switchboard::domain::PostContent::parse("news").unwrap(),
+            tags: switchboard::domain::Tags::parse(Vec::new()).unwrap(),
+            published: true,
+        })
+        .await
+        .unwrap();
+    let message = next_message(&mut socket).await.unwrap();
+    assert_eq!(message["id"], "p", "{message}");
+    assert_eq!(message["payload"]["data"]["postCreated"]["title"], "Fresh");
+    assert_eq!(
+        message["payload"]["data"]["postCreated"]["author"]["name"],
+        "legacy"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_runs_a_bounded_number_of_subscriptions() {
+    let db = TestDb::sqlite();
+    let mut settings = test_settings(&db);
+    settings.graphql.max_subscriptions_per_connection = 1;
+    let app = spawn_app_with(db, settings).await;
+    let mut socket = subscription_socket(&app, "graphql-transport-ws").await;
+    send(
+        &mut socket,
+        json!({ "type": "connection_init", "payload": {} }),
+    )
+    .await;
+    assert_eq!(
+        next_message(&mut socket).await.unwrap()["type"],
+        "connection_ack"
+    );
+    for id in ["1", "2"] {
+        send(
+            &mut socket,
+            json!({
+                "id": id, "type": "subscribe",
+                "payload": { "query": "subscription { userCreated { name } }" },
+            }),
+        )
+        .await;
+    }
+    let refused = next_message(&mut socket).await.unwrap();
+    assert_eq!(refused["id"], "2", "{refused}");
+    assert_eq!(refused["type"], "error", "{refused}");
+    until_subscribers(&app, 1).await;
 }
 
 #[tokio::test]

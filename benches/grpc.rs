@@ -3,17 +3,20 @@
 //! and one `BulkCreateUsers` call of 100,000 users.
 //! `cargo bench --bench grpc`; the figures are in the README.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::{net::SocketAddr, time::Duration, time::Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use support::{start_server, SECRET};
 use switchboard::{
     auth::JwtAuth,
-    config::{DatabaseSettings, DatabaseUrl, JwtSecret, Settings},
+    config::JwtSecret,
     grpc::pb::{
         user_service_client::UserServiceClient, CreateUserRequest, GetUserRequest,
         StreamUsersRequest,
     },
-    startup::Application,
 };
 use tonic::{metadata::MetadataValue, transport::Channel, Request};
 
@@ -21,32 +24,6 @@ use tonic::{metadata::MetadataValue, transport::Channel, Request};
 const CONCURRENCY: usize = 50;
 /// Users in the snapshot and the bulk create.
 const USERS: usize = 100_000;
-const SECRET: &str = "bench-secret-0123456789abcdef";
-
-/// Starts a server on its own thread and returns its gRPC address.
-fn start_server(dir: &tempfile::TempDir) -> SocketAddr {
-    let settings = Settings {
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        jwt_secret: Some(JwtSecret::parse(SECRET).unwrap()),
-        database: DatabaseSettings {
-            url: DatabaseUrl::Sqlite(dir.path().join("bench.db")),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        actix_rt::System::new().block_on(async move {
-            let app = Application::build(settings)
-                .await
-                .expect("the server starts");
-            tx.send(app.grpc_addr()).unwrap();
-            app.run_until_stopped(std::future::pending()).await.unwrap();
-        })
-    });
-    rx.recv().unwrap()
-}
 
 /// Adds the bearer token to every call.
 #[derive(Clone)]
@@ -87,7 +64,7 @@ fn requests(prefix: &str, count: usize) -> impl futures_util::Stream<Item = Crea
 
 fn grpc(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let addr = start_server(&dir);
+    let addr = start_server(&dir).grpc;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

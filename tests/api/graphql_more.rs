@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue, Message};
 
 use crate::{
+    grpc_stream::until_events,
     grpc_users::client,
     helpers::{spawn_app, spawn_app_with, test_settings, TestApp, TestDb},
     ws_client::token,
@@ -178,14 +179,20 @@ async fn send(socket: &mut Socket, value: Value) {
 }
 
 async fn until_subscribers(app: &TestApp, count: u64) {
-    for _ in 0..100 {
-        let health = app.get_json("/health").await;
-        if health["checks"]["events"]["stats"]["subscribers"] == count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never {count} subscribers");
+    until_events(app, "subscribers", |stats| stats["subscribers"] == count).await;
+}
+
+/// A subscription socket past `connection_init` / `connection_ack`.
+async fn initialised_socket(app: &TestApp, protocol: &str, payload: Value) -> Socket {
+    let mut socket = subscription_socket(app, protocol).await;
+    send(
+        &mut socket,
+        json!({ "type": "connection_init", "payload": payload }),
+    )
+    .await;
+    let ack = next_message(&mut socket).await.unwrap();
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    socket
 }
 
 async fn create_over_graphql(app: &TestApp, name: &str) {
@@ -221,17 +228,13 @@ async fn create_over_grpc(app: &TestApp, name: &str) {
 #[tokio::test]
 async fn graphql_transport_ws_subscribers_see_users_from_grpc_and_graphql() {
     let app = spawn_app().await;
-    let mut socket = subscription_socket(&app, "graphql-transport-ws").await;
     let auth = format!("Bearer {}", token("viewer", None));
-    send(
-        &mut socket,
-        json!({ "type": "connection_init", "payload": { "authorization": auth } }),
+    let mut socket = initialised_socket(
+        &app,
+        "graphql-transport-ws",
+        json!({ "authorization": auth }),
     )
     .await;
-    assert_eq!(
-        next_message(&mut socket).await.unwrap()["type"],
-        "connection_ack"
-    );
     send(
         &mut socket,
         json!({
@@ -255,16 +258,7 @@ async fn graphql_transport_ws_subscribers_see_users_from_grpc_and_graphql() {
 #[tokio::test]
 async fn legacy_graphql_ws_subscribers_see_new_users_and_posts() {
     let app = spawn_app().await;
-    let mut socket = subscription_socket(&app, "graphql-ws").await;
-    send(
-        &mut socket,
-        json!({ "type": "connection_init", "payload": {} }),
-    )
-    .await;
-    assert_eq!(
-        next_message(&mut socket).await.unwrap()["type"],
-        "connection_ack"
-    );
+    let mut socket = initialised_socket(&app, "graphql-ws", json!({})).await;
     send(
         &mut socket,
         json!({
@@ -322,16 +316,7 @@ async fn a_connection_runs_a_bounded_number_of_subscriptions() {
     let mut settings = test_settings(&db);
     settings.graphql.max_subscriptions_per_connection = 1;
     let app = spawn_app_with(db, settings).await;
-    let mut socket = subscription_socket(&app, "graphql-transport-ws").await;
-    send(
-        &mut socket,
-        json!({ "type": "connection_init", "payload": {} }),
-    )
-    .await;
-    assert_eq!(
-        next_message(&mut socket).await.unwrap()["type"],
-        "connection_ack"
-    );
+    let mut socket = initialised_socket(&app, "graphql-transport-ws", json!({})).await;
     for id in ["1", "2"] {
         send(
             &mut socket,

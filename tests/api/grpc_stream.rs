@@ -34,7 +34,7 @@ fn request(name: &str) -> CreateUserRequest {
 }
 
 /// Polls `/health` until `check` holds for the events stats (or fails after 5 s).
-async fn until_events(app: &TestApp, what: &str, check: impl Fn(&Value) -> bool) {
+pub async fn until_events(app: &TestApp, what: &str, check: impl Fn(&Value) -> bool) {
     for _ in 0..100 {
         let health = app.get_json("/health").await;
         if check(&health["checks"]["events"]["stats"]) {

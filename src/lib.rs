@@ -19,6 +19,7 @@
 //! - [`actors`]: the actors that own all runtime state: the chat [`actors::hub::Hub`] and
 //!   one [`actors::session::Session`] per WebSocket.
 //! - [`http`]: actix-web routes and middleware.
+//! - [`rate`]: the token bucket shared by per-connection and per-client rate limits.
 //! - [`grpc`]: the tonic server and its generated code.
 //! - [`graphql`]: the juniper schema served at `/graphql`.
 
@@ -32,5 +33,6 @@ pub mod domain;
 pub mod graphql;
 pub mod grpc;
 pub mod http;
+pub mod rate;
 pub mod startup;
 pub mod telemetry;

@@ -8,13 +8,11 @@
 
 pub mod command;
 pub mod frame;
-pub mod rate;
 
 use std::{fmt, sync::Arc};
 
 pub use command::{Command, CommandError};
 pub use frame::Frame;
-pub use rate::TokenBucket;
 
 /// One WebSocket connection's id (a UUIDv7, so ids sort by connection time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

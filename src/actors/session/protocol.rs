@@ -10,9 +10,10 @@ use actix_web_actors::ws::{CloseCode, CloseReason};
 use bytes::BytesMut;
 
 use crate::{
-    chat::{Command, Frame, Identity, TokenBucket},
+    chat::{Command, Frame, Identity},
     config::WsSettings,
     domain::RoomId,
+    rate::TokenBucket,
 };
 
 /// Refused messages in a row (without an accepted one between) that close the connection.

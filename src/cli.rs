@@ -197,6 +197,31 @@ pub struct SettingsArgs {
         value_name = "DURATION"
     )]
     pub health_interval: Option<String>,
+    /// HTTP requests per second per client (JWT subject, else IP) [default: 50].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RATE_LIMIT",
+        global = true,
+        value_name = "PER_SECOND"
+    )]
+    pub rate_limit: Option<f64>,
+    /// HTTP requests per client in a burst [default: 100].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RATE_LIMIT_BURST",
+        global = true,
+        value_name = "N"
+    )]
+    pub rate_limit_burst: Option<u32>,
+    /// Comma-separated proxy IPs whose X-Forwarded-For is trusted [default: none].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TRUSTED_PROXIES",
+        global = true,
+        value_delimiter = ',',
+        value_name = "IPS"
+    )]
+    pub trusted_proxies: Option<Vec<String>>,
     /// WebSocket policies and limits.
     #[command(flatten)]
     pub websocket: WsArgs,
@@ -216,6 +241,9 @@ impl SettingsArgs {
             grpc_stream_buffer: self.grpc_stream_buffer,
             grpc_max_message_size: self.grpc_max_message_size,
             health_interval: self.health_interval.clone(),
+            rate_limit_per_second: self.rate_limit,
+            rate_limit_burst: self.rate_limit_burst,
+            trusted_proxies: self.trusted_proxies.clone(),
             log: LogLayer {
                 format: self.log_format,
                 level: self.log_level.clone(),

@@ -41,6 +41,12 @@ pub struct Settings {
     pub health_interval: Duration,
     /// GraphQL limits, subscriptions and CORS.
     pub graphql: GraphqlSettings,
+    /// HTTP requests per second each client (JWT subject, else IP) may make, sustained.
+    pub rate_limit_per_second: f64,
+    /// HTTP requests a client may make in a burst.
+    pub rate_limit_burst: u32,
+    /// Proxies whose `X-Forwarded-For` is believed when finding a client's IP.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Settings {
@@ -57,6 +63,9 @@ impl Default for Settings {
             grpc_max_message_size: 4 * 1024 * 1024,
             health_interval: Duration::from_secs(5),
             graphql: GraphqlSettings::default(),
+            rate_limit_per_second: 50.0,
+            rate_limit_burst: 100,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -302,6 +311,12 @@ pub struct SettingsLayer {
     pub grpc_max_message_size: Option<usize>,
     /// See [`Settings::health_interval`] (e.g. `"5s"`).
     pub health_interval: Option<String>,
+    /// See [`Settings::rate_limit_per_second`].
+    pub rate_limit_per_second: Option<f64>,
+    /// See [`Settings::rate_limit_burst`].
+    pub rate_limit_burst: Option<u32>,
+    /// See [`Settings::trusted_proxies`].
+    pub trusted_proxies: Option<Vec<String>>,
     /// The `[log]` table.
     #[serde(default)]
     pub log: LogLayer,
@@ -387,6 +402,31 @@ impl Settings {
         }
         if let Some(raw) = layer.health_interval {
             self.health_interval = positive("health interval", &raw)?;
+        }
+        if let Some(rate) = layer.rate_limit_per_second {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(ConfigError::invalid(
+                    "rate limit",
+                    "it must be a positive number of requests per second",
+                ));
+            }
+            self.rate_limit_per_second = rate;
+        }
+        if let Some(burst) = layer.rate_limit_burst {
+            self.rate_limit_burst = at_least("rate limit burst", burst as usize, 1)? as u32;
+        }
+        if let Some(proxies) = layer.trusted_proxies {
+            self.trusted_proxies = proxies
+                .iter()
+                .map(|p| {
+                    p.trim().parse().map_err(|_| {
+                        ConfigError::invalid(
+                            "trusted proxies",
+                            format!("`{p}` is not an IP address"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?;
         }
         if let Some(format) = layer.log.format {
             self.log.format = format;

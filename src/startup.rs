@@ -22,6 +22,7 @@ use crate::{
         events::{self, Events},
         health::HealthMonitor,
         hub::{self, Hub},
+        rate_limit::{Quota, RateLimiters},
     },
     auth::JwtAuth,
     config::{JwtSecret, Settings},
@@ -65,6 +66,11 @@ pub enum StartupError {
     },
 }
 
+/// Rate limiter shard actors (each on its own thread).
+const RATE_LIMIT_SHARDS: usize = 2;
+/// Client keys tracked at most, across shards.
+const RATE_LIMIT_MAX_KEYS: usize = 100_000;
+
 /// A running server.
 pub struct Application {
     http_addr: SocketAddr,
@@ -80,6 +86,8 @@ pub struct Application {
     events: Addr<Events>,
     /// The thread of the singleton actors (hub, events), stopped last.
     singletons: Arbiter,
+    /// The rate limiter shards' threads.
+    limiter_arbiters: Vec<Arbiter>,
     shutdown_timeout: Duration,
     /// Runs tonic and the PostgreSQL connection drivers; shut down last.
     io_runtime: IoRuntime,
@@ -147,7 +155,19 @@ impl Application {
         let events = Events::start_in_arbiter(&singletons.handle(), |_| Events::new());
         let database = database.announcing_to(events.clone());
 
+        let (limiters, limiter_arbiters) = RateLimiters::start(
+            Quota {
+                per_second: settings.rate_limit_per_second,
+                burst: settings.rate_limit_burst,
+            },
+            RATE_LIMIT_SHARDS,
+            RATE_LIMIT_MAX_KEYS,
+        );
         let state = web::Data::new(http::HttpState {
+            rate_limit: http::middleware::RateLimitState {
+                limiters,
+                trusted_proxies: settings.trusted_proxies.clone(),
+            },
             db: database.clone(),
             started_at: Instant::now(),
             draining: draining_rx,
@@ -169,6 +189,8 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .configure(http::configure)
+                // Outermost last: request id (and access log) → rate limit → handler.
+                .wrap(from_fn(http::middleware::rate_limit))
                 .wrap(from_fn(http::middleware::request_id))
         })
         .listen(http_listener)
@@ -234,6 +256,7 @@ impl Application {
             hub,
             events,
             singletons,
+            limiter_arbiters,
             shutdown_timeout: settings.shutdown_timeout,
             io_runtime,
         })
@@ -310,6 +333,9 @@ impl Application {
             tracing::warn!("shutdown timeout reached; remaining connections dropped");
         }
         self.singletons.stop();
+        for arbiter in &self.limiter_arbiters {
+            arbiter.stop();
+        }
         drop(self.io_runtime);
         tracing::info!("stopped");
         match early_exit {

@@ -4,4 +4,5 @@
 pub mod events;
 pub mod health;
 pub mod hub;
+pub mod rate_limit;
 pub mod session;

@@ -31,6 +31,8 @@ pub struct HttpState {
     pub chat: ChatState,
     /// What the GraphQL routes need.
     pub graphql: routes::graphql::GraphqlState,
+    /// Per-client rate limiting.
+    pub rate_limit: middleware::RateLimitState,
 }
 
 /// Handles for the chat routes.

@@ -175,6 +175,16 @@ fn bad_websocket_settings_are_named() {
 }
 
 #[test]
+fn bad_rate_limit_settings_are_named() {
+    assert_refuses_to_start(&["--rate-limit", "0"], &[], "invalid rate limit");
+    assert_refuses_to_start(
+        &["--trusted-proxies", "10.0.0.1,proxy.local"],
+        &[],
+        "invalid trusted proxies",
+    );
+}
+
+#[test]
 fn a_broken_config_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let unknown = dir.path().join("unknown.toml");

@@ -15,6 +15,7 @@ mod health;
 mod helpers;
 mod migrations;
 mod process;
+mod rate_limit;
 mod repository;
 mod shutdown;
 mod ws_client;

@@ -1,0 +1,88 @@
+//! HTTP rate limiting: per-client buckets, 429 with the right headers, recovery, exemptions.
+
+use std::time::Duration;
+
+use crate::{
+    helpers::{spawn_app_with, test_settings, TestApp, TestDb},
+    ws_client::token,
+};
+
+async fn limited_app(per_second: f64, burst: u32) -> TestApp {
+    let db = TestDb::sqlite();
+    let mut settings = test_settings(&db);
+    settings.rate_limit_per_second = per_second;
+    settings.rate_limit_burst = burst;
+    spawn_app_with(db, settings).await
+}
+
+#[tokio::test]
+async fn a_burst_over_the_limit_gets_429_with_retry_after_and_ratelimit_headers() {
+    let app = limited_app(0.5, 3).await;
+    for remaining in [2, 1, 0] {
+        let ok = app.http.get(app.url("/rooms")).send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+        assert_eq!(ok.headers()["ratelimit-policy"], "\"default\";q=3;w=6");
+        let current = ok.headers()["ratelimit"].to_str().unwrap();
+        assert!(
+            current.starts_with(&format!("\"default\";r={remaining};")),
+            "{current}"
+        );
+    }
+    let refused = app.http.get(app.url("/rooms")).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(refused.headers()["ratelimit"], "\"default\";r=0;t=2");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "rate limit exceeded");
+
+    let probe = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(probe.status(), 200, "health probes are never limited");
+
+    let other = app
+        .http
+        .get(app.url("/rooms"))
+        .bearer_auth(token("someone-else", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200, "a token's subject has its own bucket");
+}
+
+#[tokio::test]
+async fn the_bucket_refills_continuously() {
+    let app = limited_app(20.0, 1).await;
+    assert_eq!(
+        app.http
+            .get(app.url("/rooms"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.http
+            .get(app.url("/rooms"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    // One token takes 50 ms at 20/s — not a whole second, as the seed's refill did.
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(
+        app.http
+            .get(app.url("/rooms"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

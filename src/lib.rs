@@ -19,6 +19,7 @@
 //! - [`actors`]: the actors that own all runtime state: the chat [`actors::hub::Hub`] and
 //!   one [`actors::session::Session`] per WebSocket.
 //! - [`http`]: actix-web routes and middleware.
+//! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`rate`]: the token bucket shared by per-connection and per-client rate limits.
 //! - [`grpc`]: the tonic server and its generated code.
 //! - [`graphql`]: the juniper schema served at `/graphql`.
@@ -33,6 +34,7 @@ pub mod domain;
 pub mod graphql;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod rate;
 pub mod startup;
 pub mod telemetry;

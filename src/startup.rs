@@ -163,7 +163,9 @@ impl Application {
             RATE_LIMIT_SHARDS,
             RATE_LIMIT_MAX_KEYS,
         );
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         let state = web::Data::new(http::HttpState {
+            metrics: metrics.clone(),
             rate_limit: http::middleware::RateLimitState {
                 limiters,
                 trusted_proxies: settings.trusted_proxies.clone(),
@@ -232,6 +234,7 @@ impl Application {
                 settings.grpc_stream_buffer,
             ),
             grpc::ServeOptions {
+                metrics,
                 auth: auth.clone(),
                 max_message_size: settings.grpc_max_message_size,
             },

@@ -5,6 +5,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -15,6 +16,8 @@ use tonic::{body::Body, transport::server::TcpConnectInfo, Status};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::metrics::Metrics;
+
 /// The metadata key that carries the request id both ways.
 pub const REQUEST_ID: &str = "request-id";
 /// Deadlines are answered a tenth early (at most this much), so `DEADLINE_EXCEEDED`
@@ -24,21 +27,34 @@ const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 const MAX_ID_LEN: usize = 128;
 
 /// Adds [`Call`] around a service.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CallLayer;
+#[derive(Clone)]
+pub struct CallLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl CallLayer {
+    /// A layer counting calls in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
 
 impl<S> Layer<S> for CallLayer {
     type Service = Call<S>;
 
     fn layer(&self, inner: S) -> Call<S> {
-        Call { inner }
+        Call {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 /// See the module docs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Call<S> {
     inner: S,
+    metrics: Arc<Metrics>,
 }
 
 /// What the log line needs, carried to wherever the call ends.
@@ -47,10 +63,19 @@ struct CallLog {
     method: String,
     peer: String,
     started: Instant,
+    metrics: Arc<Metrics>,
 }
 
 impl CallLog {
     fn finish(&self, code: &str) {
+        self.metrics
+            .grpc_calls
+            .with_label_values(&[self.method.as_str(), code])
+            .inc();
+        self.metrics
+            .grpc_duration
+            .with_label_values(&[self.method.as_str()])
+            .observe(self.started.elapsed().as_secs_f64());
         tracing::info!(
             request_id = %self.id,
             method = %self.method,
@@ -97,6 +122,7 @@ where
             method: request.uri().path().to_owned(),
             id,
             started: Instant::now(),
+            metrics: self.metrics.clone(),
         };
         // The clone that was driven to readiness serves this call.
         let clone = self.inner.clone();

@@ -60,7 +60,7 @@ pub async fn serve(
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
     Server::builder()
-        .layer(layer::CallLayer)
+        .layer(layer::CallLayer::new(options.metrics))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -71,6 +71,8 @@ pub async fn serve(
 
 /// How the gRPC server is set up.
 pub struct ServeOptions {
+    /// Where calls are counted.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Verifies bearer tokens.
     pub auth: JwtAuth,
     /// Largest incoming message, in bytes.

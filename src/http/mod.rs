@@ -33,6 +33,8 @@ pub struct HttpState {
     pub graphql: routes::graphql::GraphqlState,
     /// Per-client rate limiting.
     pub rate_limit: middleware::RateLimitState,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Handles for the chat routes.
@@ -50,6 +52,7 @@ pub struct ChatState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::health::configure(cfg);
     routes::rooms::configure(cfg);
+    routes::metrics::configure(cfg);
     routes::graphql::configure(cfg);
     routes::ws::configure(cfg);
     cfg.default_service(web::to(not_found));

@@ -13,6 +13,7 @@ mod grpc_stream;
 mod grpc_users;
 mod health;
 mod helpers;
+mod metrics;
 mod migrations;
 mod process;
 mod rate_limit;

@@ -43,6 +43,13 @@ async fn a_burst_over_the_limit_gets_429_with_retry_after_and_ratelimit_headers(
     let probe = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(probe.status(), 200, "health probes are never limited");
 
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains("switchboard_rate_limit_rejections_total{protocol=\"http\"} 1"),
+        "the rejection is counted"
+    );
+
     let other = app
         .http
         .get(app.url("/rooms"))

@@ -53,6 +53,11 @@ pub async fn rate_limit<B: MessageBody + 'static>(
     };
     let quota = limits.limiters.quota();
     if !decision.allowed {
+        state
+            .metrics
+            .rate_limited
+            .with_label_values(&["http"])
+            .inc();
         let retry_after = decision.retry_after.as_secs_f64().ceil().max(1.0) as u64;
         let mut response = HttpResponse::TooManyRequests().json(json!({
             "error": "rate limit exceeded",

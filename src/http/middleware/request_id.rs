@@ -10,9 +10,11 @@ use actix_web::{
     dev::{ServiceRequest, ServiceResponse},
     http::header::{HeaderName, HeaderValue},
     middleware::Next,
-    HttpMessage,
+    web, HttpMessage,
 };
 use tracing::Instrument;
+
+use crate::http::HttpState;
 
 /// The header that carries the id in both directions.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -56,13 +58,33 @@ pub async fn request_id<B: MessageBody + 'static>(
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
+    let elapsed = started.elapsed();
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
             "request completed"
         )
     });
+    if let Some(state) = response.request().app_data::<web::Data<HttpState>>() {
+        // The route pattern, not the path, keeps the label set small.
+        let route = response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        let method = response.request().method().as_str().to_owned();
+        let status = response.status().as_u16().to_string();
+        state
+            .metrics
+            .http_requests
+            .with_label_values(&[&method, &route, &status])
+            .inc();
+        state
+            .metrics
+            .http_duration
+            .with_label_values(&[&method, &route])
+            .observe(elapsed.as_secs_f64());
+    }
     Ok(response)
 }
 

@@ -2,5 +2,6 @@
 
 pub mod graphql;
 pub mod health;
+pub mod metrics;
 pub mod rooms;
 pub mod ws;

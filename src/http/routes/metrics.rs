@@ -1,0 +1,27 @@
+//! `GET /metrics`: Prometheus text format.
+
+use actix_web::{web, HttpResponse};
+
+use crate::{
+    actors::{events::GetEventStats, hub::GetStats},
+    http::HttpState,
+    metrics::Scrape,
+};
+
+/// Registers the route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(metrics));
+}
+
+async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
+    let scrape = Scrape {
+        hub: state.chat.hub.send(GetStats).await.ok(),
+        events: state.events.send(GetEventStats).await.ok(),
+        db: Some(state.db.stats()),
+        pool: Some(state.db.pool_status()),
+        rate_limit_keys: Some(state.rate_limit.limiters.keys().await),
+    };
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render(&scrape))
+}

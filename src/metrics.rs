@@ -1,0 +1,281 @@
+//! Prometheus metrics (`GET /metrics`, text format 0.0.4).
+//!
+//! Request metrics (HTTP, gRPC, rate-limit rejections) are counted as they happen in a
+//! [`prometheus::Registry`]; the actors' and the data layer's figures are read when
+//! scraped ([`Scrape`]) and written alongside, so they never drift from the source.
+
+use std::fmt::Write as _;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::{
+    actors::{events::EventStats, hub::HubStats},
+    db::{DbStatsSnapshot, PoolStatus},
+};
+
+/// Latency buckets in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Counters and histograms updated by the front doors. Cheap to share (`Arc`).
+pub struct Metrics {
+    registry: Registry,
+    /// `switchboard_http_requests_total{method,route,status}`.
+    pub http_requests: IntCounterVec,
+    /// `switchboard_http_request_duration_seconds{method,route}`.
+    pub http_duration: HistogramVec,
+    /// `switchboard_grpc_calls_total{method,code}`.
+    pub grpc_calls: IntCounterVec,
+    /// `switchboard_grpc_call_duration_seconds{method}`.
+    pub grpc_duration: HistogramVec,
+    /// `switchboard_rate_limit_rejections_total{protocol}`.
+    pub rate_limited: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("registered once");
+            vec
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+            let vec = HistogramVec::new(opts, labels).expect("a valid metric");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("registered once");
+            vec
+        };
+        Self {
+            http_requests: counter(
+                "switchboard_http_requests_total",
+                "HTTP requests answered, by method, route pattern and status code.",
+                &["method", "route", "status"],
+            ),
+            http_duration: histogram(
+                "switchboard_http_request_duration_seconds",
+                "HTTP request handling time in seconds.",
+                &["method", "route"],
+            ),
+            grpc_calls: counter(
+                "switchboard_grpc_calls_total",
+                "gRPC calls finished, by method and status code.",
+                &["method", "code"],
+            ),
+            grpc_duration: histogram(
+                "switchboard_grpc_call_duration_seconds",
+                "gRPC call time in seconds (to the last message for streams).",
+                &["method"],
+            ),
+            rate_limited: counter(
+                "switchboard_rate_limit_rejections_total",
+                "Requests refused by the rate limiter.",
+                &["protocol"],
+            ),
+            registry,
+        }
+    }
+
+    /// The full exposition: counted metrics, then the scraped figures.
+    pub fn render(&self, scrape: &Scrape) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding does not fail");
+        let mut text = String::from_utf8(out).expect("the encoder writes UTF-8");
+        scrape.write(&mut text);
+        text
+    }
+}
+
+/// Figures read from the actors and the data layer at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    /// The chat hub's counters, when it answered.
+    pub hub: Option<HubStats>,
+    /// The events actor's counters, when it answered.
+    pub events: Option<EventStats>,
+    /// Query statistics.
+    pub db: Option<DbStatsSnapshot>,
+    /// Pool occupancy.
+    pub pool: Option<PoolStatus>,
+    /// Rate limiter keys tracked.
+    pub rate_limit_keys: Option<usize>,
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+impl Scrape {
+    fn write(&self, out: &mut String) {
+        if let Some(hub) = &self.hub {
+            metric(
+                out,
+                "switchboard_ws_sessions",
+                "gauge",
+                "Connected WebSocket sessions.",
+                hub.sessions,
+            );
+            metric(
+                out,
+                "switchboard_ws_users",
+                "gauge",
+                "Distinct connected chat users.",
+                hub.users,
+            );
+            metric(
+                out,
+                "switchboard_chat_rooms",
+                "gauge",
+                "Rooms with at least one member.",
+                hub.rooms,
+            );
+            metric(
+                out,
+                "switchboard_chat_messages_in_total",
+                "counter",
+                "Chat messages routed by the hub.",
+                hub.messages_in,
+            );
+            metric(
+                out,
+                "switchboard_chat_frames_out_total",
+                "counter",
+                "Frames handed to sessions.",
+                hub.frames_out,
+            );
+            metric(
+                out,
+                "switchboard_chat_slow_consumer_disconnects_total",
+                "counter",
+                "Sessions closed because their outbound queue overflowed.",
+                hub.slow_consumer_disconnects,
+            );
+            metric(
+                out,
+                "switchboard_ws_refused_sessions_total",
+                "counter",
+                "Sessions refused at connect.",
+                hub.refused_sessions,
+            );
+        }
+        if let Some(events) = &self.events {
+            metric(
+                out,
+                "switchboard_event_subscribers",
+                "gauge",
+                "Live user and post subscriptions.",
+                events.subscribers,
+            );
+            metric(
+                out,
+                "switchboard_event_overflows_total",
+                "counter",
+                "Subscriptions ended because the subscriber fell behind.",
+                events.overflows,
+            );
+        }
+        if let Some(db) = &self.db {
+            metric(
+                out,
+                "switchboard_db_queries_total",
+                "counter",
+                "SQL statements run.",
+                db.total_queries,
+            );
+            metric(
+                out,
+                "switchboard_db_query_errors_total",
+                "counter",
+                "SQL statements that failed.",
+                db.failed_queries,
+            );
+            metric(
+                out,
+                "switchboard_db_slow_queries_total",
+                "counter",
+                "SQL statements at or over the slow-query threshold.",
+                db.slow_queries,
+            );
+            let _ = writeln!(
+                out,
+                "# HELP switchboard_db_query_duration_seconds SQL statement time in seconds.\n\
+                 # TYPE switchboard_db_query_duration_seconds histogram"
+            );
+            let mut cumulative = 0;
+            for bucket in &db.latency_histogram {
+                cumulative += bucket.count;
+                let le = bucket
+                    .le_ms
+                    .map_or_else(|| "+Inf".to_owned(), |ms| (ms as f64 / 1000.0).to_string());
+                let _ = writeln!(
+                    out,
+                    "switchboard_db_query_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let sum = db.mean_latency_ms * cumulative as f64 / 1000.0;
+            let _ = writeln!(out, "switchboard_db_query_duration_seconds_sum {sum}");
+            let _ = writeln!(
+                out,
+                "switchboard_db_query_duration_seconds_count {cumulative}"
+            );
+        }
+        if let Some(pool) = &self.pool {
+            metric(
+                out,
+                "switchboard_db_pool_connections",
+                "gauge",
+                "Open pooled connections.",
+                pool.open,
+            );
+            metric(
+                out,
+                "switchboard_db_pool_in_use",
+                "gauge",
+                "Pooled connections lent out.",
+                pool.in_use,
+            );
+            metric(
+                out,
+                "switchboard_db_pool_max_connections",
+                "gauge",
+                "Configured pool size.",
+                pool.max_connections,
+            );
+            metric(
+                out,
+                "switchboard_db_pool_timeouts_total",
+                "counter",
+                "Waits for a pooled connection that timed out.",
+                pool.timed_out,
+            );
+        }
+        if let Some(keys) = self.rate_limit_keys {
+            metric(
+                out,
+                "switchboard_rate_limit_keys",
+                "gauge",
+                "Client keys the rate limiter tracks.",
+                keys,
+            );
+        }
+    }
+}

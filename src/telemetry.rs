@@ -1,4 +1,7 @@
-//! Log output: `tracing` with a pretty (terminal) or JSON formatter.
+//! Log output: `tracing` with a pretty (terminal) or JSON formatter, and W3C trace
+//! context for requests ([`trace`]).
+
+pub mod trace;
 
 use std::io::IsTerminal;
 

@@ -16,7 +16,7 @@ use tonic::{body::Body, transport::server::TcpConnectInfo, Status};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, telemetry::trace::TraceContext};
 
 /// The metadata key that carries the request id both ways.
 pub const REQUEST_ID: &str = "request-id";
@@ -64,6 +64,7 @@ struct CallLog {
     peer: String,
     started: Instant,
     metrics: Arc<Metrics>,
+    trace: TraceContext,
 }
 
 impl CallLog {
@@ -78,6 +79,8 @@ impl CallLog {
             .observe(self.started.elapsed().as_secs_f64());
         tracing::info!(
             request_id = %self.id,
+            trace_id = %self.trace.trace_id,
+            span_id = %self.trace.span_id,
             method = %self.method,
             peer = %self.peer,
             grpc_status = code,
@@ -113,6 +116,13 @@ where
         if let Ok(value) = HeaderValue::from_str(&id) {
             request.headers_mut().insert(REQUEST_ID, value);
         }
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        let trace = TraceContext::from_headers(
+            header("traceparent"),
+            header("tracestate"),
+            header("x-trace-id"),
+            header("x-span-id"),
+        );
         let log = CallLog {
             peer: request
                 .extensions()
@@ -123,6 +133,7 @@ where
             id,
             started: Instant::now(),
             metrics: self.metrics.clone(),
+            trace,
         };
         // The clone that was driven to readiness serves this call.
         let clone = self.inner.clone();
@@ -144,6 +155,9 @@ where
             };
             if let Ok(value) = HeaderValue::from_str(&log.id) {
                 response.headers_mut().insert(REQUEST_ID, value);
+            }
+            if let Ok(value) = HeaderValue::from_str(&log.trace.traceparent()) {
+                response.headers_mut().insert("traceparent", value);
             }
             // A trailers-only answer (every error) has its status in the headers; otherwise
             // the status comes in the trailers at the end of the body.

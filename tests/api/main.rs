@@ -19,4 +19,5 @@ mod process;
 mod rate_limit;
 mod repository;
 mod shutdown;
+mod trace_context;
 mod ws_client;

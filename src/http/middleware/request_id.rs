@@ -1,7 +1,9 @@
-//! Request ids: every request gets one (an incoming `X-Request-ID` is honoured when it is
-//! sane, otherwise a UUIDv7 is generated). It is carried in the request's tracing span,
-//! stored in the request extensions and returned in the response, and one access-log line
-//! is written per request.
+//! Request tracking: every request gets a request id (an incoming `X-Request-ID` is
+//! honoured when it is sane, otherwise a UUIDv7 is generated) and a place in a W3C trace
+//! (`traceparent`, or the seed's `X-Trace-ID`/`X-Span-ID`, joined or started). Both are in
+//! the request's tracing span — so in every log line of the request — in the request
+//! extensions and in the response headers; one access-log line and the HTTP metrics are
+//! written per request.
 
 use std::time::Instant;
 
@@ -14,7 +16,7 @@ use actix_web::{
 };
 use tracing::Instrument;
 
-use crate::http::HttpState;
+use crate::{http::HttpState, telemetry::trace::TraceContext};
 
 /// The header that carries the id in both directions.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -43,20 +45,41 @@ pub async fn request_id<B: MessageBody + 'static>(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let trace = TraceContext::from_headers(
+        header("traceparent"),
+        header("tracestate"),
+        header("x-trace-id"),
+        header("x-span-id"),
+    );
 
     let span = tracing::info_span!(
         "http_request",
         request_id = %id,
+        trace_id = %trace.trace_id,
+        span_id = %trace.span_id,
         method = %req.method(),
         path = %req.path(),
     );
+    req.extensions_mut().insert(trace.clone());
     let started = Instant::now();
     // Handler errors are already responses here; an `Err` can only come from another
     // middleware and is passed on (holding a clone of the request would break routing,
     // which needs the request uniquely).
     let mut response = next.call(req).instrument(span.clone()).await?;
+    let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        headers.insert(REQUEST_ID_HEADER, value);
+    }
+    for (name, value) in [
+        ("traceparent", Some(trace.traceparent())),
+        ("tracestate", trace.tracestate.clone()),
+        ("x-trace-id", Some(trace.trace_id.clone())),
+        ("x-span-id", Some(trace.span_id.clone())),
+    ] {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
     }
     let elapsed = started.elapsed();
     span.in_scope(|| {

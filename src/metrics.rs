@@ -115,6 +115,8 @@ pub struct Scrape {
     pub pool: Option<PoolStatus>,
     /// Rate limiter keys tracked.
     pub rate_limit_keys: Option<usize>,
+    /// The database circuit breaker.
+    pub breaker: Option<crate::actors::breaker::BreakerReport>,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
@@ -266,6 +268,32 @@ impl Scrape {
                 "counter",
                 "Waits for a pooled connection that timed out.",
                 pool.timed_out,
+            );
+        }
+        if let Some(breaker) = &self.breaker {
+            use crate::actors::breaker::BreakerState;
+            let _ = writeln!(
+                out,
+                "# HELP switchboard_circuit_breaker_state Database circuit breaker state (1 for the current one).\n\
+                 # TYPE switchboard_circuit_breaker_state gauge"
+            );
+            for (name, state) in [
+                ("closed", BreakerState::Closed),
+                ("open", BreakerState::Open),
+                ("half_open", BreakerState::HalfOpen),
+            ] {
+                let value = u8::from(breaker.state == state);
+                let _ = writeln!(
+                    out,
+                    "switchboard_circuit_breaker_state{{state=\"{name}\"}} {value}"
+                );
+            }
+            metric(
+                out,
+                "switchboard_circuit_breaker_transitions_total",
+                "counter",
+                "Circuit breaker state changes.",
+                breaker.transitions,
             );
         }
         if let Some(keys) = self.rate_limit_keys {

@@ -19,6 +19,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::{
     actors::{
+        breaker::{BreakerConfig, CircuitBreaker},
         events::{self, Events},
         health::HealthMonitor,
         hub::{self, Hub},
@@ -164,8 +165,12 @@ impl Application {
             RATE_LIMIT_MAX_KEYS,
         );
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let breaker = CircuitBreaker::start_in_arbiter(&singletons.handle(), |_| {
+            CircuitBreaker::new(BreakerConfig::default())
+        });
         let state = web::Data::new(http::HttpState {
             metrics: metrics.clone(),
+            breaker: breaker.clone(),
             rate_limit: http::middleware::RateLimitState {
                 limiters,
                 trusted_proxies: settings.trusted_proxies.clone(),
@@ -191,7 +196,9 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .configure(http::configure)
-                // Outermost last: request id (and access log) → rate limit → handler.
+                // Outermost last: request id, trace and access log → rate limit →
+                // circuit breaker (database routes) → handler.
+                .wrap(from_fn(http::middleware::circuit_breaker))
                 .wrap(from_fn(http::middleware::rate_limit))
                 .wrap(from_fn(http::middleware::request_id))
         })
@@ -213,7 +220,8 @@ impl Application {
         HealthMonitor::start_in_arbiter(&singletons.handle(), {
             let (db, health) = (database.clone(), health.clone());
             let (interval, draining) = (settings.health_interval, draining.subscribe());
-            move |_| HealthMonitor::new(db, health, interval, draining)
+            let breaker = breaker.clone();
+            move |_| HealthMonitor::new(db, health, interval, draining, breaker)
         });
         let grpc_listener = {
             let _entered = io_runtime.handle().enter();
@@ -235,6 +243,7 @@ impl Application {
             ),
             grpc::ServeOptions {
                 metrics,
+                breaker: breaker.clone(),
                 auth: auth.clone(),
                 max_message_size: settings.grpc_max_message_size,
             },

@@ -1,6 +1,7 @@
 //! The actors that own all runtime state. Each changes state only by handling its typed
 //! messages (`messages.rs` beside it); front doors hold their addresses.
 
+pub mod breaker;
 pub mod events;
 pub mod health;
 pub mod hub;

@@ -16,7 +16,13 @@ use tonic::{body::Body, transport::server::TcpConnectInfo, Status};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{metrics::Metrics, telemetry::trace::TraceContext};
+use actix::Addr;
+
+use crate::{
+    actors::breaker::{Acquire, CircuitBreaker, Record},
+    metrics::Metrics,
+    telemetry::trace::TraceContext,
+};
 
 /// The metadata key that carries the request id both ways.
 pub const REQUEST_ID: &str = "request-id";
@@ -26,16 +32,20 @@ const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 /// Longest incoming request id accepted.
 const MAX_ID_LEN: usize = 128;
 
+/// Calls to these services need the database, so they pass the circuit breaker.
+const GUARDED_PREFIX: &str = "/userservice.UserService/";
+
 /// Adds [`Call`] around a service.
 #[derive(Clone)]
 pub struct CallLayer {
     metrics: Arc<Metrics>,
+    breaker: Addr<CircuitBreaker>,
 }
 
 impl CallLayer {
-    /// A layer counting calls in `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    /// A layer counting calls in `metrics` and guarding database calls with `breaker`.
+    pub fn new(metrics: Arc<Metrics>, breaker: Addr<CircuitBreaker>) -> Self {
+        Self { metrics, breaker }
     }
 }
 
@@ -46,6 +56,7 @@ impl<S> Layer<S> for CallLayer {
         Call {
             inner,
             metrics: self.metrics.clone(),
+            breaker: self.breaker.clone(),
         }
     }
 }
@@ -55,6 +66,7 @@ impl<S> Layer<S> for CallLayer {
 pub struct Call<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    breaker: Addr<CircuitBreaker>,
 }
 
 /// What the log line needs, carried to wherever the call ends.
@@ -138,7 +150,26 @@ where
         // The clone that was driven to readiness serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let breaker = log
+            .method
+            .starts_with(GUARDED_PREFIX)
+            .then(|| self.breaker.clone());
         Box::pin(async move {
+            let permit = match &breaker {
+                None => None,
+                Some(breaker) => match breaker.send(Acquire).await {
+                    Ok(Ok(permit)) => Some(permit),
+                    Ok(Err(rejected)) => {
+                        let status = Status::unavailable(format!(
+                            "the database is unavailable (circuit breaker open); retry in {}s",
+                            rejected.retry_after.as_secs_f64().ceil().max(1.0)
+                        ));
+                        log.finish("14");
+                        return Ok(status.into_http());
+                    }
+                    Err(_) => None,
+                },
+            };
             let call = inner.call(request);
             let mut response = match deadline {
                 None => call.await?,
@@ -153,6 +184,13 @@ where
                     }
                 }
             };
+            if let (Some(breaker), Some(permit)) = (&breaker, permit) {
+                // 13 INTERNAL and 14 UNAVAILABLE speak of the database; anything else of
+                // the request. A streaming answer counts from its head.
+                let code = response.headers().get("grpc-status").map(|v| v.as_bytes());
+                let success = !matches!(code, Some(b"13" | b"14"));
+                breaker.do_send(Record { permit, success });
+            }
             if let Ok(value) = HeaderValue::from_str(&log.id) {
                 response.headers_mut().insert(REQUEST_ID, value);
             }

@@ -60,7 +60,7 @@ pub async fn serve(
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
     Server::builder()
-        .layer(layer::CallLayer::new(options.metrics))
+        .layer(layer::CallLayer::new(options.metrics, options.breaker))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -73,6 +73,8 @@ pub async fn serve(
 pub struct ServeOptions {
     /// Where calls are counted.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Guards the user service's database calls.
+    pub breaker: actix::Addr<crate::actors::breaker::CircuitBreaker>,
     /// Verifies bearer tokens.
     pub auth: JwtAuth,
     /// Largest incoming message, in bytes.

@@ -35,6 +35,8 @@ pub struct HttpState {
     pub rate_limit: middleware::RateLimitState,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The circuit breaker guarding the database.
+    pub breaker: actix::Addr<crate::actors::breaker::CircuitBreaker>,
 }
 
 /// Handles for the chat routes.

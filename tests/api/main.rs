@@ -1,5 +1,6 @@
 //! The integration test binary: real servers on port 0, real clients.
 
+mod breaker;
 mod chat;
 mod chat_limits;
 mod cli;

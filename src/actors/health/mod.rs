@@ -1,17 +1,24 @@
-//! The health monitor: pings the database on an interval and tells the gRPC health
-//! service, so `grpc.health.v1` says `NOT_SERVING` while the database is unreachable and
-//! `SERVING` again once it answers.
+//! The health monitor: pings the database on an interval (with a timeout), marks it
+//! unhealthy after [`UNHEALTHY_AFTER`] failures in a row and healthy again on the first
+//! success, logs each transition once, keeps the circuit breaker open while it is
+//! unhealthy, and tells the gRPC health service (`NOT_SERVING` while unreachable).
 
 use std::time::{Duration, Instant};
 
 use actix::{
-    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture,
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture,
 };
 use serde::Serialize;
 use tokio::sync::watch;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
-use crate::db::Database;
+use crate::{
+    actors::breaker::{CircuitBreaker, DependencyDown},
+    db::Database,
+};
+
+/// Consecutive failed pings that mark the database unhealthy.
+pub const UNHEALTHY_AFTER: u32 = 2;
 
 /// Owns the database's health history. Start one per server.
 pub struct HealthMonitor {
@@ -25,8 +32,10 @@ pub struct HealthMonitor {
     draining: watch::Receiver<bool>,
     /// Whether a ping is under way (pings never overlap).
     pinging: bool,
-    /// What the last ping found.
+    /// What the pings found.
     state: HealthState,
+    /// Opened while the database is unhealthy.
+    breaker: Addr<CircuitBreaker>,
 }
 
 /// The monitor's view, for `/health`.
@@ -50,6 +59,7 @@ impl HealthMonitor {
         reporter: HealthReporter,
         interval: Duration,
         draining: watch::Receiver<bool>,
+        breaker: Addr<CircuitBreaker>,
     ) -> Self {
         Self {
             db,
@@ -58,6 +68,7 @@ impl HealthMonitor {
             draining,
             pinging: false,
             state: HealthState::default(),
+            breaker,
         }
     }
 
@@ -76,13 +87,19 @@ impl HealthMonitor {
         ));
     }
 
-    fn record(&mut self, up: bool, ctx: &mut Context<Self>) {
+    fn record(&mut self, ping_ok: bool, ctx: &mut Context<Self>) {
         self.state.last_checked = Some(Instant::now());
-        self.state.consecutive_failures = if up {
+        self.state.consecutive_failures = if ping_ok {
             0
         } else {
             self.state.consecutive_failures + 1
         };
+        // Healthy again on the first success; unhealthy only after several failures.
+        let up = ping_ok || self.state.consecutive_failures < UNHEALTHY_AFTER;
+        if !up {
+            // Keeps the breaker open for as long as the pings fail.
+            self.breaker.do_send(DependencyDown);
+        }
         if self.state.database_up == Some(up) || *self.draining.borrow() {
             return;
         }

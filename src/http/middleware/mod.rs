@@ -1,7 +1,9 @@
 //! HTTP middleware, applied in the order listed in [`crate::startup`].
 
+mod breaker;
 mod rate_limit;
 mod request_id;
 
+pub use breaker::circuit_breaker;
 pub use rate_limit::{rate_limit, RateLimitState};
 pub use request_id::{request_id, RequestId, REQUEST_ID_HEADER};

@@ -115,12 +115,31 @@ async fn execute(
     }
     let context = context(state, authorization(req));
     let response = request.execute(&graphql.schema, &context).await;
-    let status = if response.is_ok() {
-        actix_web::http::StatusCode::OK
-    } else {
+    let body = serde_json::to_value(&response).unwrap_or_default();
+    let status = if !response.is_ok() {
         actix_web::http::StatusCode::BAD_REQUEST
+    } else if database_unavailable(&body) {
+        // Tells clients and the circuit breaker that the database, not the query, failed.
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        actix_web::http::StatusCode::OK
     };
-    HttpResponse::build(status).json(response)
+    HttpResponse::build(status).json(body)
+}
+
+/// Whether any error in a (batch) response says the database was unreachable.
+fn database_unavailable(body: &serde_json::Value) -> bool {
+    let responses = match body {
+        serde_json::Value::Array(many) => many.iter().collect(),
+        single => vec![single],
+    };
+    responses.iter().any(|response| {
+        response["errors"].as_array().is_some_and(|errors| {
+            errors
+                .iter()
+                .any(|e| e["extensions"]["code"] == crate::graphql::errors::code::UNAVAILABLE)
+        })
+    })
 }
 
 /// The request's `Origin` when it may call cross-origin (`None` for same-origin calls

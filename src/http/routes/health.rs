@@ -6,7 +6,11 @@ use actix_web::{http::header::ContentType, web, HttpResponse};
 use serde_json::json;
 
 use crate::{
-    actors::{events::GetEventStats, hub::GetStats},
+    actors::{
+        breaker::{BreakerState, GetBreaker},
+        events::GetEventStats,
+        hub::GetStats,
+    },
     http::HttpState,
 };
 
@@ -62,12 +66,31 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
         Err(_) => json!({ "status": "fail", "output": "event service unavailable" }),
     };
 
+    let breaker = match state.breaker.send(GetBreaker).await {
+        Ok(report) => json!({
+            "status": if report.state == BreakerState::Closed { "pass" } else { "warn" },
+            "state": report.state,
+            "transitions": report.transitions,
+        }),
+        Err(_) => json!({ "status": "fail", "output": "circuit breaker unavailable" }),
+    };
+    let rate_limiter = json!({
+        "status": "pass",
+        "keys": state.rate_limit.limiters.keys().await,
+    });
+
     let status = if ping.is_ok() { "pass" } else { "fail" };
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started_at.elapsed().as_secs(),
-        "checks": { "database": database, "hub": hub, "events": events },
+        "checks": {
+            "database": database,
+            "circuit_breaker": breaker,
+            "hub": hub,
+            "events": events,
+            "rate_limiter": rate_limiter,
+        },
     });
     let mut response = if ping.is_ok() {
         HttpResponse::Ok()

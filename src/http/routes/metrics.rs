@@ -3,7 +3,7 @@
 use actix_web::{web, HttpResponse};
 
 use crate::{
-    actors::{events::GetEventStats, hub::GetStats},
+    actors::{breaker::GetBreaker, events::GetEventStats, hub::GetStats},
     http::HttpState,
     metrics::Scrape,
 };
@@ -20,6 +20,7 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
         db: Some(state.db.stats()),
         pool: Some(state.db.pool_status()),
         rate_limit_keys: Some(state.rate_limit.limiters.keys().await),
+        breaker: state.breaker.send(GetBreaker).await.ok(),
     };
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,97 @@
+//! The circuit breaker opens when the database goes away: database routes fail fast, gRPC
+//! answers UNAVAILABLE, readiness fails, and WebSocket chat keeps working.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use switchboard::grpc::pb::ListUsersRequest;
+use tonic::Code;
+
+use crate::{
+    grpc_users::client,
+    helpers::{spawn_app_with, test_settings, TestApp, TestDb},
+    ws_client::WsClient,
+};
+
+async fn breaker_state(app: &TestApp) -> Value {
+    app.get_json("/health").await["checks"]["circuit_breaker"]["state"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_when_the_database_goes_away_and_chat_keeps_working() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let mut settings = test_settings(&db);
+    settings.health_interval = Duration::from_millis(100);
+    settings.database.connect_timeout = Duration::from_millis(500);
+    let app = spawn_app_with(db, settings).await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    let mut bob = WsClient::user(&app, "bob").await;
+    alice.join("ops").await;
+    bob.join("ops").await;
+    assert_eq!(breaker_state(&app).await, "closed");
+
+    app.db().drop_postgres_database().await;
+
+    let mut opened = false;
+    for _ in 0..100 {
+        if breaker_state(&app).await == "open" {
+            opened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(opened, "the health monitor opens the breaker");
+
+    let started = std::time::Instant::now();
+    let response = app
+        .http
+        .post(app.url("/graphql"))
+        .json(&json!({ "query": "{ users { id } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker open"),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(200), "fails fast");
+
+    let status = client(&app)
+        .await
+        .list_users(ListUsersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("circuit breaker"),
+        "{}",
+        status.message()
+    );
+
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    alice
+        .send(json!({"type": "message", "room_id": "ops", "content": "still talking"}))
+        .await;
+    assert_eq!(bob.recv_kind("message").await["content"], "still talking");
+
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("switchboard_circuit_breaker_state{state=\"open\"} 1"));
+}

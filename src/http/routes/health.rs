@@ -79,7 +79,15 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
         "keys": state.rate_limit.limiters.keys().await,
     });
 
-    let status = if ping.is_ok() { "pass" } else { "fail" };
+    // Overall: fail when the database does not answer; warn while a component is degraded.
+    let degraded = [&breaker, &hub, &events]
+        .iter()
+        .any(|check| check["status"] != "pass");
+    let status = match (ping.is_ok(), degraded) {
+        (false, _) => "fail",
+        (true, true) => "warn",
+        (true, false) => "pass",
+    };
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),

@@ -192,6 +192,7 @@ impl Application {
                 settings: std::sync::Arc::new(settings.websocket.clone()),
             },
         });
+        let grpc_limiters = state.rate_limit.limiters.clone();
         let http_server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -244,6 +245,7 @@ impl Application {
             grpc::ServeOptions {
                 metrics,
                 breaker: breaker.clone(),
+                limiters: grpc_limiters,
                 auth: auth.clone(),
                 max_message_size: settings.grpc_max_message_size,
             },

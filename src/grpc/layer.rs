@@ -19,7 +19,11 @@ use tower_service::Service;
 use actix::Addr;
 
 use crate::{
-    actors::breaker::{Acquire, CircuitBreaker, Record},
+    actors::{
+        breaker::{Acquire, CircuitBreaker, Record},
+        rate_limit::RateLimiters,
+    },
+    auth::JwtAuth,
     metrics::Metrics,
     telemetry::trace::TraceContext,
 };
@@ -35,18 +39,20 @@ const MAX_ID_LEN: usize = 128;
 /// Calls to these services need the database, so they pass the circuit breaker.
 const GUARDED_PREFIX: &str = "/userservice.UserService/";
 
+/// Calls that are never rate limited (health must tell the truth under load).
+const UNLIMITED_PREFIX: &str = "/grpc.health.v1.";
+
 /// Adds [`Call`] around a service.
 #[derive(Clone)]
 pub struct CallLayer {
-    metrics: Arc<Metrics>,
-    breaker: Addr<CircuitBreaker>,
-}
-
-impl CallLayer {
-    /// A layer counting calls in `metrics` and guarding database calls with `breaker`.
-    pub fn new(metrics: Arc<Metrics>, breaker: Addr<CircuitBreaker>) -> Self {
-        Self { metrics, breaker }
-    }
+    /// Where calls are counted.
+    pub metrics: Arc<Metrics>,
+    /// Guards the database calls.
+    pub breaker: Addr<CircuitBreaker>,
+    /// Per-client rate limits (shared with HTTP).
+    pub limiters: RateLimiters,
+    /// Reads the caller's subject for the rate-limit key.
+    pub auth: JwtAuth,
 }
 
 impl<S> Layer<S> for CallLayer {
@@ -55,8 +61,7 @@ impl<S> Layer<S> for CallLayer {
     fn layer(&self, inner: S) -> Call<S> {
         Call {
             inner,
-            metrics: self.metrics.clone(),
-            breaker: self.breaker.clone(),
+            shared: self.clone(),
         }
     }
 }
@@ -65,8 +70,7 @@ impl<S> Layer<S> for CallLayer {
 #[derive(Clone)]
 pub struct Call<S> {
     inner: S,
-    metrics: Arc<Metrics>,
-    breaker: Addr<CircuitBreaker>,
+    shared: CallLayer,
 }
 
 /// What the log line needs, carried to wherever the call ends.
@@ -144,17 +148,33 @@ where
             method: request.uri().path().to_owned(),
             id,
             started: Instant::now(),
-            metrics: self.metrics.clone(),
+            metrics: self.shared.metrics.clone(),
             trace,
         };
+        let limit_key = (!log.method.starts_with(UNLIMITED_PREFIX))
+            .then(|| rate_limit_key(&self.shared.auth, request.headers(), &log.peer));
+        let limiters = self.shared.limiters.clone();
         // The clone that was driven to readiness serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let breaker = log
             .method
             .starts_with(GUARDED_PREFIX)
-            .then(|| self.breaker.clone());
+            .then(|| self.shared.breaker.clone());
         Box::pin(async move {
+            if let Some(key) = limit_key {
+                if let Ok(decision) = limiters.check(key).await {
+                    if !decision.allowed {
+                        log.metrics.rate_limited.with_label_values(&["grpc"]).inc();
+                        let wait = decision.retry_after.as_secs_f64().ceil().max(1.0);
+                        let status = Status::resource_exhausted(format!(
+                            "rate limit exceeded; retry in {wait}s"
+                        ));
+                        log.finish("8");
+                        return Ok(status.into_http());
+                    }
+                }
+            }
             let permit = match &breaker {
                 None => None,
                 Some(breaker) => match breaker.send(Acquire).await {
@@ -210,6 +230,25 @@ where
                 })
             }))
         })
+    }
+}
+
+/// `sub:<subject>` for a valid bearer token, else `ip:<peer ip>` (the same keys as HTTP).
+fn rate_limit_key(auth: &JwtAuth, headers: &HeaderMap, peer: &str) -> String {
+    let subject = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .and_then(|(_, token)| auth.verify(token.trim()).ok());
+    match subject {
+        Some(claims) => format!("sub:{}", claims.sub),
+        None => {
+            let ip = peer
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().to_string());
+            format!("ip:{}", ip.unwrap_or_else(|_| peer.to_owned()))
+        }
     }
 }
 

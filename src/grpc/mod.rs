@@ -60,7 +60,12 @@ pub async fn serve(
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
     Server::builder()
-        .layer(layer::CallLayer::new(options.metrics, options.breaker))
+        .layer(layer::CallLayer {
+            metrics: options.metrics,
+            breaker: options.breaker,
+            limiters: options.limiters,
+            auth: options.auth.clone(),
+        })
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -75,6 +80,8 @@ pub struct ServeOptions {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Guards the user service's database calls.
     pub breaker: actix::Addr<crate::actors::breaker::CircuitBreaker>,
+    /// Per-client rate limiting (shared with HTTP).
+    pub limiters: crate::actors::rate_limit::RateLimiters,
     /// Verifies bearer tokens.
     pub auth: JwtAuth,
     /// Largest incoming message, in bytes.

@@ -93,3 +93,35 @@ async fn the_bucket_refills_continuously() {
         200
     );
 }
+
+#[tokio::test]
+async fn grpc_calls_over_the_limit_are_resource_exhausted_but_health_is_not_limited() {
+    use switchboard::grpc::pb::ListUsersRequest;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+    let app = limited_app(0.5, 2).await;
+    let mut users = crate::grpc_users::client(&app).await;
+    for _ in 0..2 {
+        users.list_users(ListUsersRequest::default()).await.unwrap();
+    }
+    let status = users
+        .list_users(ListUsersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        status.message().contains("rate limit"),
+        "{}",
+        status.message()
+    );
+
+    let mut health = HealthClient::new(crate::helpers::grpc_channel(app.grpc_addr).await);
+    for _ in 0..5 {
+        health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health is never limited");
+    }
+}

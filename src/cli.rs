@@ -222,6 +222,14 @@ pub struct SettingsArgs {
         value_name = "IPS"
     )]
     pub trusted_proxies: Option<Vec<String>>,
+    /// Run the HTTP middleware chain; `false` only to measure its cost [default: true].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_HTTP_MIDDLEWARE",
+        global = true,
+        value_name = "BOOL"
+    )]
+    pub http_middleware: Option<bool>,
     /// WebSocket policies and limits.
     #[command(flatten)]
     pub websocket: WsArgs,
@@ -244,6 +252,7 @@ impl SettingsArgs {
             rate_limit_per_second: self.rate_limit,
             rate_limit_burst: self.rate_limit_burst,
             trusted_proxies: self.trusted_proxies.clone(),
+            http_middleware: self.http_middleware,
             log: LogLayer {
                 format: self.log_format,
                 level: self.log_level.clone(),

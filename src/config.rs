@@ -47,6 +47,9 @@ pub struct Settings {
     pub rate_limit_burst: u32,
     /// Proxies whose `X-Forwarded-For` is believed when finding a client's IP.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Run the HTTP middleware chain (request tracking, tracing, rate limit, circuit
+    /// breaker); off only to measure what the chain costs.
+    pub http_middleware: bool,
 }
 
 impl Default for Settings {
@@ -66,6 +69,7 @@ impl Default for Settings {
             rate_limit_per_second: 50.0,
             rate_limit_burst: 100,
             trusted_proxies: Vec::new(),
+            http_middleware: true,
         }
     }
 }
@@ -317,6 +321,8 @@ pub struct SettingsLayer {
     pub rate_limit_burst: Option<u32>,
     /// See [`Settings::trusted_proxies`].
     pub trusted_proxies: Option<Vec<String>>,
+    /// See [`Settings::http_middleware`].
+    pub http_middleware: Option<bool>,
     /// The `[log]` table.
     #[serde(default)]
     pub log: LogLayer,
@@ -427,6 +433,9 @@ impl Settings {
                     })
                 })
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(enabled) = layer.http_middleware {
+            self.http_middleware = enabled;
         }
         if let Some(format) = layer.log.format {
             self.log.format = format;

@@ -9,7 +9,10 @@
 use std::{future::Future, net::SocketAddr, time::Duration, time::Instant};
 
 use actix::{Actor, Addr, Arbiter};
-use actix_web::{middleware::from_fn, web, App, HttpServer};
+use actix_web::{
+    middleware::{from_fn, Condition},
+    web, App, HttpServer,
+};
 use tokio::{
     runtime::Runtime,
     sync::{oneshot, watch},
@@ -193,15 +196,22 @@ impl Application {
             },
         });
         let grpc_limiters = state.rate_limit.limiters.clone();
+        let chain = settings.http_middleware;
+        if !chain {
+            tracing::warn!("HTTP middleware chain disabled (--http-middleware false)");
+        }
         let http_server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .configure(http::configure)
                 // Outermost last: request id, trace and access log → rate limit →
                 // circuit breaker (database routes) → handler.
-                .wrap(from_fn(http::middleware::circuit_breaker))
-                .wrap(from_fn(http::middleware::rate_limit))
-                .wrap(from_fn(http::middleware::request_id))
+                .wrap(Condition::new(
+                    chain,
+                    from_fn(http::middleware::circuit_breaker),
+                ))
+                .wrap(Condition::new(chain, from_fn(http::middleware::rate_limit)))
+                .wrap(Condition::new(chain, from_fn(http::middleware::request_id)))
         })
         .listen(http_listener)
         .map_err(|source| StartupError::Runtime {

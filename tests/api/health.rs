@@ -141,3 +141,15 @@ async fn readiness_fails_when_the_database_goes_away() {
         "liveness does not depend on the database"
     );
 }
+
+#[tokio::test]
+async fn the_middleware_chain_can_be_switched_off_for_measurement() {
+    let db = crate::helpers::TestDb::sqlite();
+    let mut settings = crate::helpers::test_settings(&db);
+    settings.http_middleware = false;
+    let app = crate::helpers::spawn_app_with(db, settings).await;
+    let response = app.http.get(app.url("/livez")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get("x-request-id").is_none());
+    assert!(response.headers().get("traceparent").is_none());
+}

@@ -95,3 +95,93 @@ async fn the_breaker_opens_when_the_database_goes_away_and_chat_keeps_working() 
         .unwrap();
     assert!(metrics.contains("switchboard_circuit_breaker_state{state=\"open\"} 1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_closes_again_when_the_database_returns() {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+
+    let Some(cluster) = crate::private_pg::PrivateCluster::start() else {
+        return;
+    };
+    let db = TestDb::sqlite(); // only for the settings' shape; the URL is replaced below
+    let mut settings = test_settings(&db);
+    settings.database.url = cluster.url.parse().unwrap();
+    settings.health_interval = Duration::from_millis(100);
+    settings.database.connect_timeout = Duration::from_millis(500);
+    let app = spawn_app_with(db, settings).await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    let mut bob = WsClient::user(&app, "bob").await;
+    alice.join("ops").await;
+    bob.join("ops").await;
+    let mut health = HealthClient::new(crate::helpers::grpc_channel(app.grpc_addr).await);
+    let grpc_health = |health: &mut HealthClient<tonic::transport::Channel>| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: "userservice.UserService".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status()
+        }
+    };
+
+    cluster.halt();
+    wait_for(&app, "open").await;
+    assert_eq!(
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(grpc_health(&mut health).await, ServingStatus::NotServing);
+    alice
+        .send(json!({"type": "message", "room_id": "ops", "content": "db is down"}))
+        .await;
+    assert_eq!(bob.recv_kind("message").await["content"], "db is down");
+
+    cluster.resume().expect("the cluster starts again");
+    // Trial calls (after the open period) close it; keep some traffic flowing.
+    let mut closed = false;
+    for _ in 0..100 {
+        let _ = app
+            .http
+            .post(app.url("/graphql"))
+            .json(&json!({ "query": "{ users { id } }" }))
+            .send()
+            .await;
+        if breaker_state(&app).await == "closed" {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(closed, "the breaker closes once trial calls succeed");
+    assert_eq!(
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(grpc_health(&mut health).await, ServingStatus::Serving);
+}
+
+async fn wait_for(app: &TestApp, state: &str) {
+    for _ in 0..200 {
+        if breaker_state(app).await == state {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the breaker never became {state}");
+}

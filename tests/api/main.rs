@@ -16,6 +16,7 @@ mod health;
 mod helpers;
 mod metrics;
 mod migrations;
+mod private_pg;
 mod process;
 mod rate_limit;
 mod repository;

@@ -132,15 +132,7 @@ async fn the_breaker_closes_again_when_the_database_returns() {
 
     cluster.halt();
     wait_for(&app, "open").await;
-    assert_eq!(
-        app.http
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
+    assert_eq!(app.get_status("/readyz").await, 503);
     assert_eq!(grpc_health(&mut health).await, ServingStatus::NotServing);
     alice
         .send(json!({"type": "message", "room_id": "ops", "content": "db is down"}))
@@ -164,15 +156,7 @@ async fn the_breaker_closes_again_when_the_database_returns() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(closed, "the breaker closes once trial calls succeed");
-    assert_eq!(
-        app.http
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_status("/readyz").await, 200);
     assert_eq!(grpc_health(&mut health).await, ServingStatus::Serving);
 }
 

@@ -105,15 +105,7 @@ async fn readiness_fails_when_the_database_goes_away() {
         return;
     };
     let app = spawn_app_on(db).await;
-    assert_eq!(
-        app.http
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.get_status("/readyz").await, StatusCode::OK);
 
     app.db().drop_postgres_database().await;
 
@@ -131,12 +123,7 @@ async fn readiness_fails_when_the_database_goes_away() {
     let body: Value = health.json().await.unwrap();
     assert_eq!(body["checks"]["database"]["status"], "fail");
     assert_eq!(
-        app.http
-            .get(app.url("/livez"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        app.get_status("/livez").await,
         StatusCode::OK,
         "liveness does not depend on the database"
     );

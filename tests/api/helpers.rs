@@ -200,6 +200,16 @@ impl TestApp {
         format!("http://{}{path}", self.http_addr)
     }
 
+    /// The status of `GET path`.
+    pub async fn get_status(&self, path: &str) -> reqwest::StatusCode {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the server answers")
+            .status()
+    }
+
     /// `GET path`, parsed as JSON (whatever the status).
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.http

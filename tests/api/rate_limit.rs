@@ -63,35 +63,11 @@ async fn a_burst_over_the_limit_gets_429_with_retry_after_and_ratelimit_headers(
 #[tokio::test]
 async fn the_bucket_refills_continuously() {
     let app = limited_app(20.0, 1).await;
-    assert_eq!(
-        app.http
-            .get(app.url("/rooms"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.http
-            .get(app.url("/rooms"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        429
-    );
+    assert_eq!(app.get_status("/rooms").await, 200);
+    assert_eq!(app.get_status("/rooms").await, 429);
     // One token takes 50 ms at 20/s — not a whole second, as the seed's refill did.
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert_eq!(
-        app.http
-            .get(app.url("/rooms"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_status("/rooms").await, 200);
 }
 
 #[tokio::test]

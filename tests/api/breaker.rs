@@ -13,6 +13,21 @@ use crate::{
     ws_client::WsClient,
 };
 
+/// A server whose health monitor pings often, with two chat users in room `ops`.
+async fn watched_app(
+    db: TestDb,
+    mut settings: switchboard::config::Settings,
+) -> (TestApp, WsClient, WsClient) {
+    settings.health_interval = Duration::from_millis(100);
+    settings.database.connect_timeout = Duration::from_millis(500);
+    let app = spawn_app_with(db, settings).await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    let mut bob = WsClient::user(&app, "bob").await;
+    alice.join("ops").await;
+    bob.join("ops").await;
+    (app, alice, bob)
+}
+
 async fn breaker_state(app: &TestApp) -> Value {
     app.get_json("/health").await["checks"]["circuit_breaker"]["state"].clone()
 }
@@ -22,27 +37,12 @@ async fn the_breaker_opens_when_the_database_goes_away_and_chat_keeps_working() 
     let Some(db) = TestDb::postgres().await else {
         return;
     };
-    let mut settings = test_settings(&db);
-    settings.health_interval = Duration::from_millis(100);
-    settings.database.connect_timeout = Duration::from_millis(500);
-    let app = spawn_app_with(db, settings).await;
-    let mut alice = WsClient::user(&app, "alice").await;
-    let mut bob = WsClient::user(&app, "bob").await;
-    alice.join("ops").await;
-    bob.join("ops").await;
+    let settings = test_settings(&db);
+    let (app, mut alice, mut bob) = watched_app(db, settings).await;
     assert_eq!(breaker_state(&app).await, "closed");
 
     app.db().drop_postgres_database().await;
-
-    let mut opened = false;
-    for _ in 0..100 {
-        if breaker_state(&app).await == "open" {
-            opened = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(opened, "the health monitor opens the breaker");
+    wait_for(&app, "open").await; // the health monitor opens it
 
     let started = std::time::Instant::now();
     let response = app
@@ -108,13 +108,7 @@ async fn the_breaker_closes_again_when_the_database_returns() {
     let db = TestDb::sqlite(); // only for the settings' shape; the URL is replaced below
     let mut settings = test_settings(&db);
     settings.database.url = cluster.url.parse().unwrap();
-    settings.health_interval = Duration::from_millis(100);
-    settings.database.connect_timeout = Duration::from_millis(500);
-    let app = spawn_app_with(db, settings).await;
-    let mut alice = WsClient::user(&app, "alice").await;
-    let mut bob = WsClient::user(&app, "bob").await;
-    alice.join("ops").await;
-    bob.join("ops").await;
+    let (app, mut alice, mut bob) = watched_app(db, settings).await;
     let mut health = HealthClient::new(crate::helpers::grpc_channel(app.grpc_addr).await);
     let grpc_health = |health: &mut HealthClient<tonic::transport::Channel>| {
         let mut health = health.clone();

@@ -171,7 +171,7 @@ fn with_cors(mut response: HttpResponse, origin: Option<&str>) -> HttpResponse {
 async fn preflight(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     match cors_origin(&state, &req) {
         Some(origin) => {
-            let mut response = HttpResponse::NoContent()
+            let response = HttpResponse::NoContent()
                 .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"))
                 .insert_header((
                     header::ACCESS_CONTROL_ALLOW_HEADERS,
@@ -179,8 +179,7 @@ async fn preflight(req: HttpRequest, state: web::Data<HttpState>) -> HttpRespons
                 ))
                 .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"))
                 .finish();
-            response = with_cors(response, Some(origin));
-            response
+            with_cors(response, Some(origin))
         }
         None => HttpResponse::Forbidden().json(json!({ "error": "origin not allowed" })),
     }

@@ -106,6 +106,15 @@ pub struct SettingsArgs {
     /// Log filter, e.g. `info` or `switchboard=debug` [default: RUST_LOG, else info].
     #[arg(long, env = "SWITCHBOARD_LOG_LEVEL", global = true)]
     pub log_level: Option<String>,
+    /// Export spans over OTLP/HTTP to this collector, e.g. `http://localhost:4318`
+    /// [default: off].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OTLP_ENDPOINT",
+        global = true,
+        value_name = "URL"
+    )]
+    pub otlp_endpoint: Option<String>,
     /// Graceful shutdown limit [default: 10s].
     #[arg(
         long,
@@ -256,6 +265,7 @@ impl SettingsArgs {
             log: LogLayer {
                 format: self.log_format,
                 level: self.log_level.clone(),
+                otlp_endpoint: self.otlp_endpoint.clone(),
             },
             database: DatabaseLayer {
                 url: self.database_url.clone(),
@@ -314,7 +324,9 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     actix_rt::System::new().block_on(async move {
         let signal = shutdown_signal()?;
         let app = Application::build(settings).await?;
-        app.run_until_stopped(signal).await?;
+        let result = app.run_until_stopped(signal).await;
+        telemetry::shutdown();
+        result?;
         Ok(())
     })
 }

@@ -245,6 +245,8 @@ pub struct LogSettings {
     /// A tracing filter such as `info` or `switchboard=debug,info`; `None` falls back to
     /// `RUST_LOG`, then `info`.
     pub level: Option<String>,
+    /// Where to export spans over OTLP/HTTP (e.g. `http://collector:4318`); off when `None`.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How log lines are written.
@@ -345,6 +347,8 @@ pub struct LogLayer {
     pub format: Option<LogFormat>,
     /// See [`LogSettings::level`].
     pub level: Option<String>,
+    /// See [`LogSettings::otlp_endpoint`].
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Optional overrides of [`DatabaseSettings`]; durations are humantime strings (`"30s"`).
@@ -444,6 +448,19 @@ impl Settings {
             tracing_subscriber::EnvFilter::try_new(&level)
                 .map_err(|e| ConfigError::invalid("log level", e))?;
             self.log.level = Some(level);
+        }
+        if let Some(endpoint) = layer.log.otlp_endpoint {
+            let endpoint = endpoint.trim();
+            let valid = ["http://", "https://"]
+                .iter()
+                .any(|scheme| endpoint.len() > scheme.len() && endpoint.starts_with(scheme));
+            if !valid {
+                return Err(ConfigError::invalid(
+                    "otlp endpoint",
+                    format!("`{endpoint}` is not an http(s) URL like http://collector:4318"),
+                ));
+            }
+            self.log.otlp_endpoint = Some(endpoint.to_owned());
         }
         self.database = self.database.apply(layer.database)?;
         self.websocket = self.websocket.apply(layer.websocket)?;

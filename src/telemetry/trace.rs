@@ -83,6 +83,39 @@ impl fmt::Display for TraceContext {
     }
 }
 
+impl TraceContext {
+    /// Makes `span` (a request's tracing span) continue this trace in exported spans, and,
+    /// when spans are exported, adopts the exported span's ids so headers, logs and the
+    /// collector agree. Without `--otlp-endpoint` nothing changes.
+    pub fn attach(&mut self, span: &tracing::Span) {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+        if let Some(parent) = &self.parent_id {
+            if let (Ok(trace_id), Ok(span_id)) =
+                (TraceId::from_hex(&self.trace_id), SpanId::from_hex(parent))
+            {
+                let remote = SpanContext::new(
+                    trace_id,
+                    span_id,
+                    TraceFlags::new(self.flags),
+                    true,
+                    TraceState::default(),
+                );
+                let _ =
+                    span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+            }
+        }
+        let exported = span.context().span().span_context().clone();
+        if exported.is_valid() {
+            self.trace_id = exported.trace_id().to_string();
+            self.span_id = exported.span_id().to_string();
+        }
+    }
+}
+
 /// `version-traceid-parentid-flags`; version 00 exactly, later versions by their prefix.
 fn parse_traceparent(raw: &str) -> Option<(String, String, u8)> {
     let raw = raw.trim();

@@ -175,6 +175,15 @@ fn bad_websocket_settings_are_named() {
 }
 
 #[test]
+fn a_bad_otlp_endpoint_is_named() {
+    assert_refuses_to_start(
+        &["--otlp-endpoint", "collector:4318"],
+        &[],
+        "invalid otlp endpoint",
+    );
+}
+
+#[test]
 fn bad_rate_limit_settings_are_named() {
     assert_refuses_to_start(&["--rate-limit", "0"], &[], "invalid rate limit");
     assert_refuses_to_start(

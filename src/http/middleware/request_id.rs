@@ -46,7 +46,7 @@ pub async fn request_id<B: MessageBody + 'static>(
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let trace = TraceContext::from_headers(
+    let mut trace = TraceContext::from_headers(
         header("traceparent"),
         header("tracestate"),
         header("x-trace-id"),
@@ -56,11 +56,14 @@ pub async fn request_id<B: MessageBody + 'static>(
     let span = tracing::info_span!(
         "http_request",
         request_id = %id,
-        trace_id = %trace.trace_id,
-        span_id = %trace.span_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         method = %req.method(),
         path = %req.path(),
     );
+    trace.attach(&span);
+    span.record("trace_id", trace.trace_id.as_str());
+    span.record("span_id", trace.span_id.as_str());
     req.extensions_mut().insert(trace.clone());
     let started = Instant::now();
     // Handler errors are already responses here; an `Err` can only come from another

@@ -35,6 +35,11 @@ fn otlp_provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
         .build())
 }
 
+/// Whether spans are exported (`--otlp-endpoint` was given and the exporter started).
+pub fn exporting() -> bool {
+    PROVIDER.get().is_some()
+}
+
 /// Flushes and stops span export (a no-op without `--otlp-endpoint`).
 pub fn shutdown() {
     if let Some(provider) = PROVIDER.get() {

@@ -53,17 +53,29 @@ pub async fn request_id<B: MessageBody + 'static>(
         header("x-span-id"),
     );
 
-    let span = tracing::info_span!(
-        "http_request",
-        request_id = %id,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-        method = %req.method(),
-        path = %req.path(),
-    );
-    trace.attach(&span);
-    span.record("trace_id", trace.trace_id.as_str());
-    span.record("span_id", trace.span_id.as_str());
+    let span = if crate::telemetry::exporting() {
+        let span = tracing::info_span!(
+            "http_request",
+            request_id = %id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            method = %req.method(),
+            path = %req.path(),
+        );
+        trace.attach(&span);
+        span.record("trace_id", trace.trace_id.as_str());
+        span.record("span_id", trace.span_id.as_str());
+        span
+    } else {
+        tracing::info_span!(
+            "http_request",
+            request_id = %id,
+            trace_id = %trace.trace_id,
+            span_id = %trace.span_id,
+            method = %req.method(),
+            path = %req.path(),
+        )
+    };
     req.extensions_mut().insert(trace.clone());
     let started = Instant::now();
     // Handler errors are already responses here; an `Err` can only come from another

@@ -28,6 +28,10 @@ pub fn start_server(dir: &tempfile::TempDir) -> BenchServer {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         jwt_secret: Some(JwtSecret::parse(SECRET).unwrap()),
+        // The benches measure the request path, not the per-client limit (one client
+        // sends everything).
+        rate_limit_per_second: 1e9,
+        rate_limit_burst: 1_000_000_000,
         database: DatabaseSettings {
             url: DatabaseUrl::Sqlite(dir.path().join("bench.db")),
             ..Default::default()

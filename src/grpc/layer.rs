@@ -23,7 +23,7 @@ use crate::{
         breaker::{Acquire, CircuitBreaker, Record},
         rate_limit::RateLimiters,
     },
-    auth::JwtAuth,
+    auth::{Claims, JwtAuth},
     metrics::Metrics,
     telemetry::trace::TraceContext,
 };
@@ -151,8 +151,13 @@ where
             metrics: self.shared.metrics.clone(),
             trace,
         };
+        // Verified once here; the authentication interceptor reuses the claims.
+        let claims = bearer_claims(&self.shared.auth, request.headers());
         let limit_key = (!log.method.starts_with(UNLIMITED_PREFIX))
-            .then(|| rate_limit_key(&self.shared.auth, request.headers(), &log.peer));
+            .then(|| rate_limit_key(claims.as_ref(), &log.peer));
+        if let Some(claims) = claims {
+            request.extensions_mut().insert(claims);
+        }
         let limiters = self.shared.limiters.clone();
         // The clone that was driven to readiness serves this call.
         let clone = self.inner.clone();
@@ -233,15 +238,19 @@ where
     }
 }
 
-/// `sub:<subject>` for a valid bearer token, else `ip:<peer ip>` (the same keys as HTTP).
-fn rate_limit_key(auth: &JwtAuth, headers: &HeaderMap, peer: &str) -> String {
-    let subject = headers
+/// The claims of a valid `authorization: Bearer` token, if one was sent.
+fn bearer_claims(auth: &JwtAuth, headers: &HeaderMap) -> Option<Claims> {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .and_then(|(_, token)| auth.verify(token.trim()).ok());
-    match subject {
+        .and_then(|(_, token)| auth.verify(token.trim()).ok())
+}
+
+/// `sub:<subject>` for a valid bearer token, else `ip:<peer ip>` (the same keys as HTTP).
+fn rate_limit_key(claims: Option<&Claims>, peer: &str) -> String {
+    match claims {
         Some(claims) => format!("sub:{}", claims.sub),
         None => {
             let ip = peer

@@ -29,6 +29,16 @@ impl Claims {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive), or
+/// `None` for any other scheme. Every front door reads the header through this.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -101,6 +111,20 @@ impl JwtAuth {
             return Err(AuthError::Invalid("empty subject".into()));
         }
         Ok(data.claims)
+    }
+}
+
+#[cfg(test)]
+mod bearer_tests {
+    use super::bearer_token;
+
+    #[test]
+    fn only_bearer_values_yield_a_token() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
     }
 }
 

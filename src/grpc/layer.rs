@@ -23,7 +23,7 @@ use crate::{
         breaker::{Acquire, CircuitBreaker, Record},
         rate_limit::RateLimiters,
     },
-    auth::{Claims, JwtAuth},
+    auth::{bearer_token, Claims, JwtAuth},
     metrics::Metrics,
     telemetry::trace::TraceContext,
 };
@@ -243,9 +243,8 @@ fn bearer_claims(auth: &JwtAuth, headers: &HeaderMap) -> Option<Claims> {
     headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .and_then(|(_, token)| auth.verify(token.trim()).ok())
+        .and_then(bearer_token)
+        .and_then(|token| auth.verify(token).ok())
 }
 
 /// `sub:<subject>` for a valid bearer token, else `ip:<peer ip>` (the same keys as HTTP).

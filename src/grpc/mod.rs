@@ -18,7 +18,7 @@ use tonic_health::server::HealthReporter;
 
 pub use users::Users;
 
-use crate::auth::{Claims, JwtAuth};
+use crate::auth::{bearer_token, Claims, JwtAuth};
 
 /// Code generated from `proto/user_service.proto`.
 pub mod pb {
@@ -106,14 +106,9 @@ fn authenticate(
             })?
             .to_str()
             .map_err(|_| Status::unauthenticated("the authorization metadata is not text"))?;
-        let token = match header.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => {
-                return Err(Status::unauthenticated(
-                    "the authorization metadata must be `Bearer <token>`",
-                ))
-            }
-        };
+        let token = bearer_token(header).ok_or_else(|| {
+            Status::unauthenticated("the authorization metadata must be `Bearer <token>`")
+        })?;
         let claims: Claims = auth
             .verify(token)
             .map_err(|error| Status::unauthenticated(error.to_string()))?;

@@ -11,12 +11,13 @@ use actix_web::{
     dev::{ServiceRequest, ServiceResponse},
     http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER},
     middleware::Next,
-    web, HttpResponse,
+    web, HttpMessage, HttpResponse,
 };
 use serde_json::json;
 
 use crate::{
     actors::rate_limit::{Decision, Quota, RateLimiters},
+    auth::bearer_token,
     http::HttpState,
 };
 
@@ -88,17 +89,19 @@ fn add_headers(headers: &mut HeaderMap, quota: Quota, decision: Decision) {
     }
 }
 
-/// `sub:<subject>` for a valid bearer token, else `ip:<client ip>`.
+/// `sub:<subject>` for a valid bearer token, else `ip:<client ip>`. Verified claims are
+/// left in the request extensions, so handlers do not verify the token again.
 fn client_key(state: &HttpState, req: &ServiceRequest) -> String {
-    let subject = req
+    let claims = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .and_then(|(_, token)| state.chat.auth.verify(token.trim()).ok());
-    if let Some(claims) = subject {
-        return format!("sub:{}", claims.sub);
+        .and_then(bearer_token)
+        .and_then(|token| state.chat.auth.verify(token).ok());
+    if let Some(claims) = claims {
+        let key = format!("sub:{}", claims.sub);
+        req.extensions_mut().insert(claims);
+        return key;
     }
     let peer = req.peer_addr().map(|a| a.ip());
     let ip = match peer {

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use actix_web::{
     http::{header, Method},
-    web, HttpRequest, HttpResponse,
+    web, HttpMessage, HttpRequest, HttpResponse,
 };
 use juniper::{
     http::{GraphQLBatchRequest, GraphQLRequest},
@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::{
+    auth::{bearer_token, Claims},
     config::OriginPolicy,
     graphql::{cost, Context, Schema},
     http::HttpState,
@@ -52,26 +53,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/playground", web::get().to(playground));
 }
 
-fn context(state: &HttpState, authorization: Option<&str>) -> Context {
+fn context(state: &HttpState, identity: Result<Option<Claims>, String>) -> Context {
     Context {
         db: state.db.clone(),
         events: state.events.clone(),
-        identity: identify(state, authorization),
+        identity,
     }
 }
 
-/// `Ok(None)` without a token; `Err` with a reason for a bad one.
-fn identify(
-    state: &HttpState,
-    authorization: Option<&str>,
-) -> Result<Option<crate::auth::Claims>, String> {
+/// `Ok(None)` without a token; `Err` with a reason for a bad one. A bare token (no
+/// scheme) is accepted too, as subscription clients often send one.
+fn identify(state: &HttpState, authorization: Option<&str>) -> Result<Option<Claims>, String> {
     let Some(value) = authorization else {
         return Ok(None);
     };
-    let token = match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ if !value.contains(' ') => value.trim(),
-        _ => return Err("the authorization must be `Bearer <token>`".into()),
+    let token = match bearer_token(value) {
+        Some(token) => token,
+        None if !value.trim().contains(' ') => value.trim(),
+        None => return Err("the authorization must be `Bearer <token>`".into()),
     };
     state
         .chat
@@ -79,6 +78,15 @@ fn identify(
         .verify(token)
         .map(Some)
         .map_err(|e| e.to_string())
+}
+
+/// The caller of an HTTP request: the rate-limit middleware has usually verified the
+/// token already and left the claims in the request extensions.
+fn request_identity(state: &HttpState, req: &HttpRequest) -> Result<Option<Claims>, String> {
+    if let Some(claims) = req.extensions().get::<Claims>() {
+        return Ok(Some(claims.clone()));
+    }
+    identify(state, authorization(req))
 }
 
 fn bad_request(message: impl Into<String>) -> HttpResponse {
@@ -113,7 +121,7 @@ async fn execute(
             }] }));
         }
     }
-    let context = context(state, authorization(req));
+    let context = context(state, request_identity(state, req));
     let response = request.execute(&graphql.schema, &context).await;
     let body = serde_json::to_value(&response).unwrap_or_default();
     let status = if !response.is_ok() {
@@ -263,7 +271,7 @@ async fn subscriptions(
                     .get(*key)
                     .and_then(|v| v.as_scalar()?.try_to_string())
             });
-        let context = context(&state, token.as_deref());
+        let context = context(&state, identify(&state, token.as_deref()));
         if let Err(reason) = &context.identity {
             return Err(InitRefused(reason.clone()));
         }

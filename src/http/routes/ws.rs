@@ -3,13 +3,19 @@
 
 use actix_web::{
     http::header::{self, HeaderValue},
-    web, HttpRequest, HttpResponse,
+    web, HttpMessage, HttpRequest, HttpResponse,
 };
 use actix_web_actors::ws;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{actors::session::Session, chat::Identity, domain::UserName, http::HttpState};
+use crate::{
+    actors::session::Session,
+    auth::{bearer_token, Claims},
+    chat::Identity,
+    domain::UserName,
+    http::HttpState,
+};
 
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -62,18 +68,21 @@ async fn upgrade(
         Ok(params) => params.into_inner(),
         Err(error) => return Ok(refuse(StatusCode::BAD_REQUEST, error.to_string())),
     };
-    let token = params.token.as_deref().or_else(|| bearer(&req));
-    let identity = match token {
-        Some(token) => match state.chat.auth.verify(token) {
+    let header_token = header_str(&req, header::AUTHORIZATION).and_then(bearer_token);
+    let verified = req.extensions().get::<Claims>().cloned();
+    let identity = match (params.token.as_deref(), header_token, verified) {
+        // The header's token was verified by the rate-limit middleware.
+        (None, Some(_), Some(claims)) => Identity::user(&claims.sub, claims.is_admin()),
+        (Some(token), _, _) | (None, Some(token), None) => match state.chat.auth.verify(token) {
             Ok(claims) => Identity::user(&claims.sub, claims.is_admin()),
             Err(error) => return Ok(unauthorized(error.to_string())),
         },
-        None if settings.require_auth => {
+        (None, None, _) if settings.require_auth => {
             return Ok(unauthorized(
                 "a token is required: pass ?token=<jwt> or an Authorization: Bearer header",
             ))
         }
-        None => {
+        (None, None, _) => {
             let name = match params.user_id.as_deref().map(UserName::parse).transpose() {
                 Ok(name) => name.map(|n| n.as_str().to_owned()),
                 Err(error) => {
@@ -92,12 +101,6 @@ async fn upgrade(
 
 fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-fn bearer(req: &HttpRequest) -> Option<&str> {
-    let value = header_str(req, header::AUTHORIZATION)?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn unauthorized(error: impl Into<String>) -> HttpResponse {

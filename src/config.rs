@@ -5,13 +5,15 @@
 //! clap reads flags and environment together (a flag beats its variable), so loading is
 //! `Settings::default()`, then the file's [`SettingsLayer`], then the CLI's layer.
 
-use std::{fmt, net::SocketAddr, path::Path, path::PathBuf, str::FromStr, time::Duration};
+use std::{fmt, net::SocketAddr, path::Path, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+pub mod database;
 pub mod graphql;
 pub mod websocket;
 
+pub use database::{DatabaseLayer, DatabaseSettings, DatabaseUrl};
 pub use graphql::{GraphqlArgs, GraphqlLayer, GraphqlSettings};
 pub use websocket::{OriginPolicy, WsArgs, WsLayer, WsSettings};
 
@@ -71,131 +73,6 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             http_middleware: true,
         }
-    }
-}
-
-/// Where the data lives and how the pool behaves (the seed's `DatabaseConfig`).
-#[derive(Debug, Clone)]
-pub struct DatabaseSettings {
-    /// Which database to open.
-    pub url: DatabaseUrl,
-    /// Upper bound on pooled connections.
-    pub max_connections: u32,
-    /// Connections kept open even when idle; `None` lets the pool shrink to zero.
-    pub min_idle: Option<u32>,
-    /// A connection older than this is closed and replaced.
-    pub max_lifetime: Option<Duration>,
-    /// An idle connection older than this is closed.
-    pub idle_timeout: Option<Duration>,
-    /// How long to wait for a connection (new or from the pool) before failing.
-    pub connect_timeout: Duration,
-    /// Queries slower than this are counted as slow and logged.
-    pub slow_query_threshold: Duration,
-    /// SQLite only: how long a writer waits for a lock before failing.
-    pub sqlite_busy_timeout: Duration,
-    /// Apply pending migrations when the server starts.
-    pub migrate_on_start: bool,
-}
-
-impl Default for DatabaseSettings {
-    fn default() -> Self {
-        Self {
-            url: DatabaseUrl::Sqlite(PathBuf::from("switchboard.db")),
-            max_connections: 10,
-            min_idle: Some(1),
-            max_lifetime: Some(Duration::from_secs(30 * 60)),
-            idle_timeout: Some(Duration::from_secs(10 * 60)),
-            connect_timeout: Duration::from_secs(5),
-            slow_query_threshold: Duration::from_millis(200),
-            sqlite_busy_timeout: Duration::from_secs(5),
-            migrate_on_start: true,
-        }
-    }
-}
-
-/// A parsed database location: `postgres://…` (or `postgresql://…`) selects PostgreSQL;
-/// `sqlite://PATH`, `sqlite:PATH` or a bare path selects an embedded SQLite file.
-#[derive(Clone, PartialEq, Eq)]
-pub enum DatabaseUrl {
-    /// A PostgreSQL connection string, kept verbatim.
-    Postgres(String),
-    /// A SQLite database file (`:memory:` is refused: every pooled connection would see
-    /// its own empty database).
-    Sqlite(PathBuf),
-}
-
-impl DatabaseUrl {
-    /// Short backend name used in logs and `/health`.
-    pub fn backend(&self) -> &'static str {
-        match self {
-            DatabaseUrl::Postgres(_) => "postgres",
-            DatabaseUrl::Sqlite(_) => "sqlite",
-        }
-    }
-}
-
-impl FromStr for DatabaseUrl {
-    type Err = ConfigError;
-
-    fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        let raw = raw.trim();
-        if raw.is_empty() {
-            return Err(ConfigError::invalid("database url", "it is empty"));
-        }
-        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            // Parse now so a typo fails at start-up with a clear message, not on first use.
-            raw.parse::<tokio_postgres::Config>()
-                .map_err(|e| ConfigError::invalid("database url", e))?;
-            return Ok(DatabaseUrl::Postgres(raw.to_owned()));
-        }
-        let path = raw
-            .strip_prefix("sqlite://")
-            .or_else(|| raw.strip_prefix("sqlite:"))
-            .unwrap_or(raw);
-        if let Some((scheme, _)) = raw.split_once("://") {
-            if scheme != "sqlite" {
-                return Err(ConfigError::invalid(
-                    "database url",
-                    format!("unsupported scheme `{scheme}://` (use postgres:// or a SQLite path)"),
-                ));
-            }
-        }
-        if path.is_empty() || path == ":memory:" {
-            return Err(ConfigError::invalid(
-                "database url",
-                "SQLite needs a file path (in-memory databases are not shared across the pool)",
-            ));
-        }
-        Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DatabaseUrl::Postgres(url) => f.write_str(&redact_password(url)),
-            DatabaseUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
-        }
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Hides the password of `scheme://user:password@host/…` so URLs can be logged.
-fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
     }
 }
 
@@ -351,30 +228,6 @@ pub struct LogLayer {
     pub otlp_endpoint: Option<String>,
 }
 
-/// Optional overrides of [`DatabaseSettings`]; durations are humantime strings (`"30s"`).
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatabaseLayer {
-    /// See [`DatabaseSettings::url`].
-    pub url: Option<String>,
-    /// See [`DatabaseSettings::max_connections`].
-    pub max_connections: Option<u32>,
-    /// See [`DatabaseSettings::min_idle`]; `0` means none.
-    pub min_idle: Option<u32>,
-    /// See [`DatabaseSettings::max_lifetime`]; `"0s"` means unlimited.
-    pub max_lifetime: Option<String>,
-    /// See [`DatabaseSettings::idle_timeout`]; `"0s"` means unlimited.
-    pub idle_timeout: Option<String>,
-    /// See [`DatabaseSettings::connect_timeout`].
-    pub connect_timeout: Option<String>,
-    /// See [`DatabaseSettings::slow_query_threshold`].
-    pub slow_query_threshold: Option<String>,
-    /// See [`DatabaseSettings::sqlite_busy_timeout`].
-    pub sqlite_busy_timeout: Option<String>,
-    /// See [`DatabaseSettings::migrate_on_start`].
-    pub migrate_on_start: Option<bool>,
-}
-
 impl SettingsLayer {
     /// Reads a TOML file of settings.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -451,10 +304,7 @@ impl Settings {
         }
         if let Some(endpoint) = layer.log.otlp_endpoint {
             let endpoint = endpoint.trim();
-            let valid = ["http://", "https://"]
-                .iter()
-                .any(|scheme| endpoint.len() > scheme.len() && endpoint.starts_with(scheme));
-            if !valid {
+            if !is_http_url(endpoint) {
                 return Err(ConfigError::invalid(
                     "otlp endpoint",
                     format!("`{endpoint}` is not an http(s) URL like http://collector:4318"),
@@ -465,50 +315,6 @@ impl Settings {
         self.database = self.database.apply(layer.database)?;
         self.websocket = self.websocket.apply(layer.websocket)?;
         self.graphql = self.graphql.apply(layer.graphql)?;
-        Ok(self)
-    }
-}
-
-impl DatabaseSettings {
-    fn apply(mut self, layer: DatabaseLayer) -> Result<Self, ConfigError> {
-        if let Some(url) = layer.url {
-            self.url = url.parse()?;
-        }
-        if let Some(max) = layer.max_connections {
-            self.max_connections = at_least("database max connections", max as usize, 1)? as u32;
-        }
-        if let Some(min) = layer.min_idle {
-            self.min_idle = (min > 0).then_some(min);
-        }
-        if let Some(raw) = layer.max_lifetime {
-            self.max_lifetime = nonzero(parse_duration("database max lifetime", &raw)?);
-        }
-        if let Some(raw) = layer.idle_timeout {
-            self.idle_timeout = nonzero(parse_duration("database idle timeout", &raw)?);
-        }
-        if let Some(raw) = layer.connect_timeout {
-            self.connect_timeout = positive("database connect timeout", &raw)?;
-        }
-        if let Some(raw) = layer.slow_query_threshold {
-            self.slow_query_threshold = parse_duration("database slow query threshold", &raw)?;
-        }
-        if let Some(raw) = layer.sqlite_busy_timeout {
-            self.sqlite_busy_timeout = parse_duration("sqlite busy timeout", &raw)?;
-        }
-        if let Some(migrate) = layer.migrate_on_start {
-            self.migrate_on_start = migrate;
-        }
-        if let Some(min) = self.min_idle {
-            if min > self.max_connections {
-                return Err(ConfigError::invalid(
-                    "database min idle",
-                    format!(
-                        "{min} is more than max connections ({})",
-                        self.max_connections
-                    ),
-                ));
-            }
-        }
         Ok(self)
     }
 }
@@ -524,6 +330,13 @@ fn at_least(setting: &'static str, value: usize, min: usize) -> Result<usize, Co
     Ok(value)
 }
 
+/// Whether `raw` starts with `http://` or `https://` and names something after it.
+fn is_http_url(raw: &str) -> bool {
+    ["http://", "https://"]
+        .iter()
+        .any(|scheme| raw.len() > scheme.len() && raw.starts_with(scheme))
+}
+
 /// A duration that must be greater than zero.
 fn positive(setting: &'static str, raw: &str) -> Result<Duration, ConfigError> {
     let duration = parse_duration(setting, raw)?;
@@ -534,10 +347,6 @@ fn positive(setting: &'static str, raw: &str) -> Result<Duration, ConfigError> {
         ));
     }
     Ok(duration)
-}
-
-fn nonzero(duration: Duration) -> Option<Duration> {
-    (!duration.is_zero()).then_some(duration)
 }
 
 fn parse_addr(setting: &'static str, raw: &str) -> Result<SocketAddr, ConfigError> {
@@ -558,41 +367,6 @@ pub fn parse_duration(setting: &'static str, raw: &str) -> Result<Duration, Conf
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn database_urls_select_the_backend() {
-        let cases = [
-            ("postgres://u@localhost/db", "postgres"),
-            ("postgresql://u:p@localhost:5433/db", "postgres"),
-            ("switchboard.db", "sqlite"),
-            ("sqlite://data/x.db", "sqlite"),
-            ("sqlite:x.db", "sqlite"),
-        ];
-        for (raw, backend) in cases {
-            let url: DatabaseUrl = raw.parse().unwrap_or_else(|e| panic!("{raw}: {e}"));
-            assert_eq!(url.backend(), backend, "{raw}");
-        }
-    }
-
-    #[test]
-    fn unusable_database_urls_are_rejected_with_a_reason() {
-        for raw in [
-            "",
-            "mysql://x/y",
-            ":memory:",
-            "sqlite://",
-            "postgres://host:notaport/db",
-        ] {
-            let err = raw.parse::<DatabaseUrl>().expect_err(raw).to_string();
-            assert!(err.starts_with("invalid database url"), "{raw}: {err}");
-        }
-    }
-
-    #[test]
-    fn postgres_passwords_are_not_displayed() {
-        let url: DatabaseUrl = "postgres://app:hunter2@db/main".parse().unwrap();
-        assert_eq!(url.to_string(), "postgres://app:***@db/main");
-    }
 
     #[test]
     fn later_layers_override_earlier_ones() {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{at_least, positive, ConfigError};
+use super::{at_least, is_http_url, positive, ConfigError};
 
 /// Limits and policies for `GET /ws`.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,10 +78,7 @@ impl OriginPolicy {
             .iter()
             .map(|item| {
                 let origin = item.trim_end_matches('/').to_ascii_lowercase();
-                let valid = ["http://", "https://"]
-                    .iter()
-                    .any(|scheme| origin.len() > scheme.len() && origin.starts_with(scheme));
-                if valid && !origin.contains('*') {
+                if is_http_url(&origin) && !origin.contains('*') {
                     Ok(origin)
                 } else {
                     Err(ConfigError::invalid(

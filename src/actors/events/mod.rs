@@ -97,6 +97,9 @@ impl Handler<UsersCreated> for Events {
 
     fn handle(&mut self, msg: UsersCreated, _ctx: &mut Self::Context) {
         self.stats.users_created += msg.users.len() as u64;
+        if self.subscribers.is_empty() {
+            return; // nothing to copy the users for (bulk creates announce thousands)
+        }
         let mut ended = Vec::new();
         for user in msg.users.iter() {
             let user = Arc::new(user.clone());

@@ -83,6 +83,7 @@ async fn room_of(
         hub.do_send(Join {
             session,
             room: room.clone(),
+            since: None,
         });
     }
     hub.send(GetStats).await.unwrap();

@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     auth::JwtAuth,
     config::{
-        parse_duration, DatabaseLayer, GraphqlArgs, LogFormat, LogLayer, Settings, SettingsLayer,
-        WsArgs,
+        parse_duration, DatabaseLayer, GraphqlArgs, HistoryArgs, LogFormat, LogLayer, Settings,
+        SettingsLayer, WsArgs,
     },
     db::migrate,
     startup::Application,
@@ -245,6 +245,9 @@ pub struct SettingsArgs {
     /// GraphQL limits and CORS.
     #[command(flatten)]
     pub graphql: GraphqlArgs,
+    /// Chat history storage and retention.
+    #[command(flatten)]
+    pub history: HistoryArgs,
 }
 
 impl SettingsArgs {
@@ -280,6 +283,7 @@ impl SettingsArgs {
             },
             websocket: self.websocket.layer(),
             graphql: self.graphql.layer(),
+            history: self.history.layer(),
         }
     }
 

@@ -11,10 +11,12 @@ use serde::Deserialize;
 
 pub mod database;
 pub mod graphql;
+pub mod history;
 pub mod websocket;
 
 pub use database::{DatabaseLayer, DatabaseSettings, DatabaseUrl};
 pub use graphql::{GraphqlArgs, GraphqlLayer, GraphqlSettings};
+pub use history::{HistoryArgs, HistoryLayer, HistorySettings};
 pub use websocket::{OriginPolicy, WsArgs, WsLayer, WsSettings};
 
 /// Everything the server needs to start, already validated.
@@ -43,6 +45,8 @@ pub struct Settings {
     pub health_interval: Duration,
     /// GraphQL limits, subscriptions and CORS.
     pub graphql: GraphqlSettings,
+    /// Chat history: storage, retention, batching.
+    pub history: HistorySettings,
     /// HTTP requests per second each client (JWT subject, else IP) may make, sustained.
     pub rate_limit_per_second: f64,
     /// HTTP requests a client may make in a burst.
@@ -68,6 +72,7 @@ impl Default for Settings {
             grpc_max_message_size: 4 * 1024 * 1024,
             health_interval: Duration::from_secs(5),
             graphql: GraphqlSettings::default(),
+            history: HistorySettings::default(),
             rate_limit_per_second: 50.0,
             rate_limit_burst: 100,
             trusted_proxies: Vec::new(),
@@ -214,6 +219,9 @@ pub struct SettingsLayer {
     /// The `[graphql]` table.
     #[serde(default)]
     pub graphql: GraphqlLayer,
+    /// The `[history]` table.
+    #[serde(default)]
+    pub history: HistoryLayer,
 }
 
 /// Optional overrides of [`LogSettings`].
@@ -315,6 +323,7 @@ impl Settings {
         self.database = self.database.apply(layer.database)?;
         self.websocket = self.websocket.apply(layer.websocket)?;
         self.graphql = self.graphql.apply(layer.graphql)?;
+        self.history = self.history.apply(layer.history)?;
         Ok(self)
     }
 }

@@ -25,6 +25,7 @@ use crate::{
         breaker::{BreakerConfig, CircuitBreaker},
         events::{self, Events},
         health::HealthMonitor,
+        history::{self, HistoryWriter},
         hub::{self, Hub},
         rate_limit::{Quota, RateLimiters},
     },
@@ -60,6 +61,9 @@ pub enum StartupError {
     /// Migrations failed.
     #[error("cannot migrate the database: {0}")]
     Migrate(DbError),
+    /// The chat history could not be read (are the migrations applied?).
+    #[error("cannot read the chat history's room offsets: {0}")]
+    History(DbError),
     /// A runtime or server component failed to start.
     #[error("cannot start {what}: {source}")]
     Runtime {
@@ -84,6 +88,7 @@ pub struct Application {
     grpc_stop: oneshot::Sender<()>,
     health: HealthReporter,
     draining: watch::Sender<bool>,
+    history: Option<Addr<HistoryWriter>>,
     database: Database,
     auth: JwtAuth,
     hub: Addr<Hub>,
@@ -155,7 +160,23 @@ impl Application {
 
         let singletons = Arbiter::new();
         let max_sessions = settings.websocket.max_sessions_per_user;
-        let hub = Hub::start_in_arbiter(&singletons.handle(), move |_| Hub::new(max_sessions));
+        let recovery_buffer = settings.websocket.outbound_queue;
+        let mut hub = Hub::new(max_sessions).with_recovery_buffer(recovery_buffer);
+        let history = if settings.history.enabled {
+            let offsets = database
+                .room_offsets()
+                .await
+                .map_err(StartupError::History)?;
+            let (db, config) = (database.clone(), settings.history.clone());
+            let writer = HistoryWriter::start_in_arbiter(&singletons.handle(), move |_| {
+                HistoryWriter::new(db, config)
+            });
+            hub = hub.with_history(writer.clone(), offsets, settings.history.private);
+            Some(writer)
+        } else {
+            None
+        };
+        let hub = Hub::start_in_arbiter(&singletons.handle(), move |_| hub);
         let events = Events::start_in_arbiter(&singletons.handle(), |_| Events::new());
         let database = database.announcing_to(events.clone());
 
@@ -278,6 +299,7 @@ impl Application {
             database,
             auth,
             hub,
+            history,
             events,
             singletons,
             limiter_arbiters,
@@ -355,6 +377,20 @@ impl Application {
             .is_err()
         {
             tracing::warn!("shutdown timeout reached; remaining connections dropped");
+        }
+        if let Some(writer) = &self.history {
+            // Every message the hub relayed was handed to the writer before the hub answers
+            // this; then the last batch is written, even after a drain that timed out.
+            let flush = async {
+                let _ = self.hub.send(hub::GetStats).await;
+                writer.send(history::Flush).await
+            };
+            match tokio::time::timeout(self.shutdown_timeout, flush).await {
+                Ok(Ok(Ok(written))) => tracing::info!(written, "chat history flushed"),
+                Ok(Ok(Err(error))) => tracing::error!(%error, "chat history flush failed"),
+                Ok(Err(error)) => tracing::error!(%error, "history writer unavailable"),
+                Err(_) => tracing::error!("chat history flush timed out"),
+            }
         }
         self.singletons.stop();
         for arbiter in &self.limiter_arbiters {

@@ -4,6 +4,7 @@
 pub mod breaker;
 pub mod events;
 pub mod health;
+pub mod history;
 pub mod hub;
 pub mod rate_limit;
 pub mod session;

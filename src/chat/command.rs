@@ -9,14 +9,31 @@ use crate::domain::RoomId;
 const MAX_KIND_LEN: usize = 64;
 /// Longest user id accepted in `to`.
 const MAX_USER_ID_LEN: usize = 256;
+/// Most messages one `history` request returns.
+pub const MAX_HISTORY_LIMIT: usize = 1_000;
+/// Messages a `history` request returns when it names no limit.
+pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 /// Types only the server sends; a client using them could pass for the server.
 const RESERVED_KINDS: [&str; 3] = ["ack", "error", "system"];
 
 /// One client request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    /// `join`: subscribe to a room (creating it if needed).
-    Join(RoomId),
+    /// `join`: subscribe to a room (creating it if needed), first replaying what came after
+    /// `metadata.since_offset` when it is given.
+    Join {
+        /// The room.
+        room: RoomId,
+        /// The last offset the client saw in this room.
+        since: Option<u64>,
+    },
+    /// `history`: the last `metadata.limit` messages of a room the client is in.
+    History {
+        /// The room.
+        room: RoomId,
+        /// How many (1–[`MAX_HISTORY_LIMIT`]).
+        limit: usize,
+    },
     /// `leave`: unsubscribe from a room.
     Leave(RoomId),
     /// Any other type with a `room_id` (e.g. `message`): relay to the room's other members.
@@ -128,7 +145,15 @@ impl Command {
         };
         let content = inbound.content.unwrap_or_default();
         Ok(match kind.as_str() {
-            "join" => Self::Join(room(inbound.room_id)?),
+            "join" => Self::Join {
+                room: room(inbound.room_id)?,
+                since: number(inbound.metadata.as_ref(), "since_offset", u64::MAX)?,
+            },
+            "history" => Self::History {
+                room: room(inbound.room_id)?,
+                limit: number(inbound.metadata.as_ref(), "limit", MAX_HISTORY_LIMIT as u64)?
+                    .map_or(DEFAULT_HISTORY_LIMIT, |n| n as usize),
+            },
             "leave" => Self::Leave(room(inbound.room_id)?),
             "presence" => Self::Presence(room(inbound.room_id)?),
             "typing" => Self::Typing {
@@ -154,6 +179,29 @@ impl Command {
                 })
             }
         })
+    }
+}
+
+/// `metadata.<key>` as a whole number in `0..=max` (`limit` also above 0), if present.
+fn number(
+    metadata: Option<&Map<String, Value>>,
+    key: &'static str,
+    max: u64,
+) -> Result<Option<u64>, CommandError> {
+    let Some(value) = metadata.and_then(|m| m.get(key)) else {
+        return Ok(None);
+    };
+    let min = u64::from(key == "limit");
+    match value.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(CommandError::Invalid {
+            field: key,
+            reason: if max == u64::MAX {
+                "it must be a whole number, 0 or more".into()
+            } else {
+                format!("it must be a whole number from {min} to {max}")
+            },
+        }),
     }
 }
 
@@ -201,7 +249,34 @@ mod tests {
     #[test]
     fn seed_messages_parse() {
         let cases = [
-            (r#"{"type":"join","room_id":"r"}"#, Command::Join(room("r"))),
+            (
+                r#"{"type":"join","room_id":"r"}"#,
+                Command::Join {
+                    room: room("r"),
+                    since: None,
+                },
+            ),
+            (
+                r#"{"type":"join","room_id":"r","metadata":{"since_offset":7}}"#,
+                Command::Join {
+                    room: room("r"),
+                    since: Some(7),
+                },
+            ),
+            (
+                r#"{"type":"history","room_id":"r"}"#,
+                Command::History {
+                    room: room("r"),
+                    limit: DEFAULT_HISTORY_LIMIT,
+                },
+            ),
+            (
+                r#"{"type":"history","room_id":"r","metadata":{"limit":3}}"#,
+                Command::History {
+                    room: room("r"),
+                    limit: 3,
+                },
+            ),
             (
                 r#"{"type":"leave","room_id":"r"}"#,
                 Command::Leave(room("r")),
@@ -253,6 +328,22 @@ mod tests {
                 "missing field `room_id`",
             ),
             (r#"{"type":"private","content":"x"}"#, "missing field `to`"),
+            (
+                r#"{"type":"join","room_id":"r","metadata":{"since_offset":-1}}"#,
+                "invalid since_offset",
+            ),
+            (
+                r#"{"type":"join","room_id":"r","metadata":{"since_offset":"3"}}"#,
+                "invalid since_offset",
+            ),
+            (
+                r#"{"type":"history","room_id":"r","metadata":{"limit":0}}"#,
+                "invalid limit: it must be a whole number from 1 to 1000",
+            ),
+            (
+                r#"{"type":"history","room_id":"r","metadata":{"limit":5000}}"#,
+                "invalid limit",
+            ),
             (r#"{"type":"error","room_id":"r"}"#, "reserved"),
             (r#"{"type":"join","room_id":"a\u0007"}"#, "invalid room_id"),
             (

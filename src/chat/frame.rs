@@ -6,7 +6,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::domain::RoomId;
+use crate::domain::{RoomId, StoredMessage};
 
 /// `from` of frames the server itself originates.
 pub const SYSTEM: &str = "system";
@@ -30,6 +30,9 @@ pub struct Frame {
     /// The room, for room traffic.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub room_id: Option<RoomId>,
+    /// A relayed room message's position in its room: 1, 2, 3, … with no gaps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
     /// When the server handled it, RFC 3339 with milliseconds.
     #[serde(serialize_with = "rfc3339")]
     pub timestamp: DateTime<Utc>,
@@ -52,6 +55,7 @@ impl Frame {
             to: None,
             content: String::new(),
             room_id: None,
+            offset: None,
             timestamp: Utc::now(),
             metadata: None,
         }
@@ -89,6 +93,29 @@ impl Frame {
     pub fn room(mut self, room: RoomId) -> Self {
         self.room_id = Some(room);
         self
+    }
+
+    /// Sets the room offset.
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = Some(offset);
+        self
+    }
+
+    /// Sets the timestamp.
+    pub fn at(mut self, timestamp: DateTime<Utc>) -> Self {
+        self.timestamp = timestamp;
+        self
+    }
+
+    /// The frame a stored room message was relayed as.
+    pub fn stored(message: &StoredMessage) -> Self {
+        Self::new(message.kind.as_str(), message.sender.as_str())
+            .id(message.id.clone())
+            .room(message.room.clone())
+            .content(message.content.clone())
+            .metadata(message.metadata.clone())
+            .offset(message.offset)
+            .at(message.created_at)
     }
 
     /// Sets the metadata (an absent map stays absent).

@@ -25,4 +25,36 @@ diesel::table! {
 }
 
 diesel::joinable!(posts -> users (author_id));
-diesel::allow_tables_to_appear_in_same_query!(users, posts);
+diesel::allow_tables_to_appear_in_same_query!(users, posts, rooms, messages);
+
+diesel::table! {
+    rooms (room_id) {
+        room_id -> Text,
+        last_offset -> BigInt,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    messages (room_id, room_offset) {
+        room_id -> Text,
+        room_offset -> BigInt,
+        id -> Text,
+        kind -> Text,
+        sender -> Text,
+        content -> Text,
+        metadata -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    private_messages (id) {
+        id -> Text,
+        sender -> Text,
+        recipient -> Text,
+        content -> Text,
+        metadata -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}

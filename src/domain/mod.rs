@@ -3,10 +3,12 @@
 //! Every value from the network (HTTP, WebSocket, protobuf, GraphQL) is turned into one of
 //! these newtypes once; inside the server a `UserName` or an `Email` is already valid.
 
+mod message;
 mod post;
 mod room;
 mod user;
 
+pub use message::{StoredMessage, StoredPrivate};
 pub use post::{NewPost, Post, PostContent, PostId, PostTitle, Tags};
 pub use room::RoomId;
 pub use user::{Age, Email, Metadata, NewUser, User, UserId, UserName, UserPatch};

@@ -222,6 +222,22 @@ impl TestApp {
             .expect("a JSON body")
     }
 
+    /// Shuts down gracefully (the server must stop cleanly) and hands back its database,
+    /// e.g. to inspect what was written or to start another server on it.
+    pub async fn stop_keeping_db(mut self) -> TestDb {
+        let db = self.db.take().expect("present while the server runs");
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let thread = self.thread.take().expect("the server thread");
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("join task")
+            .expect("the server thread does not panic")
+            .expect("the server stops cleanly");
+        db
+    }
+
     /// Starts a graceful shutdown and waits for the server thread to finish.
     pub async fn shutdown(mut self) -> Result<(), String> {
         if let Some(stop) = self.stop.take() {

@@ -14,6 +14,7 @@ mod grpc_stream;
 mod grpc_users;
 mod health;
 mod helpers;
+mod history;
 mod metrics;
 mod migrations;
 mod private_pg;

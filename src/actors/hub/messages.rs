@@ -17,6 +17,8 @@ use crate::{
 pub enum ToSession {
     /// Write this (already serialised) text frame.
     Frame(ByteString),
+    /// Write these frames in order (a replay: one mailbox slot however long).
+    Frames(Vec<ByteString>),
     /// Send this close frame and end the connection.
     Close(CloseReason),
 }
@@ -56,6 +58,8 @@ pub struct Disconnect {
 }
 
 /// Subscribe a session to a room (created on first join); confirmed with a `join` frame.
+/// With `since`, the messages after that offset are replayed first (the confirmation says
+/// whether all of them could be: `recovered`).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Join {
@@ -63,6 +67,20 @@ pub struct Join {
     pub session: SessionId,
     /// The room.
     pub room: RoomId,
+    /// The last offset the client saw in this room.
+    pub since: Option<u64>,
+}
+
+/// Reply to a member with the room's last `limit` messages (a `history` frame).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct History {
+    /// The asking session.
+    pub session: SessionId,
+    /// The room.
+    pub room: RoomId,
+    /// How many at most.
+    pub limit: usize,
 }
 
 /// Unsubscribe a session from a room; confirmed with a `leave` frame.
@@ -171,6 +189,12 @@ pub struct HubStats {
     pub slow_consumer_disconnects: u64,
     /// Sessions refused at connect (per-user limit or shutdown).
     pub refused_sessions: u64,
+    /// Room messages not stored because the history writer was too far behind.
+    pub history_dropped: u64,
+    /// Joins with `since_offset`, and how many of them recovered every missed message.
+    pub recoveries: u64,
+    /// See `recoveries`.
+    pub recovered: u64,
 }
 
 /// Close every session with 1001 (going away) and refuse new ones; answers with how many

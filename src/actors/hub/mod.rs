@@ -14,17 +14,26 @@ use std::{
     sync::Arc,
 };
 
-use actix::{prelude::SendError, Actor, Context, Handler, MessageResult, Recipient};
+use actix::{
+    prelude::SendError, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, MailboxError,
+    MessageResult, Recipient, WrapFuture,
+};
 use actix_web_actors::ws::{CloseCode, CloseReason};
 use bytestring::ByteString;
-use serde_json::json;
+use chrono::{SubsecRound, Utc};
+use serde_json::{json, Value};
 
 pub use messages::*;
 
 use crate::{
+    actors::history::{Append, AppendPrivate, HistoryWriter, LastMessages, Replay},
     chat::{frame::message_id, Frame, Identity, SessionId},
-    domain::RoomId,
+    db::DbError,
+    domain::{RoomId, StoredMessage, StoredPrivate},
 };
+
+/// Live frames held for a session while its missed messages are read, by default.
+pub const DEFAULT_RECOVERY_BUFFER: usize = 1024;
 
 /// Owns every session, user and room. Start one per server.
 pub struct Hub {
@@ -42,6 +51,14 @@ pub struct Hub {
     failed: Vec<(SessionId, Failure)>,
     /// Set by [`Shutdown`]: new sessions are refused.
     shutting_down: bool,
+    /// The last offset handed out in each room (rooms outlive their members here).
+    offsets: HashMap<RoomId, u64>,
+    /// Where relayed messages are stored; `None` when history is off.
+    history: Option<Addr<HistoryWriter>>,
+    /// Store private messages too.
+    persist_private: bool,
+    /// Live frames held for a recovering session before it counts as slow.
+    recovery_buffer: usize,
 }
 
 struct Member {
@@ -54,8 +71,16 @@ struct Member {
 struct Room {
     /// Subscribed sessions and where their frames go.
     members: HashMap<SessionId, Recipient<ToSession>>,
+    /// Sessions joined with `since_offset` whose missed messages are being read: live
+    /// frames wait here and follow the replay, so nothing is missed or repeated.
+    recovering: HashMap<SessionId, Recovering>,
     /// Users present, with how many of their sessions are subscribed.
     users: HashMap<Arc<str>, RoomUser>,
+}
+
+struct Recovering {
+    addr: Recipient<ToSession>,
+    held: Vec<ByteString>,
 }
 
 struct RoomUser {
@@ -82,7 +107,36 @@ impl Hub {
             stats: HubStats::default(),
             failed: Vec::new(),
             shutting_down: false,
+            offsets: HashMap::new(),
+            history: None,
+            persist_private: false,
+            recovery_buffer: DEFAULT_RECOVERY_BUFFER,
         }
+    }
+
+    /// Stores relayed messages through `writer` (and private ones when `private`),
+    /// continuing each room's offsets from `offsets`.
+    pub fn with_history(
+        mut self,
+        writer: Addr<HistoryWriter>,
+        offsets: HashMap<RoomId, u64>,
+        private: bool,
+    ) -> Self {
+        self.history = Some(writer);
+        self.offsets = offsets;
+        self.persist_private = private;
+        self
+    }
+
+    /// Live frames held for a session while its missed messages are read.
+    pub fn with_recovery_buffer(mut self, frames: usize) -> Self {
+        self.recovery_buffer = frames.max(1);
+        self
+    }
+
+    /// The last offset handed out in `room` (0 before its first message).
+    fn top(&self, room: &RoomId) -> u64 {
+        self.offsets.get(room).copied().unwrap_or(0)
     }
 
     /// Sends one frame to one session.
@@ -100,7 +154,7 @@ impl Hub {
 
     /// Sends `frame` to every member of `room` except `except`.
     fn fanout(&mut self, room: &RoomId, except: Option<SessionId>, frame: &ByteString) {
-        let Some(room) = self.rooms.get(room) else {
+        let Some(room) = self.rooms.get_mut(room) else {
             return;
         };
         let targets = room
@@ -109,6 +163,16 @@ impl Hub {
             .filter(|(session, _)| Some(**session) != except)
             .map(|(session, addr)| (*session, addr));
         self.stats.frames_out += push_all(targets, frame, &mut self.failed);
+        for (session, recovering) in &mut room.recovering {
+            if Some(*session) == except {
+                continue;
+            }
+            if recovering.held.len() >= self.recovery_buffer {
+                self.failed.push((*session, Failure::Slow));
+            } else {
+                recovering.held.push(frame.clone());
+            }
+        }
     }
 
     /// Disconnects every session whose delivery failed, until no failure is left (removing
@@ -158,6 +222,7 @@ impl Hub {
             return;
         };
         room.members.remove(&session);
+        room.recovering.remove(&session);
         let mut user_left = None;
         if let Some(entry) = room.users.get_mut(user) {
             entry.sessions -= 1;
@@ -165,7 +230,7 @@ impl Hub {
                 user_left = room.users.remove(user);
             }
         }
-        if room.members.is_empty() {
+        if room.members.is_empty() && room.recovering.is_empty() {
             self.rooms.remove(room_id);
             return;
         }
@@ -180,20 +245,94 @@ impl Hub {
         let user = self.sessions.get(&session)?.identity.user_id.clone();
         match self.rooms.get(room) {
             None => self.error(session, format!("unknown room `{room}`")),
-            Some(r) if !r.members.contains_key(&session) => self.error(
-                session,
-                format!("not a member of room `{room}`; join it first"),
-            ),
+            Some(r)
+                if !r.members.contains_key(&session) && !r.recovering.contains_key(&session) =>
+            {
+                self.error(
+                    session,
+                    format!("not a member of room `{room}`; join it first"),
+                )
+            }
             Some(_) => return Some(user),
         }
         None
     }
 
     fn ack(&mut self, session: SessionId, id: String, kind: &str, room: Option<RoomId>) {
-        let mut ack = Frame::system("ack").id(id).content(kind);
-        ack.room_id = room;
-        self.reply(session, &ack);
+        self.reply(session, &ack(id, kind, room));
     }
+
+    /// The `join` confirmation: member counts, the room's last offset and, after a
+    /// `since_offset`, whether every missed message was replayed.
+    fn joined(&self, room_id: &RoomId, top: u64, recovery: Option<(bool, usize)>) -> Frame {
+        let (users, sessions) = self.rooms.get(room_id).map_or((0, 0), |r| {
+            (r.users.len(), r.members.len() + r.recovering.len())
+        });
+        let mut details = json!({ "users": users, "sessions": sessions, "offset": top });
+        if let Some((recovered, replayed)) = recovery {
+            details["recovered"] = json!(recovered);
+            details["replayed"] = json!(replayed);
+        }
+        Frame::system("join")
+            .room(room_id.clone())
+            .content(format!("joined {room_id}"))
+            .details(details)
+    }
+
+    /// Ends a recovery: the confirmation, the missed messages, then the live frames held
+    /// meanwhile go out as one batch, and the session becomes an ordinary member.
+    fn finish_recovery(
+        &mut self,
+        session: SessionId,
+        room_id: &RoomId,
+        (since, top): (u64, u64),
+        answer: Result<Result<Vec<StoredMessage>, DbError>, MailboxError>,
+    ) {
+        let Some(recovering) = self
+            .rooms
+            .get_mut(room_id)
+            .and_then(|room| room.recovering.remove(&session))
+        else {
+            return; // left the room or disconnected meanwhile
+        };
+        if let Some(room) = self.rooms.get_mut(room_id) {
+            room.members.insert(session, recovering.addr.clone());
+        }
+        let missed = match answer {
+            Ok(Ok(messages)) => messages,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, room = %room_id, "could not read missed messages");
+                Vec::new()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "history writer unavailable");
+                Vec::new()
+            }
+        };
+        // Offsets are unique and within since+1..=top, so the count tells whether any is missing.
+        let recovered = missed.len() as u64 == top - since;
+        self.stats.recoveries += 1;
+        self.stats.recovered += u64::from(recovered);
+        let mut frames = Vec::with_capacity(1 + missed.len() + recovering.held.len());
+        frames.push(
+            self.joined(room_id, top, Some((recovered, missed.len())))
+                .encode(),
+        );
+        frames.extend(missed.iter().map(|m| Frame::stored(m).encode()));
+        frames.extend(recovering.held);
+        let count = frames.len() as u64;
+        match recovering.addr.try_send(ToSession::Frames(frames)) {
+            Ok(()) => self.stats.frames_out += count,
+            Err(SendError::Full(_)) => self.failed.push((session, Failure::Slow)),
+            Err(SendError::Closed(_)) => self.failed.push((session, Failure::Closed)),
+        }
+    }
+}
+
+fn ack(id: String, kind: &str, room: Option<RoomId>) -> Frame {
+    let mut ack = Frame::system("ack").id(id).content(kind);
+    ack.room_id = room;
+    ack
 }
 
 /// Hands `frame` to each target's bounded mailbox; returns how many took it and records
@@ -271,7 +410,20 @@ impl Handler<Disconnect> for Hub {
 impl Handler<Join> for Hub {
     type Result = ();
 
-    fn handle(&mut self, Join { session, room }: Join, _ctx: &mut Self::Context) {
+    fn handle(
+        &mut self,
+        Join {
+            session,
+            room,
+            since,
+        }: Join,
+        ctx: &mut Self::Context,
+    ) {
+        let top = self.top(&room);
+        // Missed messages to read first: only when some exist and history is kept.
+        let replay = since
+            .filter(|since| *since < top)
+            .and_then(|since| Some((since, self.history.clone()?)));
         let Some(member) = self.sessions.get_mut(&session) else {
             return;
         };
@@ -284,7 +436,6 @@ impl Handler<Join> for Hub {
         let entry = self.rooms.entry(room.clone()).or_default();
         let mut first_of_user = false;
         if newly {
-            entry.members.insert(session, addr);
             let present = entry.users.entry(user.clone()).or_insert(RoomUser {
                 name: name.clone(),
                 sessions: 0,
@@ -292,16 +443,109 @@ impl Handler<Join> for Hub {
             present.sessions += 1;
             first_of_user = present.sessions == 1;
         }
-        let confirmation = Frame::system("join")
-            .room(room.clone())
-            .content(format!("joined {room}"))
-            .details(json!({ "users": entry.users.len(), "sessions": entry.members.len() }));
-        self.reply(session, &confirmation);
+        match &replay {
+            Some(_) => {
+                entry.members.remove(&session);
+                let held = Vec::new();
+                entry.recovering.insert(session, Recovering { addr, held });
+            }
+            None => {
+                entry.recovering.remove(&session);
+                entry.members.insert(session, addr);
+            }
+        }
         if first_of_user {
             let event = presence_event(&room, "join", &user, name.as_deref());
             self.fanout(&room, Some(session), &event.encode());
         }
+        match replay {
+            Some((since, writer)) => {
+                let request = Replay {
+                    room: room.clone(),
+                    after: since,
+                    upto: top,
+                };
+                ctx.spawn(
+                    writer
+                        .send(request)
+                        .into_actor(self)
+                        .map(move |answer, hub, _ctx| {
+                            hub.finish_recovery(session, &room, (since, top), answer);
+                            hub.settle();
+                        }),
+                );
+            }
+            None => {
+                // Nothing missed (recovered), or a position this server never handed out
+                // or no longer keeps (not recovered: the client must resync).
+                let recovery = since.map(|since| {
+                    self.stats.recoveries += 1;
+                    self.stats.recovered += u64::from(since == top);
+                    (since == top, 0)
+                });
+                let confirmation = self.joined(&room, top, recovery);
+                self.reply(session, &confirmation);
+            }
+        }
         self.settle();
+    }
+}
+
+impl Handler<History> for Hub {
+    type Result = ();
+
+    fn handle(
+        &mut self,
+        History {
+            session,
+            room,
+            limit,
+        }: History,
+        ctx: &mut Self::Context,
+    ) {
+        if self.member_of(session, &room).is_none() {
+            return self.settle();
+        }
+        let Some(writer) = self.history.clone() else {
+            self.error(session, "history is not kept on this server".into());
+            return self.settle();
+        };
+        let top = self.top(&room);
+        let request = LastMessages {
+            room: room.clone(),
+            upto: top,
+            limit,
+        };
+        ctx.spawn(
+            writer
+                .send(request)
+                .into_actor(self)
+                .map(move |answer, hub, _ctx| {
+                    match answer {
+                        Ok(Ok(messages)) => {
+                            let listed: Vec<Value> = messages
+                                .iter()
+                                .filter_map(|m| serde_json::to_value(Frame::stored(m)).ok())
+                                .collect();
+                            let frame = Frame::system("history")
+                                .room(room)
+                                .content(format!("{} messages", listed.len()))
+                                .details(json!({
+                                    "offset": top,
+                                    "count": listed.len(),
+                                    "messages": listed,
+                                }));
+                            hub.reply(session, &frame);
+                        }
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, %room, "could not read history");
+                            hub.error(session, "history is unavailable right now".into());
+                        }
+                        Err(_) => hub.error(session, "history is unavailable right now".into()),
+                    }
+                    hub.settle();
+                }),
+        );
     }
 }
 
@@ -335,14 +579,35 @@ impl Handler<RoomMessage> for Hub {
     fn handle(&mut self, RoomMessage { session, post }: RoomMessage, _ctx: &mut Self::Context) {
         if let Some(user) = self.member_of(session, &post.room) {
             self.stats.messages_in += 1;
-            let id = message_id();
-            let frame = Frame::new(post.kind.as_str(), &*user)
-                .id(id.clone())
-                .room(post.room.clone())
-                .content(post.content)
-                .metadata(post.metadata);
-            self.fanout(&post.room, Some(session), &frame.encode());
-            self.ack(session, id, &post.kind, Some(post.room));
+            let offset = self.offsets.entry(post.room.clone()).or_insert(0);
+            *offset += 1;
+            let message = StoredMessage {
+                room: post.room,
+                offset: *offset,
+                id: message_id(),
+                kind: post.kind,
+                sender: user.to_string(),
+                content: post.content,
+                metadata: post.metadata,
+                created_at: Utc::now().trunc_subsecs(6),
+            };
+            self.fanout(
+                &message.room,
+                Some(session),
+                &Frame::stored(&message).encode(),
+            );
+            let ack = ack(
+                message.id.clone(),
+                &message.kind,
+                Some(message.room.clone()),
+            )
+            .offset(message.offset);
+            self.reply(session, &ack);
+            if let Some(writer) = &self.history {
+                if writer.try_send(Append(message)).is_err() {
+                    self.stats.history_dropped += 1;
+                }
+            }
         }
         self.settle();
     }
@@ -385,6 +650,19 @@ impl Handler<Private> for Hub {
         } else {
             self.stats.messages_in += 1;
             let id = message_id();
+            if let (Some(writer), true) = (&self.history, self.persist_private) {
+                let stored = StoredPrivate {
+                    id: id.clone(),
+                    sender: from.to_string(),
+                    recipient: msg.to.clone(),
+                    content: msg.content.clone(),
+                    metadata: msg.metadata.clone(),
+                    created_at: Utc::now().trunc_subsecs(6),
+                };
+                if writer.try_send(AppendPrivate(stored)).is_err() {
+                    self.stats.history_dropped += 1;
+                }
+            }
             let frame = Frame::new("private", &*from)
                 .id(id.clone())
                 .to(msg.to)
@@ -459,7 +737,7 @@ impl Handler<ListRooms> for Hub {
             .iter()
             .map(|(id, room)| RoomSummary {
                 room_id: id.clone(),
-                sessions: room.members.len(),
+                sessions: room.members.len() + room.recovering.len(),
                 users: room.users.len(),
             })
             .collect();

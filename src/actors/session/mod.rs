@@ -132,7 +132,16 @@ impl Session {
     fn dispatch(&self, command: Command) {
         let session = self.id;
         match command {
-            Command::Join(room) => self.hub.do_send(hub::Join { session, room }),
+            Command::Join { room, since } => self.hub.do_send(hub::Join {
+                session,
+                room,
+                since,
+            }),
+            Command::History { room, limit } => self.hub.do_send(hub::History {
+                session,
+                room,
+                limit,
+            }),
             Command::Leave(room) => self.hub.do_send(hub::Leave { session, room }),
             Command::Post(post) => self.hub.do_send(hub::RoomMessage { session, post }),
             Command::Typing { room, metadata } => self.hub.do_send(hub::Typing {
@@ -204,6 +213,7 @@ impl Handler<ToSession> for Session {
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
             ToSession::Frame(text) => ctx.text(text),
+            ToSession::Frames(texts) => texts.into_iter().for_each(|text| ctx.text(text)),
             ToSession::Close(reason) => self.close_with(ctx, reason),
         }
     }

@@ -169,7 +169,7 @@ impl Protocol {
     /// Applies the limits that depend on who is asking and what it already holds.
     fn authorize(&mut self, command: Command) -> Outcome {
         match &command {
-            Command::Join(room) if !self.rooms.contains(room) => {
+            Command::Join { room, .. } if !self.rooms.contains(room) => {
                 if self.rooms.len() >= self.max_rooms {
                     return Outcome::Reply(Frame::error(format!(
                         "room limit reached: a session may be in at most {} rooms",
@@ -230,7 +230,7 @@ mod tests {
         let mut protocol = Protocol::new(Identity::user("alice", false), &settings(), now);
         let outcome = protocol.on_text(now, r#"{"type":"join","room_id":"r"}"#);
         assert!(
-            matches!(outcome, Outcome::Hub(Command::Join(_))),
+            matches!(outcome, Outcome::Hub(Command::Join { .. })),
             "{outcome:?}"
         );
     }
@@ -308,7 +308,7 @@ mod tests {
         let last = Item::Last(Bytes::from_static(br#""room_id":"r"}"#));
         assert!(matches!(
             protocol.on_fragment(now, last),
-            Outcome::Hub(Command::Join(_))
+            Outcome::Hub(Command::Join { .. })
         ));
 
         let big = Bytes::from(vec![b'x'; 60]);

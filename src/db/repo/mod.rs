@@ -1,6 +1,7 @@
 //! Repositories: every query, written once for both backends.
 
 mod cursor;
+mod history;
 mod posts;
 mod users;
 

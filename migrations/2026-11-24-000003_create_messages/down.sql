@@ -1,0 +1,3 @@
+DROP TABLE private_messages;
+DROP TABLE messages;
+DROP TABLE rooms;

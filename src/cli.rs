@@ -1,4 +1,4 @@
-//! The `switchboard` command line: `serve` (the default), `migrate`, `token`.
+//! The `switchboard` command line: `serve` (the default), `migrate`, `token`, `bench`.
 //!
 //! Every setting is a flag with an environment fallback; both are global, so they work
 //! before or after the subcommand.
@@ -53,6 +53,12 @@ pub enum Command {
         /// Optional role claim, e.g. `admin`.
         #[arg(long)]
         role: Option<String>,
+    },
+    /// Load-test a server: WebSocket fanout or gRPC calls.
+    Bench {
+        /// What to measure.
+        #[command(subcommand)]
+        target: crate::loadtest::BenchTarget,
     },
 }
 
@@ -307,6 +313,10 @@ fn parse_ttl(raw: &str) -> Result<Duration, String> {
 
 /// Runs the parsed command line. Errors come back for `main` to print as one line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Bench { target }) = cli.command {
+        // The load tool is a client: server settings do not apply.
+        return crate::loadtest::run(target);
+    }
     let settings = cli.settings.load()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings),
@@ -320,6 +330,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Bench { .. } => unreachable!("handled above"),
     }
 }
 

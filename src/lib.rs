@@ -34,6 +34,7 @@ pub mod domain;
 pub mod graphql;
 pub mod grpc;
 pub mod http;
+pub mod loadtest;
 pub mod metrics;
 pub mod rate;
 pub mod startup;

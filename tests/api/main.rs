@@ -15,6 +15,7 @@ mod grpc_users;
 mod health;
 mod helpers;
 mod history;
+mod loadtool;
 mod metrics;
 mod migrations;
 mod private_pg;

@@ -1,0 +1,704 @@
+//! `switchboard bench ws`: fanout load over the seed-compatible chat protocol.
+//!
+//! Subscribers join rooms round-robin; publishers (extra connections, one room each,
+//! round-robin) post at a fixed total rate. Each payload carries the publisher, a
+//! sequence number and the send time, so every subscriber measures end-to-end latency
+//! without parsing JSON. Only `join` and room messages are used, so any server speaking
+//! the seed's protocol can be measured (joins it does not confirm are detected).
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use futures_util::{stream, SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Map, Value};
+use tokio::{net::TcpStream, sync::watch};
+use tokio_tungstenite::{
+    tungstenite::{self, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+use super::report::{latency_histogram, merge, Percentiles, Report, Timeline};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Marks a load payload: `sb1 <publisher> <sequence> <sent µs> <padding>`.
+const MARKER: &str = "sb1 ";
+/// Longest wait for a welcome or a join confirmation.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the first join waits to learn whether the server confirms joins.
+const JOIN_PROBE: Duration = Duration::from_secs(2);
+/// Throughput sampling interval.
+const SAMPLE: Duration = Duration::from_millis(250);
+
+/// Options of `switchboard bench ws`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WsBenchArgs {
+    /// The server's WebSocket URL, e.g. `ws://127.0.0.1:8080/ws`.
+    #[arg(long)]
+    pub url: String,
+    /// Subscribing connections (1–100000).
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// Rooms the subscribers are spread over, round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Publishing connections (one room each, round-robin); 0 holds idle connections.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Messages per second over all publishers.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Payload (`content`) bytes per message (at least 32).
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// How long to publish (at most 1h).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub duration: Duration,
+    /// Longest wait after publishing for deliveries still in flight.
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    pub drain: Duration,
+    /// Idle time after connecting, before publishing (e.g. to read the server's memory).
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    pub hold: Duration,
+    /// A JWT passed as `?token=`; guests otherwise.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 128)]
+    pub connect_concurrency: usize,
+    /// Prefix of the room names.
+    #[arg(long, default_value = "bench")]
+    pub room_prefix: String,
+    /// Write a self-contained HTML report here.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// The server's process id (same machine): its resident memory is reported before
+    /// connecting, with every connection open, and per connection.
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+}
+
+fn duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw.trim()).map_err(|e| format!("`{raw}`: {e}"))
+}
+
+impl WsBenchArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(self.url.starts_with("ws://") || self.url.starts_with("wss://")) {
+            bail!("--url must be a ws:// or wss:// URL, got `{}`", self.url);
+        }
+        if self.clients == 0 || self.clients > 100_000 {
+            bail!("--clients must be from 1 to 100000");
+        }
+        if self.rooms == 0 || self.rooms > self.clients {
+            bail!("--rooms must be from 1 to --clients ({})", self.clients);
+        }
+        if self.publishers > 10_000 {
+            bail!("--publishers must be at most 10000");
+        }
+        if self.publishers > 0 && !(self.rate.is_finite() && self.rate > 0.0 && self.rate <= 1e7) {
+            bail!("--rate must be above 0 and at most 10000000 messages per second");
+        }
+        if !(32..=1 << 20).contains(&self.size) {
+            bail!("--size must be from 32 to 1048576 bytes");
+        }
+        if self.duration > Duration::from_secs(3600) || self.drain > Duration::from_secs(600) {
+            bail!("--duration is at most 1h and --drain at most 10m");
+        }
+        if self.connect_concurrency == 0 {
+            bail!("--connect-concurrency must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn room(&self, index: usize) -> String {
+        format!("{}-{}", self.room_prefix, index % self.rooms)
+    }
+}
+
+/// Counters every connection task updates.
+#[derive(Default)]
+struct Shared {
+    delivered: AtomicU64,
+    error_frames: AtomicU64,
+    closed_by_server: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn error(&self, text: &str) {
+        self.error_frames.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        first.get_or_insert_with(|| text.chars().take(300).collect());
+    }
+}
+
+/// What one subscriber saw.
+struct Received {
+    delivered: u64,
+    latency: Option<Histogram<u32>>,
+}
+
+/// Runs the benchmark and prints its summary and JSON line.
+pub fn run(args: WsBenchArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let connections = (args.clients + args.publishers) as u64;
+    let limit = rlimit::increase_nofile_limit(connections + 256)
+        .context("cannot raise the open-file limit")?;
+    if limit < connections + 64 {
+        bail!(
+            "cannot open {connections} connections: the open-file limit is {limit} \
+             (raise the hard limit, e.g. `ulimit -Hn {}`, or use fewer --clients)",
+            connections + 256
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(bench(args))?;
+    outcome.print_and_save()
+}
+
+struct Outcome {
+    args: WsBenchArgs,
+    subscribers: usize,
+    connect_errors: u64,
+    first_connect_error: Option<String>,
+    joins_confirmed: bool,
+    sent: u64,
+    expected: u64,
+    delivered: u64,
+    publish_time: Duration,
+    latency: Histogram<u32>,
+    timeline: Timeline,
+    shared: Arc<Shared>,
+    rss_kib: Option<(u64, u64)>,
+}
+
+async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
+    let shared = Arc::new(Shared::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let rss_before = args.server_pid.and_then(rss_kib);
+    let url = match &args.token {
+        Some(token) => format!(
+            "{}{}token={token}",
+            args.url,
+            if args.url.contains('?') { '&' } else { '?' }
+        ),
+        None => args.url.clone(),
+    };
+
+    // The first subscriber tells whether this server confirms joins.
+    let progress = bar(
+        (args.clients + args.publishers) as u64,
+        "connecting {pos}/{len} {wide_bar}",
+    );
+    let first = open(&url, &args.room(0), JoinWait::Probe).await;
+    let joins_confirmed = matches!(first, Ok((_, true)));
+    let wait = if joins_confirmed {
+        JoinWait::Confirmed
+    } else {
+        JoinWait::No
+    };
+    let mut connect_errors = 0u64;
+    let mut first_connect_error = None;
+    let mut subscribers = Vec::new();
+    let mut per_room = vec![0u64; args.rooms];
+    match first {
+        Ok((ws, _)) => {
+            per_room[0] += 1;
+            subscribers.push(tokio::spawn(subscribe(ws, shared.clone(), stop_rx.clone())));
+        }
+        Err(error) => {
+            connect_errors += 1;
+            first_connect_error = Some(error.to_string());
+        }
+    }
+    progress.inc(1);
+    let mut opened = stream::iter(1..args.clients)
+        .map(|i| {
+            let (url, room) = (url.clone(), args.room(i));
+            async move { (i, open(&url, &room, wait).await) }
+        })
+        .buffer_unordered(args.connect_concurrency);
+    while let Some((i, result)) = opened.next().await {
+        progress.inc(1);
+        match result {
+            Ok((ws, _)) => {
+                per_room[i % args.rooms] += 1;
+                subscribers.push(tokio::spawn(subscribe(ws, shared.clone(), stop_rx.clone())));
+            }
+            Err(error) => {
+                connect_errors += 1;
+                first_connect_error.get_or_insert_with(|| error.to_string());
+            }
+        }
+    }
+    drop(opened);
+    let mut publishers = Vec::new();
+    for p in 0..args.publishers {
+        let room_index = p % args.rooms;
+        match open(&url, &args.room(room_index), wait).await {
+            Ok((ws, _)) => publishers.push((room_index, ws)),
+            Err(error) => {
+                connect_errors += 1;
+                first_connect_error.get_or_insert_with(|| error.to_string());
+            }
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    if subscribers.is_empty() {
+        bail!(
+            "no connection could be opened to {}: {}",
+            args.url,
+            first_connect_error.unwrap_or_default()
+        );
+    }
+    // Let presence traffic from the joins settle before measuring.
+    tokio::time::sleep(Duration::from_millis(300).max(args.hold)).await;
+    let rss_held = args.server_pid.and_then(rss_kib);
+
+    // Publish.
+    let base = Instant::now();
+    let per_publisher = args.rate / publishers.len().max(1) as f64;
+    let publish_tasks: Vec<_> = publishers
+        .into_iter()
+        .enumerate()
+        .map(|(id, (room_index, ws))| {
+            let (room, shared) = (args.room(room_index), shared.clone());
+            let plan = Plan {
+                id,
+                room,
+                per_second: per_publisher,
+                duration: args.duration,
+                size: args.size,
+            };
+            let stop = stop_rx.clone();
+            tokio::spawn(async move { (room_index, publish(ws, plan, shared, stop).await) })
+        })
+        .collect();
+    let timeline_task = tokio::spawn(sample(shared.clone(), stop_rx.clone(), args.duration));
+    let mut sent = 0;
+    let mut expected = 0;
+    for task in publish_tasks {
+        let (room_index, count) = task.await?;
+        sent += count;
+        expected += count * per_room[room_index];
+    }
+    let publish_time = base
+        .elapsed()
+        .min(args.duration.max(Duration::from_millis(1)));
+    let drain_until = Instant::now() + args.drain;
+    while shared.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(true);
+    let timeline = timeline_task.await?;
+
+    let mut latency = latency_histogram();
+    let mut delivered = 0;
+    for task in subscribers {
+        let received = task.await?;
+        delivered += received.delivered;
+        if let Some(h) = &received.latency {
+            merge(&mut latency, h);
+        }
+    }
+    let subscribers = per_room.iter().sum::<u64>() as usize;
+    Ok(Outcome {
+        rss_kib: rss_before.zip(rss_held),
+        args,
+        subscribers,
+        connect_errors,
+        first_connect_error,
+        joins_confirmed,
+        sent,
+        expected,
+        delivered,
+        publish_time,
+        latency,
+        timeline,
+        shared,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum JoinWait {
+    /// Wait briefly for a confirmation; a server that sends none is fine.
+    Probe,
+    /// The server confirms joins: wait for it.
+    Confirmed,
+    /// The server does not confirm joins.
+    No,
+}
+
+/// Connects, waits for the welcome frame, joins `room`; answers whether the join was confirmed.
+async fn open(url: &str, room: &str, wait: JoinWait) -> anyhow::Result<(Ws, bool)> {
+    let (mut ws, _) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .context("timed out connecting")?
+            .map_err(describe)?;
+    next_text(&mut ws, HANDSHAKE_TIMEOUT, |_| true)
+        .await
+        .context("no welcome frame")?;
+    let join = json!({"type": "join", "room_id": room}).to_string();
+    ws.send(Message::text(join)).await?;
+    let is_confirmation = |v: &Value| v["type"] == "join" && v["room_id"] == room;
+    let confirmed = match wait {
+        JoinWait::No => false,
+        JoinWait::Probe => next_text(&mut ws, JOIN_PROBE, is_confirmation)
+            .await
+            .is_ok(),
+        JoinWait::Confirmed => {
+            next_text(&mut ws, HANDSHAKE_TIMEOUT, is_confirmation)
+                .await
+                .context("the join was not confirmed")?;
+            true
+        }
+    };
+    Ok((ws, confirmed))
+}
+
+/// A connection error in words, with the HTTP status when the upgrade was refused.
+fn describe(error: tungstenite::Error) -> anyhow::Error {
+    match error {
+        tungstenite::Error::Http(response) => {
+            let status = response.status();
+            let hint = if status.as_u16() == 429 {
+                " (the server's rate limit: raise it, e.g. `--rate-limit 1000000` on switchboard)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("the upgrade was refused with HTTP {status}{hint}")
+        }
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+/// The next text frame that `wanted` accepts, within `limit`.
+async fn next_text(
+    ws: &mut Ws,
+    limit: Duration,
+    wanted: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let message = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .context("timed out")?
+            .context("the connection closed")??;
+        match message {
+            Message::Text(text) => {
+                let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                if value["type"] == "error" {
+                    bail!("the server answered with an error: {}", value["content"]);
+                }
+                if wanted(&value) {
+                    return Ok(value);
+                }
+            }
+            Message::Close(frame) => bail!("the server closed the connection: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// The send time (µs since the run's base) in a load payload frame.
+fn sent_at(frame: &str) -> Option<u64> {
+    let start = frame.find(MARKER)? + MARKER.len();
+    let mut fields = frame[start..].splitn(4, ' ');
+    let _publisher = fields.next()?;
+    let _sequence = fields.next()?;
+    fields.next()?.parse().ok()
+}
+
+/// Reads until told to stop, counting load payloads and their latency.
+async fn subscribe(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Received {
+    let mut received = Received {
+        delivered: 0,
+        latency: None,
+    };
+    // The base instant is only known once publishing starts; payloads carry µs since it,
+    // and the publisher's clock is this process's clock.
+    let base = BASE.get_or_init(Instant::now);
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            message = ws.next() => message,
+        };
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                if let Some(sent) = sent_at(&text) {
+                    let now = base.elapsed().as_micros() as u64;
+                    let histogram = received.latency.get_or_insert_with(latency_histogram);
+                    let _ = histogram.record(now.saturating_sub(sent).max(1));
+                    received.delivered += 1;
+                    shared.delivered.fetch_add(1, Ordering::Relaxed);
+                } else if text.contains("\"type\":\"error\"") {
+                    shared.error(&text);
+                }
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                shared.closed_by_server.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+    received
+}
+
+/// The process-wide time base payload timestamps count from.
+static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+struct Plan {
+    id: usize,
+    room: String,
+    per_second: f64,
+    duration: Duration,
+    size: usize,
+}
+
+/// Publishes at the planned rate for the planned time (catching up in bursts when the
+/// timer is late); returns how many messages were sent.
+async fn publish(ws: Ws, plan: Plan, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> u64 {
+    let base = *BASE.get_or_init(Instant::now);
+    let (mut sink, mut source) = ws.split();
+    let reader_shared = shared.clone();
+    let reader = tokio::spawn(async move {
+        // Acks, errors and other publishers' messages: read so the server never waits.
+        while let Some(Ok(message)) = source.next().await {
+            if let Message::Text(text) = message {
+                if text.contains("\"type\":\"error\"") {
+                    reader_shared.error(&text);
+                }
+            }
+        }
+    });
+    let padding = "x".repeat(plan.size);
+    let start = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut sent = 0u64;
+    'publishing: loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            _ = ticker.tick() => {}
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= plan.duration {
+            break;
+        }
+        let due = (elapsed.as_secs_f64() * plan.per_second).ceil() as u64;
+        while sent < due {
+            let now = base.elapsed().as_micros();
+            let mut content = format!("{MARKER}{} {sent} {now} ", plan.id);
+            let fill = plan.size.saturating_sub(content.len());
+            content.push_str(&padding[..fill]);
+            let frame = format!(
+                "{{\"type\":\"message\",\"room_id\":{},\"content\":\"{content}\"}}",
+                Value::String(plan.room.clone())
+            );
+            if sink.feed(Message::text(frame)).await.is_err() {
+                break 'publishing;
+            }
+            sent += 1;
+        }
+        if sink.flush().await.is_err() {
+            break;
+        }
+    }
+    // Keep reading acks until the run ends, then close.
+    tokio::spawn(async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+        let _ = sink.close().await;
+        reader.abort();
+    });
+    sent
+}
+
+/// Deliveries per interval from the start of publishing until the run stops.
+async fn sample(
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    duration: Duration,
+) -> Timeline {
+    let progress = bar(
+        duration.as_millis() as u64,
+        "{elapsed_precise} {wide_bar} {msg}",
+    );
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(SAMPLE);
+    ticker.tick().await;
+    let mut last = 0;
+    let mut counts = Vec::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = ticker.tick() => {}
+        }
+        let now = shared.delivered.load(Ordering::Relaxed);
+        counts.push(now - last);
+        last = now;
+        progress.set_position(started.elapsed().as_millis() as u64);
+        progress.set_message(format!("{now} delivered"));
+    }
+    progress.finish_and_clear();
+    Timeline {
+        interval: SAMPLE,
+        counts,
+    }
+}
+
+/// A progress bar on standard error (drawn only on a terminal).
+fn bar(len: u64, template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Resident memory of process `pid`, in KiB (Linux).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl Outcome {
+    fn print_and_save(&self) -> anyhow::Result<()> {
+        let args = &self.args;
+        let lost = self.expected.saturating_sub(self.delivered);
+        let seconds = self.publish_time.as_secs_f64().max(1e-9);
+        let per_second = (self.delivered as f64 / seconds).round();
+        let percentiles = Percentiles::of(&self.latency);
+        let mut json = Map::new();
+        json.insert("clients".into(), (self.subscribers as u64).into());
+        json.insert("rooms".into(), (args.rooms as u64).into());
+        json.insert("publishers".into(), (args.publishers as u64).into());
+        json.insert("rate".into(), args.rate.into());
+        json.insert("size".into(), (args.size as u64).into());
+        json.insert("duration_s".into(), args.duration.as_secs_f64().into());
+        json.insert("sent".into(), self.sent.into());
+        json.insert("expected_deliveries".into(), self.expected.into());
+        json.insert("delivered".into(), self.delivered.into());
+        json.insert("lost".into(), lost.into());
+        json.insert("deliveries_per_sec".into(), per_second.into());
+        percentiles.insert_into(&mut json);
+        json.insert("connect_errors".into(), self.connect_errors.into());
+        let error_frames = self.shared.error_frames.load(Ordering::Relaxed);
+        let closed = self.shared.closed_by_server.load(Ordering::Relaxed);
+        json.insert("error_frames".into(), error_frames.into());
+        json.insert("closed_by_server".into(), closed.into());
+        json.insert("joins_confirmed".into(), self.joins_confirmed.into());
+        let mut rows = vec![
+            (
+                "clients".to_owned(),
+                format!(
+                    "{} subscribers in {} rooms, {} publishers",
+                    self.subscribers, args.rooms, args.publishers
+                ),
+            ),
+            ("connect errors".into(), self.connect_errors.to_string()),
+            (
+                "sent".into(),
+                format!(
+                    "{} messages of {} B at {}/s for {:.1} s",
+                    self.sent, args.size, args.rate, seconds
+                ),
+            ),
+            ("expected".into(), self.expected.to_string()),
+            ("delivered".into(), self.delivered.to_string()),
+            ("lost".into(), lost.to_string()),
+            ("deliveries/s".into(), format!("{per_second}")),
+            (
+                "latency (ms)".into(),
+                format!(
+                    "p50 {}  p99 {}  p99.9 {}  max {}",
+                    percentiles.p50_ms, percentiles.p99_ms, percentiles.p999_ms, percentiles.max_ms
+                ),
+            ),
+            (
+                "server".into(),
+                format!(
+                    "{error_frames} error frames, {closed} connections closed by the server{}",
+                    if self.joins_confirmed {
+                        ""
+                    } else {
+                        ", joins not confirmed"
+                    }
+                ),
+            ),
+        ];
+        if let Some((before, held)) = self.rss_kib {
+            let connections = (self.subscribers + args.publishers).max(1) as f64;
+            let per = (held.saturating_sub(before)) as f64 / connections;
+            let per = (per * 100.0).round() / 100.0;
+            json.insert("rss_before_kib".into(), before.into());
+            json.insert("rss_connected_kib".into(), held.into());
+            json.insert("rss_per_connection_kib".into(), per.into());
+            rows.push((
+                "server memory".into(),
+                format!("{before} KiB before, {held} KiB connected: {per} KiB per connection"),
+            ));
+        }
+        if let Some(error) = &self.first_connect_error {
+            rows.push(("first connect error".into(), error.clone()));
+        }
+        if let Some(error) = self
+            .shared
+            .first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            rows.push(("first error frame".into(), error.clone()));
+        }
+        let report = Report {
+            title: format!("switchboard bench ws — {}", args.url),
+            rows,
+            json,
+            latency: &self.latency,
+            timeline: &self.timeline,
+            unit: "deliveries",
+        };
+        report.print();
+        if let Some(path) = &args.report {
+            report
+                .write_html(path)
+                .with_context(|| format!("cannot write the report to {}", path.display()))?;
+            eprintln!("report written to {}", path.display());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_timestamps_are_found_in_any_frame_shape() {
+        let ours = r#"{"id":"x","type":"message","from":"u","content":"sb1 3 17 123456 xxxx","room_id":"r","offset":9}"#;
+        assert_eq!(sent_at(ours), Some(123_456));
+        let seed =
+            r#"{"type":"message","from":"client_1","content":"sb1 0 0 42 ","timestamp":"t"}"#;
+        assert_eq!(sent_at(seed), Some(42));
+        assert_eq!(sent_at(r#"{"type":"join"}"#), None);
+        assert_eq!(sent_at(r#"{"content":"sb1 1 2 notanumber x"}"#), None);
+    }
+}

@@ -1,0 +1,199 @@
+//! Short smoke runs of `switchboard bench ws` and `switchboard bench grpc` against a real
+//! server: the JSON line is complete and consistent, the HTML report is written.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{
+    helpers::{spawn_app_with, test_settings, TestDb},
+    process::{run_within, switchboard},
+    ws_client::token,
+};
+
+/// Runs the binary with `args`; returns the JSON line (the last line of stdout).
+async fn bench(args: Vec<String>) -> Value {
+    let finished = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = switchboard(dir.path());
+        command.args(&args);
+        run_within(command, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert!(
+        finished.status.success(),
+        "bench failed: {}\n{}",
+        finished.stdout,
+        finished.stderr
+    );
+    let last = finished.stdout.lines().last().expect("output");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {}", finished.stdout))
+}
+
+fn u(value: &Value, key: &str) -> u64 {
+    value[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{key}` is a count: {value}"))
+}
+
+fn f(value: &Value, key: &str) -> f64 {
+    value[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{key}` is a number: {value}"))
+}
+
+fn server_settings(db: &TestDb) -> switchboard::config::Settings {
+    let mut settings = test_settings(db);
+    settings.rate_limit_per_second = 1e6;
+    settings.rate_limit_burst = 1_000_000;
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_ws_reports_consistent_fanout_figures_and_an_html_report() {
+    let db = TestDb::sqlite();
+    let settings = server_settings(&db);
+    let app = spawn_app_with(db, settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.html");
+    let json = bench(
+        [
+            "bench",
+            "ws",
+            "--url",
+            &format!("ws://{}/ws", app.http_addr),
+            "--clients",
+            "20",
+            "--rooms",
+            "2",
+            "--publishers",
+            "2",
+            "--rate",
+            "30",
+            "--duration",
+            "1s",
+            "--report",
+            report.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+
+    assert_eq!(u(&json, "clients"), 20);
+    assert_eq!(u(&json, "rooms"), 2);
+    assert_eq!(u(&json, "connect_errors"), 0);
+    let (sent, expected, delivered) = (
+        u(&json, "sent"),
+        u(&json, "expected_deliveries"),
+        u(&json, "delivered"),
+    );
+    assert!(sent > 0, "{json}");
+    assert_eq!(expected, sent * 10, "each room has 10 subscribers: {json}");
+    assert!(delivered <= expected, "{json}");
+    assert_eq!(u(&json, "lost"), expected - delivered);
+    assert_eq!(delivered, expected, "a light load loses nothing: {json}");
+    assert!(f(&json, "deliveries_per_sec") > 0.0);
+    let (p50, p99, p999, max) = (
+        f(&json, "p50_ms"),
+        f(&json, "p99_ms"),
+        f(&json, "p999_ms"),
+        f(&json, "max_ms"),
+    );
+    assert!(
+        0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max,
+        "{json}"
+    );
+    assert_eq!(json["joins_confirmed"], true);
+    let html = std::fs::read_to_string(&report).expect("the report is written");
+    assert_eq!(
+        html.matches("<svg").count(),
+        2,
+        "latency and throughput charts"
+    );
+    assert!(
+        html.contains("&quot;delivered&quot;:"),
+        "the JSON line is embedded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_grpc_measures_get_user_and_stream_users() {
+    let db = TestDb::sqlite();
+    let settings = server_settings(&db);
+    let app = spawn_app_with(db, settings).await;
+    let addr = format!("http://{}", app.grpc_addr);
+    let service_token = token("bench", None);
+    for (call, users) in [("get-user", "50"), ("stream-users", "20")] {
+        let json = bench(
+            [
+                "bench",
+                "grpc",
+                "--addr",
+                &addr,
+                "--call",
+                call,
+                "--concurrency",
+                "4",
+                "--duration",
+                "1s",
+                "--users",
+                users,
+                "--token",
+                &service_token,
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await;
+        assert!(u(&json, "calls") > 0, "{json}");
+        assert_eq!(u(&json, "errors"), 0, "{json}");
+        assert!(f(&json, "calls_per_sec") > 0.0);
+        assert!(f(&json, "p50_ms") <= f(&json, "max_ms"));
+        if call == "stream-users" {
+            let snapshot = u(&json, "snapshot_users");
+            assert!(snapshot >= 20, "{json}");
+            assert_eq!(u(&json, "users_received"), u(&json, "calls") * snapshot);
+        } else {
+            assert_eq!(u(&json, "users_received"), u(&json, "calls"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn bench_ws_refuses_bad_options_and_unreachable_servers_clearly() {
+    let bad = tokio::task::spawn_blocking(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = switchboard(dir.path());
+        command.args(["bench", "ws", "--url", "http://x", "--clients", "1"]);
+        run_within(command, Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert!(!bad.status.success());
+    assert!(bad.stderr.contains("ws:// or wss://"), "{}", bad.stderr);
+
+    let unreachable = tokio::task::spawn_blocking(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = switchboard(dir.path());
+        // Port 9 (discard) is closed on loopback.
+        command.args([
+            "bench",
+            "ws",
+            "--url",
+            "ws://127.0.0.1:9/ws",
+            "--clients",
+            "2",
+        ]);
+        run_within(command, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert!(!unreachable.status.success());
+    assert!(
+        unreachable.stderr.contains("no connection could be opened"),
+        "{}",
+        unreachable.stderr
+    );
+}

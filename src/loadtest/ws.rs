@@ -16,13 +16,13 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use futures_util::{stream, SinkExt, StreamExt};
+use futures_util::{stream, FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 use tokio::{net::TcpStream, sync::watch};
 use tokio_tungstenite::{
-    tungstenite::{self, Message},
+    tungstenite::{self, protocol::WebSocketConfig, Message},
     MaybeTlsStream, WebSocketStream,
 };
 
@@ -344,11 +344,14 @@ enum JoinWait {
 
 /// Connects, waits for the welcome frame, joins `room`; answers whether the join was confirmed.
 async fn open(url: &str, room: &str, wait: JoinWait) -> anyhow::Result<(Ws, bool)> {
-    let (mut ws, _) =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .context("timed out connecting")?
-            .map_err(describe)?;
+    // Small read buffers (the default is 128 KiB per connection) and no Nagle delay on
+    // the publishers' small writes.
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let (mut ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
+        .await
+        .context("timed out connecting")?
+        .map_err(describe)?;
     next_text(&mut ws, HANDSHAKE_TIMEOUT, |_| true)
         .await
         .context("no welcome frame")?;
@@ -423,20 +426,32 @@ fn sent_at(frame: &str) -> Option<u64> {
     fields.next()?.parse().ok()
 }
 
-/// Reads until told to stop, counting load payloads and their latency.
+/// Reads until told to stop, counting load payloads and their latency. Frames already
+/// buffered are handled without touching the shared counters or the stop signal; both are
+/// visited only when the socket has nothing more, so the tool's cost per delivery stays
+/// small next to the server's.
 async fn subscribe(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Received {
     let mut received = Received {
         delivered: 0,
         latency: None,
     };
-    // The base instant is only known once publishing starts; payloads carry µs since it,
-    // and the publisher's clock is this process's clock.
-    let base = BASE.get_or_init(Instant::now);
+    // Payloads carry µs since the process-wide base; publishers use the same clock.
+    let base = *BASE.get_or_init(Instant::now);
+    let mut unreported = 0u64;
     loop {
-        let message = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            message = ws.next() => message,
+        let message = match ws.next().now_or_never() {
+            Some(message) => message,
+            None => {
+                if unreported > 0 {
+                    shared.delivered.fetch_add(unreported, Ordering::Relaxed);
+                    unreported = 0;
+                }
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    message = ws.next() => message,
+                }
+            }
         };
         match message {
             Some(Ok(Message::Text(text))) => {
@@ -445,7 +460,7 @@ async fn subscribe(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bo
                     let histogram = received.latency.get_or_insert_with(latency_histogram);
                     let _ = histogram.record(now.saturating_sub(sent).max(1));
                     received.delivered += 1;
-                    shared.delivered.fetch_add(1, Ordering::Relaxed);
+                    unreported += 1;
                 } else if text.contains("\"type\":\"error\"") {
                     shared.error(&text);
                 }
@@ -457,6 +472,7 @@ async fn subscribe(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bo
             Some(Ok(_)) => {}
         }
     }
+    shared.delivered.fetch_add(unreported, Ordering::Relaxed);
     received
 }
 

@@ -57,6 +57,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::metrics::configure(cfg);
     routes::graphql::configure(cfg);
     routes::ws::configure(cfg);
+    routes::page::configure(cfg);
     cfg.default_service(web::to(not_found));
 }
 

@@ -1,6 +1,7 @@
 //! The integration test binary: real servers on port 0, real clients.
 
 mod breaker;
+mod browser;
 mod chat;
 mod chat_limits;
 mod cli;

@@ -3,5 +3,6 @@
 pub mod graphql;
 pub mod health;
 pub mod metrics;
+pub mod page;
 pub mod rooms;
 pub mod ws;

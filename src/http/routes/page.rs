@@ -1,0 +1,45 @@
+//! `GET /`: a small chat page (one HTML file with its script and styles, compiled into
+//! the binary), and `GET /stats`: the hub's counters it shows.
+
+use actix_web::{http::header, web, HttpResponse};
+use serde_json::json;
+
+use crate::{actors::hub::GetStats, http::HttpState};
+
+/// The page, embedded at build time: no CDN, no build step, nothing read from disk.
+const INDEX: &str = include_str!("../static/index.html");
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(index))
+        .route("/stats", web::get().to(stats));
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self' ws: wss:",
+        ))
+        .body(INDEX)
+}
+
+async fn stats(state: web::Data<HttpState>) -> HttpResponse {
+    match state.chat.hub.send(GetStats).await {
+        Ok(stats) => HttpResponse::Ok().json(json!({
+            "sessions": stats.sessions,
+            "users": stats.users,
+            "rooms": stats.rooms,
+            "messages_in": stats.messages_in,
+            "frames_out": stats.frames_out,
+            "slow_consumer_disconnects": stats.slow_consumer_disconnects,
+            "uptime_seconds": state.started_at.elapsed().as_secs(),
+        })),
+        Err(_) => {
+            HttpResponse::ServiceUnavailable().json(json!({ "error": "chat hub unavailable" }))
+        }
+    }
+}

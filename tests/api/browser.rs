@@ -1,0 +1,295 @@
+//! The chat page end to end in headless Chromium (driven over WebDriver by
+//! `chromedriver`): two people join a room, see each other, type, talk; one reloads and
+//! gets the history. A screenshot is kept in `target/test-artifacts/`.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{in_ci, spawn_app};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A running chromedriver, killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    /// Starts chromedriver, or `None` (after saying why) when Chromium is not installed
+    /// outside CI.
+    async fn start() -> Option<Self> {
+        if !(std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists())
+        {
+            assert!(
+                !in_ci(),
+                "CI=true but {CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium chromium-driver)"
+            );
+            eprintln!("skipping browser test: install chromium and chromium-driver");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let driver = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let ready = driver
+                .http
+                .get(format!("{}/status", driver.url))
+                .send()
+                .await;
+            if let Ok(response) = ready {
+                let status: Value = response.json().await.unwrap_or_default();
+                if status["value"]["ready"] == true {
+                    return Some(driver);
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A new headless browser window.
+    async fn browser(&self, profile: &tempfile::TempDir) -> Browser<'_> {
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1200,800",
+                         format!("--user-data-dir={}", profile.path().display())],
+            }
+        }}});
+        let created = self.call("POST", "/session", capabilities).await;
+        let id = created["sessionId"]
+            .as_str()
+            .expect("a session id")
+            .to_owned();
+        Browser { driver: self, id }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}{path}", self.url);
+        let request = match method {
+            "POST" => self.http.post(url).json(&body),
+            "DELETE" => self.http.delete(url),
+            _ => self.http.get(url),
+        };
+        let response: Value = request
+            .send()
+            .await
+            .expect("chromedriver answers")
+            .json()
+            .await
+            .expect("WebDriver answers JSON");
+        if let Some(error) = response["value"]["error"].as_str() {
+            panic!(
+                "WebDriver {method} {path}: {error}: {}",
+                response["value"]["message"]
+            );
+        }
+        response.get("value").cloned().unwrap_or(response)
+    }
+}
+
+/// One browser window.
+struct Browser<'d> {
+    driver: &'d Driver,
+    id: String,
+}
+
+impl Browser<'_> {
+    async fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        self.driver
+            .call(method, &format!("/session/{}{path}", self.id), body)
+            .await
+    }
+
+    async fn open(&self, url: &str) {
+        self.call("POST", "/url", json!({ "url": url })).await;
+    }
+
+    async fn run(&self, script: &str, args: Value) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            json!({ "script": script, "args": args }),
+        )
+        .await
+    }
+
+    /// Types `text` into the element with `id` (real key events, so `input` fires).
+    async fn type_into(&self, id: &str, text: &str) {
+        let element = self
+            .call(
+                "POST",
+                "/element",
+                json!({"using": "css selector", "value": format!("#{id}")}),
+            )
+            .await;
+        let key = element
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .expect("an element reference")
+            .to_owned();
+        self.call(
+            "POST",
+            &format!("/element/{key}/value"),
+            json!({ "text": text }),
+        )
+        .await;
+    }
+
+    async fn click(&self, id: &str) {
+        self.run(
+            &format!("document.getElementById('{id}').click()"),
+            json!([]),
+        )
+        .await;
+    }
+
+    async fn text_of(&self, id: &str) -> String {
+        let value = self
+            .run(
+                &format!("return document.getElementById('{id}').innerText"),
+                json!([]),
+            )
+            .await;
+        value.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Waits until the element's text contains `wanted`.
+    async fn wait_for(&self, id: &str, wanted: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = self.text_of(id).await;
+            if text.contains(wanted) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "#{id} never showed `{wanted}`; it shows `{text}`"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Connects as `name` and joins `room`.
+    async fn enter(&self, base: &str, name: &str, room: &str) {
+        self.open(base).await;
+        self.type_into("name", name).await;
+        self.click("connect").await;
+        self.wait_for("conn-state", "connected").await;
+        self.type_into("room", room).await;
+        self.click("join").await;
+        self.wait_for("rooms", room).await;
+    }
+
+    async fn screenshot(&self, path: &PathBuf) {
+        let png = self.call("GET", "/screenshot", Value::Null).await;
+        let bytes = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            png.as_str().expect("base64 PNG"),
+        )
+        .expect("valid base64");
+        std::fs::write(path, bytes).expect("the screenshot is written");
+    }
+
+    async fn close(self) {
+        self.driver
+            .call("DELETE", &format!("/session/{}", self.id), Value::Null)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_chat_on_the_page_and_a_reload_brings_the_history_back() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    let base = app.url("/");
+    let (profile_a, profile_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ann = driver.browser(&profile_a).await;
+    let bob = driver.browser(&profile_b).await;
+
+    ann.enter(&base, "Ann", "lobby").await;
+    bob.enter(&base, "Bob", "lobby").await;
+    ann.wait_for("members", "Bob").await;
+    bob.wait_for("members", "Ann").await;
+
+    bob.type_into("text", "hello from bob").await;
+    ann.wait_for("typing", "Bob is typing").await;
+    bob.click("send").await;
+    ann.wait_for("messages", "hello from bob").await;
+    ann.type_into("text", "hi bob").await;
+    ann.click("send").await;
+    bob.wait_for("messages", "hi bob").await;
+    ann.wait_for("stat-sessions", "2").await;
+
+    // A reload starts from nothing: the history request on join brings the talk back.
+    ann.enter(&base, "Ann", "lobby").await;
+    ann.wait_for("messages", "hello from bob").await;
+    ann.wait_for("messages", "hi bob").await;
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("chat-page.png");
+    ann.screenshot(&shot).await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "a real PNG");
+    eprintln!("screenshot: {}", shot.display());
+    ann.close().await;
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn the_page_and_its_stats_are_served() {
+    let app = spawn_app().await;
+    let page = app.http.get(app.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<script>") && html.contains("/ws?user_id="));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "nothing from a CDN"
+    );
+    let stats = app.get_json("/stats").await;
+    assert_eq!(stats["sessions"], 0);
+    assert!(stats["messages_in"].is_u64());
+}

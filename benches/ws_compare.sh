@@ -14,7 +14,7 @@ WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 start_switchboard() { # extra flags...
-  "$SB" --database-url "$WORK/bench-$RANDOM.db" --http-addr 127.0.0.1:8090 --grpc-addr 127.0.0.1:50090 \
+  "$SB" --database-url "$WORK/bench-$RANDOM.db" --http-addr 127.0.0.1:8090 --grpc-addr 127.0.0.1:0 \
     --rate-limit 1000000 --rate-limit-burst 1000000 --ws-rate 1000000 --ws-burst 1000000 \
     --log-level warn "$@" >"$WORK/switchboard.log" 2>&1 &
   echo $!; sleep 2

@@ -21,7 +21,9 @@ use tonic::{
     Request, Status,
 };
 
-use super::report::{latency_histogram, merge, Percentiles, Report, Timeline};
+use super::report::{
+    latency_histogram, merge, progress_bar, Percentiles, Report, Timeline, SAMPLE,
+};
 use crate::grpc::pb::{
     user_service_client::UserServiceClient, CreateUserRequest, GetUserRequest, ListUsersRequest,
     StreamUsersRequest,
@@ -49,7 +51,7 @@ pub struct GrpcBenchArgs {
     #[arg(long, default_value_t = 50)]
     pub concurrency: usize,
     /// How long to call (at most 1h).
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Users created first with `BulkCreateUsers` (at most 1000000).
     #[arg(long, default_value_t = 1000)]
@@ -60,10 +62,6 @@ pub struct GrpcBenchArgs {
     /// Write a self-contained HTML report here.
     #[arg(long, value_name = "FILE.html")]
     pub report: Option<PathBuf>,
-}
-
-fn duration(raw: &str) -> Result<Duration, String> {
-    humantime::parse_duration(raw.trim()).map_err(|e| format!("`{raw}`: {e}"))
 }
 
 type Client = UserServiceClient<InterceptedService<Channel, Bearer>>;
@@ -80,8 +78,6 @@ impl Interceptor for Bearer {
         Ok(request)
     }
 }
-
-const SAMPLE: Duration = Duration::from_millis(250);
 
 /// Runs the benchmark and prints its summary and JSON line.
 pub fn run(args: GrpcBenchArgs) -> anyhow::Result<()> {
@@ -270,14 +266,7 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
         timeline: &timeline,
         unit: "calls",
     };
-    report.print();
-    if let Some(path) = &args.report {
-        report
-            .write_html(path)
-            .with_context(|| format!("cannot write the report to {}", path.display()))?;
-        eprintln!("report written to {}", path.display());
-    }
-    Ok(())
+    report.finish(args.report.as_deref())
 }
 
 /// Opens `StreamUsers` and reads `snapshot` users (the live tail never ends on its own).
@@ -300,11 +289,10 @@ async fn read_snapshot(client: &mut Client, snapshot: u64) -> Result<u64, Status
 /// Calls completed per interval until `deadline`, with a progress bar.
 async fn sample(done: Arc<AtomicU64>, deadline: Instant) -> Timeline {
     let total = deadline.saturating_duration_since(Instant::now());
-    let progress = indicatif::ProgressBar::new(total.as_millis() as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{elapsed_precise} {wide_bar} {msg}")
-    {
-        progress.set_style(style);
-    }
+    let progress = progress_bar(
+        total.as_millis() as u64,
+        "{elapsed_precise} {wide_bar} {msg}",
+    );
     let started = Instant::now();
     let mut ticker = tokio::time::interval(SAMPLE);
     ticker.tick().await;

@@ -3,8 +3,22 @@
 
 use std::{fmt::Write as _, path::Path, time::Duration};
 
+use anyhow::Context as _;
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
+
+/// Width of one throughput sample.
+pub const SAMPLE: Duration = Duration::from_millis(250);
+
+/// A progress bar on standard error (drawn only on a terminal).
+pub fn progress_bar(len: u64, template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
 
 /// Latencies in microseconds, 1 µs to 10 min, two significant digits (about 10 KiB).
 pub fn latency_histogram() -> Histogram<u32> {
@@ -98,9 +112,15 @@ impl Report<'_> {
         println!("{}", Value::Object(self.json.clone()));
     }
 
-    /// Writes the HTML report to `path`.
-    pub fn write_html(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(path, self.html())
+    /// Prints the summary and JSON line, then writes the HTML report when asked.
+    pub fn finish(&self, html: Option<&Path>) -> anyhow::Result<()> {
+        self.print();
+        if let Some(path) = html {
+            std::fs::write(path, self.html())
+                .with_context(|| format!("cannot write the report to {}", path.display()))?;
+            eprintln!("report written to {}", path.display());
+        }
+        Ok(())
     }
 
     fn html(&self) -> String {

@@ -18,7 +18,6 @@ use std::{
 use anyhow::{bail, Context as _};
 use futures_util::{stream, FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 use tokio::{net::TcpStream, sync::watch};
 use tokio_tungstenite::{
@@ -26,7 +25,9 @@ use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
 };
 
-use super::report::{latency_histogram, merge, Percentiles, Report, Timeline};
+use super::report::{
+    latency_histogram, merge, progress_bar, Percentiles, Report, Timeline, SAMPLE,
+};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -36,8 +37,6 @@ const MARKER: &str = "sb1 ";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the first join waits to learn whether the server confirms joins.
 const JOIN_PROBE: Duration = Duration::from_secs(2);
-/// Throughput sampling interval.
-const SAMPLE: Duration = Duration::from_millis(250);
 
 /// Options of `switchboard bench ws`.
 #[derive(Debug, Clone, clap::Args)]
@@ -61,13 +60,13 @@ pub struct WsBenchArgs {
     #[arg(long, default_value_t = 128)]
     pub size: usize,
     /// How long to publish (at most 1h).
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Longest wait after publishing for deliveries still in flight.
-    #[arg(long, default_value = "3s", value_parser = duration)]
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
     /// Idle time after connecting, before publishing (e.g. to read the server's memory).
-    #[arg(long, default_value = "0s", value_parser = duration)]
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub hold: Duration,
     /// A JWT passed as `?token=`; guests otherwise.
     #[arg(long)]
@@ -85,10 +84,6 @@ pub struct WsBenchArgs {
     /// connecting, with every connection open, and per connection.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
-}
-
-fn duration(raw: &str) -> Result<Duration, String> {
-    humantime::parse_duration(raw.trim()).map_err(|e| format!("`{raw}`: {e}"))
 }
 
 impl WsBenchArgs {
@@ -198,7 +193,7 @@ async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
     };
 
     // The first subscriber tells whether this server confirms joins.
-    let progress = bar(
+    let progress = progress_bar(
         (args.clients + args.publishers) as u64,
         "connecting {pos}/{len} {wide_bar}",
     );
@@ -552,7 +547,7 @@ async fn sample(
     mut stop: watch::Receiver<bool>,
     duration: Duration,
 ) -> Timeline {
-    let progress = bar(
+    let progress = progress_bar(
         duration.as_millis() as u64,
         "{elapsed_precise} {wide_bar} {msg}",
     );
@@ -577,15 +572,6 @@ async fn sample(
         interval: SAMPLE,
         counts,
     }
-}
-
-/// A progress bar on standard error (drawn only on a terminal).
-fn bar(len: u64, template: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style);
-    }
-    bar
 }
 
 /// Resident memory of process `pid`, in KiB (Linux).
@@ -692,14 +678,7 @@ impl Outcome {
             timeline: &self.timeline,
             unit: "deliveries",
         };
-        report.print();
-        if let Some(path) = &args.report {
-            report
-                .write_html(path)
-                .with_context(|| format!("cannot write the report to {}", path.display()))?;
-            eprintln!("report written to {}", path.display());
-        }
-        Ok(())
+        report.finish(args.report.as_deref())
     }
 }
 

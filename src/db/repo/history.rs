@@ -309,7 +309,7 @@ impl Database {
         Ok(deleted as u64)
     }
 
-    /// How many room messages are stored for `room` (for tests and `/health`).
+    /// How many room messages are stored for `room`.
     pub async fn stored_messages(&self, room: &RoomId) -> Result<u64, DbError> {
         let mut conn = self.conn().await?;
         let count: i64 = with_conn!(&mut conn, |c| {

@@ -6,6 +6,7 @@ use clap::Parser;
 
 /// mimalloc: fanout allocates and frees small blocks on many threads (mailbox envelopes,
 /// frame buffers); measured faster and leaner than the system allocator here.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -234,6 +234,9 @@ impl Application {
                 .wrap(Condition::new(chain, from_fn(http::middleware::rate_limit)))
                 .wrap(Condition::new(chain, from_fn(http::middleware::request_id)))
         })
+        // Frames are small and latency matters: without this, Nagle holds a frame written
+        // while an earlier one is unacknowledged until the client's delayed ACK (~40 ms).
+        .tcp_nodelay(true)
         .listen(http_listener)
         .map_err(|source| StartupError::Runtime {
             what: "the HTTP server",

@@ -24,5 +24,6 @@ mod process;
 mod rate_limit;
 mod repository;
 mod shutdown;
+mod sockets;
 mod trace_context;
 mod ws_client;

@@ -10,7 +10,7 @@ mod user;
 
 pub use message::{StoredMessage, StoredPrivate};
 pub use post::{NewPost, Post, PostContent, PostId, PostTitle, Tags};
-pub use room::RoomId;
+pub use room::{RoomId, RoomSet};
 pub use user::{Age, Email, Metadata, NewUser, User, UserId, UserName, UserPatch};
 
 /// A value from outside that does not fit the domain; `field` names it for the client.

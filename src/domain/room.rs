@@ -36,6 +36,56 @@ impl serde::Serialize for RoomId {
     }
 }
 
+/// The rooms one session is in: few, so a vector sized exactly (16 bytes a room, no
+/// hash table) — kept per connection, where every byte counts ×10,000.
+#[derive(Debug, Default)]
+pub struct RoomSet(Vec<RoomId>);
+
+impl RoomSet {
+    /// Adds `room`; `false` when it was already there.
+    pub fn insert(&mut self, room: &RoomId) -> bool {
+        if self.contains(room) {
+            return false;
+        }
+        self.0.reserve_exact(1);
+        self.0.push(room.clone());
+        true
+    }
+
+    /// Removes `room`; `false` when it was not there.
+    pub fn remove(&mut self, room: &RoomId) -> bool {
+        let Some(at) = self.0.iter().position(|r| r == room) else {
+            return false;
+        };
+        self.0.swap_remove(at);
+        true
+    }
+
+    /// Whether `room` is in the set.
+    pub fn contains(&self, room: &RoomId) -> bool {
+        self.0.contains(room)
+    }
+
+    /// How many rooms.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl IntoIterator for RoomSet {
+    type Item = RoomId;
+    type IntoIter = std::vec::IntoIter<RoomId>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +98,20 @@ mod tests {
         assert!(RoomId::parse("a\u{7}b").is_err());
         assert!(RoomId::parse(&"r".repeat(128)).is_ok());
         assert!(RoomId::parse(&"r".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn a_room_set_holds_each_room_once() {
+        let (a, b) = (RoomId::parse("a").unwrap(), RoomId::parse("b").unwrap());
+        let mut set = super::RoomSet::default();
+        assert!(set.is_empty());
+        assert!(set.insert(&a));
+        assert!(!set.insert(&a));
+        assert!(set.insert(&b));
+        assert_eq!(set.len(), 2);
+        assert!(set.remove(&a));
+        assert!(!set.remove(&a));
+        assert!(!set.contains(&a) && set.contains(&b));
+        assert_eq!(set.into_iter().collect::<Vec<_>>(), vec![b]);
     }
 }

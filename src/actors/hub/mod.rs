@@ -9,10 +9,7 @@
 
 pub mod messages;
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use actix::{
     prelude::SendError, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, MailboxError,
@@ -29,7 +26,7 @@ use crate::{
     actors::history::{Append, AppendPrivate, HistoryWriter, LastMessages, Replay},
     chat::{frame::message_id, Frame, Identity, SessionId},
     db::DbError,
-    domain::{RoomId, StoredMessage, StoredPrivate},
+    domain::{RoomId, RoomSet, StoredMessage, StoredPrivate},
 };
 
 /// Live frames held for a session while its missed messages are read, by default.
@@ -61,16 +58,20 @@ pub struct Hub {
     recovery_buffer: usize,
 }
 
+/// A session's mailbox, shared by its entry and every room it is in (a `Recipient`
+/// clone costs three allocations, this one none).
+type Outbox = Arc<Recipient<ToSession>>;
+
 struct Member {
     identity: Identity,
-    addr: Recipient<ToSession>,
-    rooms: HashSet<RoomId>,
+    addr: Outbox,
+    rooms: RoomSet,
 }
 
 #[derive(Default)]
 struct Room {
     /// Subscribed sessions and where their frames go.
-    members: HashMap<SessionId, Recipient<ToSession>>,
+    members: HashMap<SessionId, Outbox>,
     /// Sessions joined with `since_offset` whose missed messages are being read: live
     /// frames wait here and follow the replay, so nothing is missed or repeated.
     recovering: HashMap<SessionId, Recovering>,
@@ -79,7 +80,7 @@ struct Room {
 }
 
 struct Recovering {
-    addr: Recipient<ToSession>,
+    addr: Outbox,
     held: Vec<ByteString>,
 }
 
@@ -142,7 +143,7 @@ impl Hub {
     /// Sends one frame to one session.
     fn reply(&mut self, session: SessionId, frame: &Frame) {
         if let Some(member) = self.sessions.get(&session) {
-            let targets = [(session, &member.addr)];
+            let targets = [(session, &*member.addr)];
             self.stats.frames_out += push_all(targets, &frame.encode(), &mut self.failed);
         }
     }
@@ -161,7 +162,7 @@ impl Hub {
             .members
             .iter()
             .filter(|(session, _)| Some(**session) != except)
-            .map(|(session, addr)| (*session, addr));
+            .map(|(session, addr)| (*session, &**addr));
         self.stats.frames_out += push_all(targets, frame, &mut self.failed);
         for (session, recovering) in &mut room.recovering {
             if Some(*session) == except {
@@ -383,14 +384,16 @@ impl Handler<Connect> for Hub {
                 limit: self.max_sessions_per_user,
             });
         }
-        self.users.entry(user).or_default().push(msg.session);
+        let sessions = self.users.entry(user).or_default();
+        sessions.reserve_exact(1); // most users hold one session: no spare room
+        sessions.push(msg.session);
         tracing::debug!(session = %msg.session, user = %msg.identity.user_id, "session connected");
         self.sessions.insert(
             msg.session,
             Member {
                 identity: msg.identity,
-                addr: msg.addr,
-                rooms: HashSet::new(),
+                addr: Arc::new(msg.addr),
+                rooms: RoomSet::default(),
             },
         );
         Ok(())
@@ -427,7 +430,7 @@ impl Handler<Join> for Hub {
         let Some(member) = self.sessions.get_mut(&session) else {
             return;
         };
-        let newly = member.rooms.insert(room.clone());
+        let newly = member.rooms.insert(&room);
         let (user, name, addr) = (
             member.identity.user_id.clone(),
             member.identity.name.clone(),
@@ -672,7 +675,7 @@ impl Handler<Private> for Hub {
             let sessions = &self.sessions;
             let targets = targets
                 .iter()
-                .filter_map(|s| Some((*s, &sessions.get(s)?.addr)));
+                .filter_map(|s| Some((*s, &*sessions.get(s)?.addr)));
             self.stats.frames_out += push_all(targets, &frame, &mut self.failed);
             self.ack(msg.session, id, "private", None);
         }
@@ -698,7 +701,7 @@ impl Handler<Broadcast> for Hub {
             .sessions
             .iter()
             .filter(|(s, _)| **s != msg.session)
-            .map(|(s, m)| (*s, &m.addr));
+            .map(|(s, m)| (*s, &*m.addr));
         self.stats.frames_out += push_all(targets, &frame, &mut self.failed);
         self.ack(msg.session, id, "broadcast", None);
         self.settle();

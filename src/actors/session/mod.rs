@@ -7,7 +7,10 @@
 
 pub mod protocol;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use actix::{
     fut, Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Handler, Running, StreamHandler,
@@ -30,14 +33,8 @@ pub struct Session {
     id: SessionId,
     /// The hub it is registered with.
     hub: Addr<Hub>,
-    /// Parsing and per-connection limits.
+    /// Parsing and per-connection limits (it holds the shared settings).
     protocol: Protocol,
-    /// How often to ping the client.
-    ping_interval: Duration,
-    /// How long the client may stay silent.
-    pong_timeout: Duration,
-    /// Frames that may wait in the mailbox before the client counts as slow.
-    outbound_queue: usize,
     /// When the client last sent anything (a pong, a ping, a message).
     last_heard: Instant,
     /// When the server last pinged.
@@ -46,15 +43,12 @@ pub struct Session {
 
 impl Session {
     /// A session for `identity`, not yet registered (that happens when it starts).
-    pub fn new(identity: crate::chat::Identity, hub: Addr<Hub>, settings: &WsSettings) -> Self {
+    pub fn new(identity: crate::chat::Identity, hub: Addr<Hub>, settings: Arc<WsSettings>) -> Self {
         let now = Instant::now();
         Self {
             id: SessionId::new(),
             hub,
             protocol: Protocol::new(identity, settings, now),
-            ping_interval: settings.ping_interval,
-            pong_timeout: settings.pong_timeout,
-            outbound_queue: settings.outbound_queue,
             last_heard: now,
             last_ping: now,
         }
@@ -77,24 +71,30 @@ impl Session {
     /// Checks liveness often enough to notice a silent client within a fraction of the
     /// timeout, and pings at the configured interval.
     fn start_heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
-        let tick = self
-            .ping_interval
-            .min(self.pong_timeout / 4)
+        let (ping_interval, pong_timeout) = self.heartbeat();
+        let tick = ping_interval
+            .min(pong_timeout / 4)
             .max(Duration::from_millis(10));
-        ctx.run_interval(tick, |session, ctx| {
+        ctx.run_interval(tick, move |session, ctx| {
             let now = Instant::now();
-            if now.duration_since(session.last_heard) > session.pong_timeout {
-                let timeout = session.pong_timeout;
+            if now.duration_since(session.last_heard) > pong_timeout {
+                let timeout = pong_timeout;
                 session.close(
                     ctx,
                     CloseCode::Policy,
                     format!("heartbeat timeout: nothing heard for {timeout:?}"),
                 );
-            } else if now.duration_since(session.last_ping) >= session.ping_interval {
+            } else if now.duration_since(session.last_ping) >= ping_interval {
                 session.last_ping = now;
                 ctx.ping(b"");
             }
         });
+    }
+
+    /// How often to ping, and how long the client may stay silent.
+    fn heartbeat(&self) -> (Duration, Duration) {
+        let settings = self.protocol.settings();
+        (settings.ping_interval, settings.pong_timeout)
     }
 
     fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: CloseCode, reason: String) {
@@ -173,7 +173,7 @@ impl Actor for Session {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.outbound_queue);
+        ctx.set_mailbox_capacity(self.protocol.settings().outbound_queue);
         self.start_heartbeat(ctx);
         let connect = hub::Connect {
             session: self.id,

@@ -3,7 +3,7 @@
 //! message size, admin-only broadcast). Driven by the caller's clock, so it is tested
 //! without a connection or sleeps.
 
-use std::{collections::HashSet, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use actix_http::ws::Item;
 use actix_web_actors::ws::{CloseCode, CloseReason};
@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use crate::{
     chat::{Command, Frame, Identity},
     config::WsSettings,
-    domain::RoomId,
+    domain::RoomSet,
     rate::TokenBucket,
 };
 
@@ -36,13 +36,13 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Protocol {
     identity: Identity,
-    max_rooms: usize,
-    max_message_size: usize,
-    rate: (f64, u32),
+    /// The limits, shared by every session (one pointer here, not a copy).
+    settings: Arc<WsSettings>,
     bucket: TokenBucket,
     strikes: u32,
-    rooms: HashSet<RoomId>,
-    fragments: Option<Fragments>,
+    rooms: RoomSet,
+    /// Boxed: rare, and the idle connection should not carry its size.
+    fragments: Option<Box<Fragments>>,
 }
 
 #[derive(Debug)]
@@ -60,17 +60,20 @@ fn close(code: CloseCode, reason: impl Into<String>) -> Outcome {
 
 impl Protocol {
     /// Fresh state for `identity` under `settings`' limits.
-    pub fn new(identity: Identity, settings: &WsSettings, now: Instant) -> Self {
+    pub fn new(identity: Identity, settings: Arc<WsSettings>, now: Instant) -> Self {
         Self {
             identity,
-            max_rooms: settings.max_rooms_per_session,
-            max_message_size: settings.max_message_size,
-            rate: (settings.rate_per_second, settings.rate_burst),
             bucket: TokenBucket::new(settings.rate_per_second, settings.rate_burst, now),
+            settings,
             strikes: 0,
-            rooms: HashSet::new(),
+            rooms: RoomSet::default(),
             fragments: None,
         }
+    }
+
+    /// The WebSocket settings this connection runs under.
+    pub fn settings(&self) -> &WsSettings {
+        &self.settings
     }
 
     /// Who this connection is.
@@ -80,7 +83,7 @@ impl Protocol {
 
     /// The largest message accepted, in bytes.
     pub fn max_message_size(&self) -> usize {
-        self.max_message_size
+        self.settings.max_message_size
     }
 
     /// A complete text message.
@@ -118,10 +121,10 @@ impl Protocol {
                     "a new message began inside a fragmented one",
                 );
             }
-            self.fragments = Some(Fragments {
+            self.fragments = Some(Box::new(Fragments {
                 text,
                 buf: BytesMut::new(),
-            });
+            }));
         }
         let Some(fragments) = self.fragments.as_mut() else {
             return close(
@@ -129,17 +132,20 @@ impl Protocol {
                 "a continuation frame without a first frame",
             );
         };
-        if fragments.buf.len() + chunk.len() > self.max_message_size {
+        if fragments.buf.len() + chunk.len() > self.settings.max_message_size {
             return close(
                 CloseCode::Size,
-                format!("message too big (limit {} bytes)", self.max_message_size),
+                format!(
+                    "message too big (limit {} bytes)",
+                    self.settings.max_message_size
+                ),
             );
         }
         fragments.buf.extend_from_slice(&chunk);
         if !last {
             return Outcome::Pending;
         }
-        let Fragments { text, buf } = self.fragments.take().expect("checked above");
+        let Fragments { text, buf } = *self.fragments.take().expect("checked above");
         if !text {
             return self.on_binary(now);
         }
@@ -159,7 +165,7 @@ impl Protocol {
         if self.strikes >= MAX_RATE_STRIKES {
             return Some(close(CloseCode::Policy, "rate limit exceeded repeatedly"));
         }
-        let (rate, burst) = self.rate;
+        let (rate, burst) = (self.settings.rate_per_second, self.settings.rate_burst);
         Some(Outcome::Reply(Frame::error(format!(
             "rate limit exceeded: at most {rate} messages per second (bursts of {burst}); \
              this message was dropped"
@@ -170,13 +176,13 @@ impl Protocol {
     fn authorize(&mut self, command: Command) -> Outcome {
         match &command {
             Command::Join { room, .. } if !self.rooms.contains(room) => {
-                if self.rooms.len() >= self.max_rooms {
+                if self.rooms.len() >= self.settings.max_rooms_per_session {
                     return Outcome::Reply(Frame::error(format!(
                         "room limit reached: a session may be in at most {} rooms",
-                        self.max_rooms
+                        self.settings.max_rooms_per_session
                     )));
                 }
-                self.rooms.insert(room.clone());
+                self.rooms.insert(room);
             }
             Command::Leave(room) => {
                 self.rooms.remove(room);
@@ -227,7 +233,7 @@ mod tests {
     #[test]
     fn valid_commands_go_to_the_hub() {
         let now = Instant::now();
-        let mut protocol = Protocol::new(Identity::user("alice", false), &settings(), now);
+        let mut protocol = Protocol::new(Identity::user("alice", false), settings().into(), now);
         let outcome = protocol.on_text(now, r#"{"type":"join","room_id":"r"}"#);
         assert!(
             matches!(outcome, Outcome::Hub(Command::Join { .. })),
@@ -238,7 +244,7 @@ mod tests {
     #[test]
     fn malformed_json_is_an_error_reply_not_a_close() {
         let now = Instant::now();
-        let mut protocol = Protocol::new(Identity::user("alice", false), &settings(), now);
+        let mut protocol = Protocol::new(Identity::user("alice", false), settings().into(), now);
         assert!(error_text(protocol.on_text(now, "{nope")).contains("malformed"));
     }
 
@@ -246,9 +252,9 @@ mod tests {
     fn broadcast_needs_the_admin_role() {
         let now = Instant::now();
         let text = r#"{"type":"broadcast","content":"x"}"#;
-        let mut user = Protocol::new(Identity::user("u", false), &settings(), now);
+        let mut user = Protocol::new(Identity::user("u", false), settings().into(), now);
         assert!(error_text(user.on_text(now, text)).contains("admin"));
-        let mut admin = Protocol::new(Identity::user("a", true), &settings(), now);
+        let mut admin = Protocol::new(Identity::user("a", true), settings().into(), now);
         assert!(matches!(admin.on_text(now, text), Outcome::Hub(_)));
     }
 
@@ -257,7 +263,7 @@ mod tests {
         let now = Instant::now();
         let mut settings = settings();
         settings.rate_burst = 100;
-        let mut protocol = Protocol::new(Identity::user("u", false), &settings, now);
+        let mut protocol = Protocol::new(Identity::user("u", false), settings.into(), now);
         for room in ["a", "b", "a"] {
             let join = format!(r#"{{"type":"join","room_id":"{room}"}}"#);
             assert!(matches!(protocol.on_text(now, &join), Outcome::Hub(_)));
@@ -272,7 +278,7 @@ mod tests {
     #[test]
     fn the_rate_limit_errors_then_closes_when_it_persists() {
         let start = Instant::now();
-        let mut protocol = Protocol::new(Identity::user("u", false), &settings(), start);
+        let mut protocol = Protocol::new(Identity::user("u", false), settings().into(), start);
         let msg = r#"{"type":"presence","room_id":"r"}"#;
         for _ in 0..3 {
             assert!(matches!(protocol.on_text(start, msg), Outcome::Hub(_)));
@@ -286,7 +292,7 @@ mod tests {
     #[test]
     fn an_accepted_message_forgives_earlier_refusals() {
         let start = Instant::now();
-        let mut protocol = Protocol::new(Identity::user("u", false), &settings(), start);
+        let mut protocol = Protocol::new(Identity::user("u", false), settings().into(), start);
         let msg = r#"{"type":"presence","room_id":"r"}"#;
         for _ in 0..3 {
             protocol.on_text(start, msg);
@@ -302,7 +308,7 @@ mod tests {
     #[test]
     fn fragments_are_reassembled_and_bounded() {
         let now = Instant::now();
-        let mut protocol = Protocol::new(Identity::user("u", false), &settings(), now);
+        let mut protocol = Protocol::new(Identity::user("u", false), settings().into(), now);
         let first = Item::FirstText(Bytes::from_static(br#"{"type":"join","#));
         assert!(matches!(protocol.on_fragment(now, first), Outcome::Pending));
         let last = Item::Last(Bytes::from_static(br#""room_id":"r"}"#));
@@ -322,7 +328,7 @@ mod tests {
     #[test]
     fn stray_continuations_are_protocol_errors() {
         let now = Instant::now();
-        let mut protocol = Protocol::new(Identity::user("u", false), &settings(), now);
+        let mut protocol = Protocol::new(Identity::user("u", false), settings().into(), now);
         let stray = Item::Last(Bytes::from_static(b"x"));
         assert_eq!(
             close_code(protocol.on_fragment(now, stray)),

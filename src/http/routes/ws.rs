@@ -93,7 +93,7 @@ async fn upgrade(
             Identity::guest(name)
         }
     };
-    let session = Session::new(identity, state.chat.hub.clone(), settings);
+    let session = Session::new(identity, state.chat.hub.clone(), settings.clone());
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(settings.max_message_size)
         .start()

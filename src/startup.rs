@@ -29,6 +29,7 @@ use crate::{
         history::{self, HistoryWriter},
         hub::{self, Hub},
         rate_limit::{Quota, RateLimiters},
+        session::Session,
     },
     auth::JwtAuth,
     config::{JwtSecret, Settings},
@@ -162,7 +163,9 @@ impl Application {
         let singletons = Arbiter::new();
         let max_sessions = settings.websocket.max_sessions_per_user;
         let recovery_buffer = settings.websocket.outbound_queue;
-        let mut hub = Hub::new(max_sessions).with_recovery_buffer(recovery_buffer);
+        let mut hub = Hub::new(max_sessions)
+            .with_recovery_buffer(recovery_buffer)
+            .with_pulse(Session::heartbeat_tick(&settings.websocket));
         let history = if settings.history.enabled {
             let offsets = database
                 .room_offsets()

@@ -43,7 +43,8 @@ pub struct Identity {
     /// The user id: the token's `sub`, or a generated `guest-…` id.
     pub user_id: Arc<str>,
     /// Display name (a guest's `user_id` query parameter); `None` when not given.
-    pub name: Option<String>,
+    /// Shared, not copied, with every room the user is present in.
+    pub name: Option<Arc<str>>,
     /// Whether the token carries `role: "admin"` (required for `broadcast`).
     pub admin: bool,
     /// Whether this is an unauthenticated guest.
@@ -67,7 +68,7 @@ impl Identity {
         let id = uuid::Uuid::new_v4().simple().to_string();
         Self {
             user_id: format!("guest-{}", &id[..12]).into(),
-            name,
+            name: name.map(Arc::from),
             admin: false,
             guest: true,
         }

@@ -21,6 +21,9 @@ pub enum ToSession {
     Frames(Vec<ByteString>),
     /// Send this close frame and end the connection.
     Close(CloseReason),
+    /// Time to check the client's liveness (and maybe ping it). One hub timer drives
+    /// every session's heartbeat, instead of a timer per connection.
+    Pulse,
 }
 
 /// A new session wants to be registered; refused past the per-user session limit.

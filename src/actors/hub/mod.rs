@@ -9,7 +9,7 @@
 
 pub mod messages;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use actix::{
     prelude::SendError, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, MailboxError,
@@ -37,7 +37,8 @@ pub struct Hub {
     /// Concurrent sessions one user may hold.
     max_sessions_per_user: usize,
     /// Connected sessions.
-    sessions: HashMap<SessionId, Member>,
+    /// Connected sessions (boxed: the table has ~1.6 buckets per session, each a pointer).
+    sessions: HashMap<SessionId, Box<Member>>,
     /// Sessions of each connected user.
     users: HashMap<Arc<str>, Vec<SessionId>>,
     /// Rooms with at least one member.
@@ -56,6 +57,8 @@ pub struct Hub {
     persist_private: bool,
     /// Live frames held for a recovering session before it counts as slow.
     recovery_buffer: usize,
+    /// How often every session gets a [`ToSession::Pulse`]; `None`: never.
+    pulse: Option<Duration>,
 }
 
 /// A session's mailbox, shared by its entry and every room it is in (a `Recipient`
@@ -85,7 +88,7 @@ struct Recovering {
 }
 
 struct RoomUser {
-    name: Option<String>,
+    name: Option<Arc<str>>,
     sessions: usize,
 }
 
@@ -112,7 +115,14 @@ impl Hub {
             history: None,
             persist_private: false,
             recovery_buffer: DEFAULT_RECOVERY_BUFFER,
+            pulse: None,
         }
+    }
+
+    /// Sends every session a [`ToSession::Pulse`] this often, driving their heartbeats.
+    pub fn with_pulse(mut self, every: Duration) -> Self {
+        self.pulse = Some(every);
+        self
     }
 
     /// Stores relayed messages through `writer` (and private ones when `private`),
@@ -364,8 +374,16 @@ fn presence_event(room: &RoomId, event: &str, user: &str, name: Option<&str>) ->
 impl Actor for Hub {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         tracing::debug!("hub started");
+        if let Some(every) = self.pulse {
+            ctx.run_interval(every, |hub, _| {
+                for member in hub.sessions.values() {
+                    // `do_send`: a full mailbox is a slow consumer, dealt with on delivery.
+                    member.addr.do_send(ToSession::Pulse);
+                }
+            });
+        }
     }
 }
 
@@ -390,11 +408,11 @@ impl Handler<Connect> for Hub {
         tracing::debug!(session = %msg.session, user = %msg.identity.user_id, "session connected");
         self.sessions.insert(
             msg.session,
-            Member {
+            Box::new(Member {
                 identity: msg.identity,
                 addr: Arc::new(msg.addr),
                 rooms: RoomSet::default(),
-            },
+            }),
         );
         Ok(())
     }
@@ -717,7 +735,7 @@ impl Handler<ListMembers> for Hub {
                 .users
                 .iter()
                 .map(|(user, present)| {
-                    json!({ "user_id": &**user, "name": present.name, "sessions": present.sessions })
+                    json!({ "user_id": &**user, "name": present.name.as_deref(), "sessions": present.sessions })
                 })
                 .collect();
             members.sort_by(|a, b| a["user_id"].as_str().cmp(&b["user_id"].as_str()));

@@ -63,32 +63,35 @@ impl Session {
             .details(json!({
                 "session_id": self.id.to_string(),
                 "user_id": &*identity.user_id,
-                "name": identity.name,
+                "name": identity.name.as_deref(),
                 "guest": identity.guest,
             }))
     }
 
-    /// Checks liveness often enough to notice a silent client within a fraction of the
-    /// timeout, and pings at the configured interval.
-    fn start_heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+    /// How often the hub should pulse sessions: often enough to notice a silent client
+    /// within a fraction of the timeout, and to ping at the configured interval.
+    pub fn heartbeat_tick(settings: &WsSettings) -> Duration {
+        settings
+            .ping_interval
+            .min(settings.pong_timeout / 4)
+            .max(Duration::from_millis(10))
+    }
+
+    /// On the hub's pulse: closes a client silent for longer than the timeout, pings one
+    /// not pinged for the interval.
+    fn on_pulse(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let (ping_interval, pong_timeout) = self.heartbeat();
-        let tick = ping_interval
-            .min(pong_timeout / 4)
-            .max(Duration::from_millis(10));
-        ctx.run_interval(tick, move |session, ctx| {
-            let now = Instant::now();
-            if now.duration_since(session.last_heard) > pong_timeout {
-                let timeout = pong_timeout;
-                session.close(
-                    ctx,
-                    CloseCode::Policy,
-                    format!("heartbeat timeout: nothing heard for {timeout:?}"),
-                );
-            } else if now.duration_since(session.last_ping) >= ping_interval {
-                session.last_ping = now;
-                ctx.ping(b"");
-            }
-        });
+        let now = Instant::now();
+        if now.duration_since(self.last_heard) > pong_timeout {
+            self.close(
+                ctx,
+                CloseCode::Policy,
+                format!("heartbeat timeout: nothing heard for {pong_timeout:?}"),
+            );
+        } else if now.duration_since(self.last_ping) >= ping_interval {
+            self.last_ping = now;
+            ctx.ping(b"");
+        }
     }
 
     /// How often to ping, and how long the client may stay silent.
@@ -174,7 +177,6 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.protocol.settings().outbound_queue);
-        self.start_heartbeat(ctx);
         let connect = hub::Connect {
             session: self.id,
             identity: self.protocol.identity().clone(),
@@ -215,6 +217,7 @@ impl Handler<ToSession> for Session {
             ToSession::Frame(text) => ctx.text(text),
             ToSession::Frames(texts) => texts.into_iter().for_each(|text| ctx.text(text)),
             ToSession::Close(reason) => self.close_with(ctx, reason),
+            ToSession::Pulse => self.on_pulse(ctx),
         }
     }
 }

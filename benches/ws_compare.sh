@@ -38,16 +38,16 @@ measure() {
 
 fanout() { # 1 room x 1000 subscribers, 1 publisher; rates in messages/s (x1000 deliveries/s)
   local pid
-  pid=$(start_switchboard); for r in ${RATES:-400 600 800 1000}; do measure switchboard ws://127.0.0.1:8090/ws 1000 1 1 "$r"; done; stop "$pid"
-  pid=$(start_ceiling); for r in ${RATES:-400 600 800 1000}; do measure rust-ceiling ws://127.0.0.1:9002/ws 1000 1 1 "$r"; done; stop "$pid"
-  pid=$(start_go); for r in ${GO_RATES:-100 200}; do measure go-seed-hub ws://127.0.0.1:9001/ws 1000 1 1 "$r"; done; stop "$pid"
+  pid=$(start_switchboard); for r in ${RATES:-1000 1500 2000 2500}; do measure switchboard ws://127.0.0.1:8090/ws 1000 1 1 "$r"; done; stop "$pid"
+  pid=$(start_ceiling); for r in ${RATES:-1000 1500 2000 2500}; do measure rust-ceiling ws://127.0.0.1:9002/ws 1000 1 1 "$r"; done; stop "$pid"
+  pid=$(start_go); for r in ${GO_RATES:-100 200 300 400}; do measure go-seed-hub ws://127.0.0.1:9001/ws 1000 1 1 "$r"; done; stop "$pid"
 }
 
 rooms() { # 10 rooms x 100 subscribers, 10 publishers
   local pid
-  pid=$(start_switchboard); for r in ${RATES:-4000 6000 8000}; do measure switchboard ws://127.0.0.1:8090/ws 1000 10 10 "$r"; done; stop "$pid"
-  pid=$(start_ceiling); for r in ${RATES:-4000 6000 8000}; do measure rust-ceiling ws://127.0.0.1:9002/ws 1000 10 10 "$r"; done; stop "$pid"
-  pid=$(start_go); for r in ${GO_RATES:-1000 2000}; do measure go-seed-hub ws://127.0.0.1:9001/ws 1000 10 10 "$r"; done; stop "$pid"
+  pid=$(start_switchboard); for r in ${RATES:-10000 15000 20000}; do measure switchboard ws://127.0.0.1:8090/ws 1000 10 10 "$r"; done; stop "$pid"
+  pid=$(start_ceiling); for r in ${RATES:-10000 15000 20000}; do measure rust-ceiling ws://127.0.0.1:9002/ws 1000 10 10 "$r"; done; stop "$pid"
+  pid=$(start_go); for r in ${GO_RATES:-1000 2000 3000 4000}; do measure go-seed-hub ws://127.0.0.1:9001/ws 1000 10 10 "$r"; done; stop "$pid"
 }
 
 memory() { # RSS per idle connection at 10,000 connections
@@ -60,18 +60,18 @@ memory() { # RSS per idle connection at 10,000 connections
 history() { # the same fanout with history persistence on and off
   local pid
   for h in true false; do
-    pid=$(start_switchboard --history "$h"); for r in ${RATES:-600 800}; do measure "switchboard(history=$h)" ws://127.0.0.1:8090/ws 1000 1 1 "$r"; done; stop "$pid"
+    pid=$(start_switchboard --history "$h"); for r in ${RATES:-1000 2000}; do measure "switchboard(history=$h)" ws://127.0.0.1:8090/ws 1000 1 1 "$r"; done; stop "$pid"
   done
 }
 
 overload() { # twice the sustainable rate, then a normal load on the same server
   local pid
   pid=$(start_switchboard)
-  measure "switchboard(overload)" ws://127.0.0.1:8090/ws 1000 1 1 "${OVER:-2000}"
+  measure "switchboard(overload)" ws://127.0.0.1:8090/ws 1000 1 1 "${OVER:-4000}"
   measure "switchboard(after)" ws://127.0.0.1:8090/ws 1000 1 1 200
   kill -0 "$pid" && echo "switchboard still running after overload"; stop "$pid"
   pid=$(start_go)
-  measure "go-seed-hub(overload)" ws://127.0.0.1:9001/ws 1000 1 1 400
+  measure "go-seed-hub(overload)" ws://127.0.0.1:9001/ws 1000 1 1 600
   kill -0 "$pid" 2>/dev/null && echo "go-seed-hub still running" || echo "go-seed-hub died: $(grep -m1 panic "$WORK/go.log" || true)"
   stop "$pid"
 }

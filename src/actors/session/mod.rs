@@ -1,7 +1,8 @@
 //! One actor per WebSocket connection.
 //!
 //! The session registers with the [`Hub`] when it starts and deregisters when it stops,
-//! owns its heartbeat, turns client frames into hub messages through its [`Protocol`], and
+//! checks its client's liveness on each pulse from the hub (one timer for all sessions),
+//! turns client frames into hub messages through its [`Protocol`], and
 //! writes the frames the hub sends it. Its mailbox is the connection's bounded outbound
 //! queue: the hub's deliveries fail once it is full, and the hub then closes the session.
 

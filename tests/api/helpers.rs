@@ -226,15 +226,9 @@ impl TestApp {
     /// e.g. to inspect what was written or to start another server on it.
     pub async fn stop_keeping_db(mut self) -> TestDb {
         let db = self.db.take().expect("present while the server runs");
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let thread = self.thread.take().expect("the server thread");
-        tokio::task::spawn_blocking(move || thread.join())
+        self.shutdown()
             .await
-            .expect("join task")
-            .expect("the server thread does not panic")
-            .expect("the server stops cleanly");
+            .unwrap_or_else(|e| panic!("the server stops cleanly: {e}"));
         db
     }
 

@@ -215,9 +215,10 @@ impl Application {
                 cors_origins: settings.graphql.cors_origins.clone(),
             },
             chat: http::ChatState {
-                hub: hub.clone(),
+                hub: std::sync::Arc::new(hub.clone()),
                 auth: auth.clone(),
                 settings: std::sync::Arc::new(settings.websocket.clone()),
+                limit_upgrades: settings.http_middleware,
             },
         });
         let grpc_limiters = state.rate_limit.limiters.clone();

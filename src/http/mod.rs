@@ -42,12 +42,16 @@ pub struct HttpState {
 /// Handles for the chat routes.
 #[derive(Clone)]
 pub struct ChatState {
-    /// The chat hub.
-    pub hub: actix::Addr<Hub>,
+    /// The chat hub, shared by every session: cloning an `Addr` allocates its own
+    /// sender state, an `Arc` clone does not.
+    pub hub: Arc<actix::Addr<Hub>>,
     /// Verifies WebSocket tokens.
     pub auth: JwtAuth,
     /// WebSocket policies and limits.
     pub settings: Arc<WsSettings>,
+    /// Whether upgrades take a token from their client's HTTP rate-limit bucket (off
+    /// with the rest of the middleware chain).
+    pub limit_upgrades: bool,
 }
 
 /// Registers every route.

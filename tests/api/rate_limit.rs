@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
 use crate::{
     helpers::{spawn_app_with, test_settings, TestApp, TestDb},
-    ws_client::token,
+    ws_client::{raw_connect, read_until_close, token, WsClient},
 };
 
 async fn limited_app(per_second: f64, burst: u32) -> TestApp {
@@ -100,4 +102,46 @@ async fn grpc_calls_over_the_limit_are_resource_exhausted_but_health_is_not_limi
             .await
             .expect("health is never limited");
     }
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_over_the_limit_is_closed_with_1013_after_the_upgrade() {
+    let app = limited_app(0.5, 2).await;
+    let first = WsClient::connect(&app, "?user_id=ann").await;
+    assert_eq!(
+        first.welcome["type"], "join",
+        "the first upgrade is admitted"
+    );
+    let ok = app.http.get(app.url("/rooms")).send().await.unwrap();
+    assert_eq!(
+        ok.status(),
+        200,
+        "upgrades and requests share the client's bucket"
+    );
+
+    // The bucket is empty: the upgrade still answers 101, then the session closes it with
+    // a reason a browser can read (it cannot read a 429).
+    let mut refused = raw_connect(&app, "?user_id=ann", &[]).await.unwrap();
+    let close = read_until_close(&mut refused).await;
+    assert_eq!(close.code, CloseCode::Again);
+    assert!(
+        close.reason.contains("rate limit exceeded; retry in 2s"),
+        "{}",
+        close.reason
+    );
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("switchboard_rate_limit_rejections_total{protocol=\"ws\"} 1"),
+        "the refusal is counted"
+    );
+    // A token's subject has its own bucket, for upgrades too.
+    WsClient::user(&app, "someone-else").await;
 }

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix::{Actor, Addr, Arbiter, AsyncContext, Context, Handler, MailboxError};
+use actix::{Actor, Addr, Arbiter, AsyncContext, Context, Handler};
 
 pub use messages::*;
 
@@ -151,10 +151,11 @@ impl RateLimiters {
         &self.shards[(hash % self.shards.len() as u64) as usize]
     }
 
-    /// Takes a token for `key` now.
-    pub async fn check(&self, key: String) -> Result<Decision, MailboxError> {
+    /// Takes a token for `key` now. The answer is a `'static` future, so it can be awaited
+    /// after the caller has returned (a WebSocket session awaits its upgrade's answer).
+    pub fn check(&self, key: String) -> actix::dev::Request<RateLimiter, Check> {
         let now = Instant::now();
-        self.shard(&key).send(Check { key, now }).await
+        self.shard(&key).send(Check { key, now })
     }
 
     /// Keys tracked across all shards.

@@ -9,6 +9,8 @@
 pub mod protocol;
 
 use std::{
+    future::Future,
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -18,6 +20,7 @@ use actix::{
     WrapFuture,
 };
 use actix_web_actors::ws::{self, CloseCode, CloseReason, Message, ProtocolError};
+use bytestring::ByteString;
 use serde_json::json;
 
 pub use protocol::{Outcome, Protocol};
@@ -32,19 +35,38 @@ use crate::{
 pub struct Session {
     /// This connection's id.
     id: SessionId,
-    /// The hub it is registered with.
-    hub: Addr<Hub>,
+    /// The hub it is registered with (one handle shared by all sessions).
+    hub: Arc<Addr<Hub>>,
     /// Parsing and per-connection limits (it holds the shared settings).
     protocol: Protocol,
     /// When the client last sent anything (a pong, a ping, a message).
     last_heard: Instant,
     /// When the server last pinged.
     last_ping: Instant,
+    /// Frames written since the connection's writer last took them (see [`Session::write`]).
+    burst: u8,
+    /// The rate limiter's pending answer for this connection's upgrade, awaited in `started`.
+    admission: Option<Admission>,
 }
 
+/// The rate limiter's answer to a WebSocket upgrade: `Err` holds how long the client
+/// should wait before trying again.
+pub type Admission = Pin<Box<dyn Future<Output = Result<(), Duration>>>>;
+
+/// Frames written before the session lets the connection's writer encode them. The
+/// context's frame queue keeps the capacity of the longest burst it ever held for the
+/// connection's whole life; yielding after this many keeps it at its smallest size.
+const WRITE_BURST: u8 = 4;
+
 impl Session {
-    /// A session for `identity`, not yet registered (that happens when it starts).
-    pub fn new(identity: crate::chat::Identity, hub: Addr<Hub>, settings: Arc<WsSettings>) -> Self {
+    /// A session for `identity`, not yet registered: when it starts it awaits `admission`
+    /// (closing with `1013` if refused), then registers with the hub.
+    pub fn new(
+        identity: crate::chat::Identity,
+        hub: Arc<Addr<Hub>>,
+        settings: Arc<WsSettings>,
+        admission: Option<Admission>,
+    ) -> Self {
         let now = Instant::now();
         Self {
             id: SessionId::new(),
@@ -52,6 +74,8 @@ impl Session {
             protocol: Protocol::new(identity, settings, now),
             last_heard: now,
             last_ping: now,
+            burst: 0,
+            admission,
         }
     }
 
@@ -123,10 +147,21 @@ impl Session {
         ctx.stop();
     }
 
+    /// Queues a text frame; after [`WRITE_BURST`] of them, handles nothing more until the
+    /// connection's writer has encoded them (one yield), so the queue never grows past that.
+    fn write(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: ByteString) {
+        ctx.text(text);
+        self.burst += 1;
+        if self.burst >= WRITE_BURST {
+            self.burst = 0;
+            ctx.wait(tokio::task::yield_now().into_actor(self));
+        }
+    }
+
     fn apply(&mut self, outcome: Outcome, ctx: &mut ws::WebsocketContext<Self>) {
         match outcome {
             Outcome::Hub(command) => self.dispatch(command),
-            Outcome::Reply(frame) => ctx.text(frame.encode()),
+            Outcome::Reply(frame) => self.write(ctx, frame.encode()),
             Outcome::Close(reason) => self.close_with(ctx, reason),
             Outcome::Pending => {}
         }
@@ -183,24 +218,35 @@ impl Actor for Session {
             identity: self.protocol.identity().clone(),
             addr: ctx.address().recipient(),
         };
+        let (admission, hub) = (self.admission.take(), self.hub.clone());
+        let answer = async move {
+            if let Some(admission) = admission {
+                admission.await?;
+            }
+            Ok::<_, Duration>(hub.send(connect).await)
+        };
         // Nothing else is handled until the hub has answered, so the welcome comes first.
-        let registered = self
-            .hub
-            .send(connect)
-            .into_actor(self)
-            .then(|answer, session, ctx| {
-                match answer {
-                    Ok(Ok(())) => ctx.text(session.welcome().encode()),
-                    Ok(Err(refused @ ConnectError::TooManySessions { .. })) => {
-                        session.close(ctx, CloseCode::Policy, refused.to_string())
-                    }
-                    Ok(Err(refused @ ConnectError::ShuttingDown)) => {
-                        session.close(ctx, CloseCode::Away, refused.to_string())
-                    }
-                    Err(_) => session.close(ctx, CloseCode::Error, "chat hub unavailable".into()),
+        let registered = answer.into_actor(self).then(|answer, session, ctx| {
+            match answer {
+                Err(retry_after) => {
+                    let wait = retry_after.as_secs_f64().ceil().max(1.0);
+                    let reason = format!("rate limit exceeded; retry in {wait}s");
+                    session.close(ctx, CloseCode::Again, reason)
                 }
-                fut::ready(())
-            });
+                Ok(Ok(Ok(()))) => {
+                    let welcome = session.welcome().encode();
+                    session.write(ctx, welcome)
+                }
+                Ok(Ok(Err(refused @ ConnectError::TooManySessions { .. }))) => {
+                    session.close(ctx, CloseCode::Policy, refused.to_string())
+                }
+                Ok(Ok(Err(refused @ ConnectError::ShuttingDown))) => {
+                    session.close(ctx, CloseCode::Away, refused.to_string())
+                }
+                Ok(Err(_)) => session.close(ctx, CloseCode::Error, "chat hub unavailable".into()),
+            }
+            fut::ready(())
+        });
         ctx.wait(registered);
     }
 
@@ -215,8 +261,8 @@ impl Handler<ToSession> for Session {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
-            ToSession::Frame(text) => ctx.text(text),
-            ToSession::Frames(texts) => texts.into_iter().for_each(|text| ctx.text(text)),
+            ToSession::Frame(text) => self.write(ctx, text),
+            ToSession::Frames(texts) => texts.into_iter().for_each(|text| self.write(ctx, text)),
             ToSession::Close(reason) => self.close_with(ctx, reason),
             ToSession::Pulse => self.on_pulse(ctx),
         }

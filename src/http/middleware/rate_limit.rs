@@ -11,7 +11,7 @@ use actix_web::{
     dev::{ServiceRequest, ServiceResponse},
     http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER},
     middleware::Next,
-    web, HttpMessage, HttpResponse,
+    web, HttpMessage, HttpRequest, HttpResponse,
 };
 use serde_json::json;
 
@@ -23,6 +23,10 @@ use crate::{
 
 /// Paths that are never limited (probes must see the truth under load).
 const EXEMPT: [&str; 4] = ["/livez", "/readyz", "/health", "/metrics"];
+
+/// WebSocket upgrades take their token too, but their session asks once upgraded (see
+/// [`crate::http::routes::ws`]), so the upgrade answers without waiting on another thread.
+const ADMITTED_BY_SESSION: &str = "/ws";
 
 /// What the middleware needs.
 #[derive(Clone)]
@@ -39,7 +43,8 @@ pub async fn rate_limit<B: MessageBody + 'static>(
     next: Next<B>,
 ) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
     let state = req.app_data::<web::Data<HttpState>>().cloned();
-    let Some(state) = state.filter(|_| !EXEMPT.contains(&req.path())) else {
+    let limited = !EXEMPT.contains(&req.path()) && req.path() != ADMITTED_BY_SESSION;
+    let Some(state) = state.filter(|_| limited) else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let limits = &state.rate_limit;
@@ -103,6 +108,11 @@ fn client_key(state: &HttpState, req: &ServiceRequest) -> String {
         req.extensions_mut().insert(claims);
         return key;
     }
+    ip_key(state, req.request())
+}
+
+/// `ip:<client ip>`: the peer, or the client a trusted proxy forwarded.
+pub fn ip_key(state: &HttpState, req: &HttpRequest) -> String {
     let peer = req.peer_addr().map(|a| a.ip());
     let ip = match peer {
         Some(peer) if state.rate_limit.trusted_proxies.contains(&peer) => {

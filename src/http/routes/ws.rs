@@ -1,20 +1,27 @@
 //! `GET /ws`: the WebSocket upgrade. Checks the origin and the token, then hands the
 //! connection to a new [`Session`] actor.
+//!
+//! The upgrade takes a token from its client's HTTP rate-limit bucket like any request,
+//! but the answer is awaited by the session, after the `101`: the upgrade itself never
+//! waits on the limiter's thread. A refused client gets close code `1013` (try again
+//! later) with the wait in the reason — which, unlike a `429`, a browser can read.
+//! (It also keeps actix's per-worker request pools small: every request in flight at once
+//! leaves a pooled request head of ~6 KiB behind.)
 
 use actix_web::{
     http::header::{self, HeaderValue},
-    web, HttpMessage, HttpRequest, HttpResponse,
+    web, HttpRequest, HttpResponse,
 };
 use actix_web_actors::ws;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::{
-    actors::session::Session,
-    auth::{bearer_token, Claims},
+    actors::session::{Admission, Session},
+    auth::bearer_token,
     chat::Identity,
     domain::UserName,
-    http::HttpState,
+    http::{middleware::ip_key, HttpState},
 };
 
 /// Registers the route.
@@ -69,20 +76,17 @@ async fn upgrade(
         Err(error) => return Ok(refuse(StatusCode::BAD_REQUEST, error.to_string())),
     };
     let header_token = header_str(&req, header::AUTHORIZATION).and_then(bearer_token);
-    let verified = req.extensions().get::<Claims>().cloned();
-    let identity = match (params.token.as_deref(), header_token, verified) {
-        // The header's token was verified by the rate-limit middleware.
-        (None, Some(_), Some(claims)) => Identity::user(&claims.sub, claims.is_admin()),
-        (Some(token), _, _) | (None, Some(token), None) => match state.chat.auth.verify(token) {
+    let identity = match params.token.as_deref().or(header_token) {
+        Some(token) => match state.chat.auth.verify(token) {
             Ok(claims) => Identity::user(&claims.sub, claims.is_admin()),
             Err(error) => return Ok(unauthorized(error.to_string())),
         },
-        (None, None, _) if settings.require_auth => {
+        None if settings.require_auth => {
             return Ok(unauthorized(
                 "a token is required: pass ?token=<jwt> or an Authorization: Bearer header",
             ))
         }
-        (None, None, _) => {
+        None => {
             let name = match params.user_id.as_deref().map(UserName::parse).transpose() {
                 Ok(name) => name.map(|n| n.as_str().to_owned()),
                 Err(error) => {
@@ -93,10 +97,45 @@ async fn upgrade(
             Identity::guest(name)
         }
     };
-    let session = Session::new(identity, state.chat.hub.clone(), settings.clone());
+    let admission = state
+        .chat
+        .limit_upgrades
+        .then(|| admission(&state, &req, &identity));
+    let session = Session::new(
+        identity,
+        state.chat.hub.clone(),
+        settings.clone(),
+        admission,
+    );
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(settings.max_message_size)
         .start()
+}
+
+/// Asks the rate limiter for this upgrade's token (keyed like the HTTP middleware: the
+/// token's subject, else the client IP); the session awaits the answer. A limiter that
+/// does not answer lets the client in, as the middleware does.
+fn admission(state: &HttpState, req: &HttpRequest, identity: &Identity) -> Admission {
+    let key = if identity.guest {
+        ip_key(state, req)
+    } else {
+        format!("sub:{}", identity.user_id)
+    };
+    let answer = state.rate_limit.limiters.check(key);
+    let refused = state.metrics.rate_limited.with_label_values(&["ws"]);
+    Box::pin(async move {
+        match answer.await {
+            Ok(decision) if !decision.allowed => {
+                refused.inc();
+                Err(decision.retry_after)
+            }
+            Ok(_) => Ok(()),
+            Err(error) => {
+                tracing::warn!(%error, "rate limiter unavailable; upgrade allowed");
+                Ok(())
+            }
+        }
+    })
 }
 
 fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {

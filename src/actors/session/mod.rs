@@ -20,7 +20,6 @@ use actix::{
     WrapFuture,
 };
 use actix_web_actors::ws::{self, CloseCode, CloseReason, Message, ProtocolError};
-use bytestring::ByteString;
 use serde_json::json;
 
 pub use protocol::{Outcome, Protocol};
@@ -43,8 +42,6 @@ pub struct Session {
     last_heard: Instant,
     /// When the server last pinged.
     last_ping: Instant,
-    /// Frames written since the connection's writer last took them (see [`Session::write`]).
-    burst: u8,
     /// The rate limiter's pending answer for this connection's upgrade, awaited in `started`.
     admission: Option<Admission>,
 }
@@ -52,11 +49,6 @@ pub struct Session {
 /// The rate limiter's answer to a WebSocket upgrade: `Err` holds how long the client
 /// should wait before trying again.
 pub type Admission = Pin<Box<dyn Future<Output = Result<(), Duration>>>>;
-
-/// Frames written before the session lets the connection's writer encode them. The
-/// context's frame queue keeps the capacity of the longest burst it ever held for the
-/// connection's whole life; yielding after this many keeps it at its smallest size.
-const WRITE_BURST: u8 = 4;
 
 impl Session {
     /// A session for `identity`, not yet registered: when it starts it awaits `admission`
@@ -74,7 +66,6 @@ impl Session {
             protocol: Protocol::new(identity, settings, now),
             last_heard: now,
             last_ping: now,
-            burst: 0,
             admission,
         }
     }
@@ -147,21 +138,10 @@ impl Session {
         ctx.stop();
     }
 
-    /// Queues a text frame; after [`WRITE_BURST`] of them, handles nothing more until the
-    /// connection's writer has encoded them (one yield), so the queue never grows past that.
-    fn write(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: ByteString) {
-        ctx.text(text);
-        self.burst += 1;
-        if self.burst >= WRITE_BURST {
-            self.burst = 0;
-            ctx.wait(tokio::task::yield_now().into_actor(self));
-        }
-    }
-
     fn apply(&mut self, outcome: Outcome, ctx: &mut ws::WebsocketContext<Self>) {
         match outcome {
             Outcome::Hub(command) => self.dispatch(command),
-            Outcome::Reply(frame) => self.write(ctx, frame.encode()),
+            Outcome::Reply(frame) => ctx.text(frame.encode()),
             Outcome::Close(reason) => self.close_with(ctx, reason),
             Outcome::Pending => {}
         }
@@ -233,10 +213,7 @@ impl Actor for Session {
                     let reason = format!("rate limit exceeded; retry in {wait}s");
                     session.close(ctx, CloseCode::Again, reason)
                 }
-                Ok(Ok(Ok(()))) => {
-                    let welcome = session.welcome().encode();
-                    session.write(ctx, welcome)
-                }
+                Ok(Ok(Ok(()))) => ctx.text(session.welcome().encode()),
                 Ok(Ok(Err(refused @ ConnectError::TooManySessions { .. }))) => {
                     session.close(ctx, CloseCode::Policy, refused.to_string())
                 }
@@ -261,8 +238,8 @@ impl Handler<ToSession> for Session {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
-            ToSession::Frame(text) => self.write(ctx, text),
-            ToSession::Frames(texts) => texts.into_iter().for_each(|text| self.write(ctx, text)),
+            ToSession::Frame(text) => ctx.text(text),
+            ToSession::Frames(texts) => texts.into_iter().for_each(|text| ctx.text(text)),
             ToSession::Close(reason) => self.close_with(ctx, reason),
             ToSession::Pulse => self.on_pulse(ctx),
         }

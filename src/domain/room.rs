@@ -36,10 +36,11 @@ impl serde::Serialize for RoomId {
     }
 }
 
-/// The rooms one session is in: few, so a vector sized exactly (16 bytes a room, no
-/// hash table) — kept per connection, where every byte counts ×10,000.
+/// The rooms one session is in: few, so an exact-size slice (16 bytes a room, no hash
+/// table, no spare capacity field) — kept per connection, where every byte counts ×10,000.
+/// Joins and leaves are rare next to messages, so they rebuild the slice.
 #[derive(Debug, Default)]
-pub struct RoomSet(Vec<RoomId>);
+pub struct RoomSet(Box<[RoomId]>);
 
 impl RoomSet {
     /// Adds `room`; `false` when it was already there.
@@ -47,17 +48,19 @@ impl RoomSet {
         if self.contains(room) {
             return false;
         }
-        self.0.reserve_exact(1);
-        self.0.push(room.clone());
+        let mut rooms = Vec::with_capacity(self.0.len() + 1);
+        rooms.extend(self.0.iter().cloned());
+        rooms.push(room.clone());
+        self.0 = rooms.into_boxed_slice();
         true
     }
 
     /// Removes `room`; `false` when it was not there.
     pub fn remove(&mut self, room: &RoomId) -> bool {
-        let Some(at) = self.0.iter().position(|r| r == room) else {
+        if !self.contains(room) {
             return false;
-        };
-        self.0.swap_remove(at);
+        }
+        self.0 = self.0.iter().filter(|r| *r != room).cloned().collect();
         true
     }
 
@@ -82,7 +85,7 @@ impl IntoIterator for RoomSet {
     type IntoIter = std::vec::IntoIter<RoomId>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        self.0.into_vec().into_iter()
     }
 }
 

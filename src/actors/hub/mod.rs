@@ -78,18 +78,14 @@ struct Room {
     /// Sessions joined with `since_offset` whose missed messages are being read: live
     /// frames wait here and follow the replay, so nothing is missed or repeated.
     recovering: HashMap<SessionId, Recovering>,
-    /// Users present, with how many of their sessions are subscribed.
-    users: HashMap<Arc<str>, RoomUser>,
+    /// Users present, with how many of their sessions are subscribed (their names are
+    /// in their sessions' identities, not repeated here).
+    users: HashMap<Arc<str>, u32>,
 }
 
 struct Recovering {
     addr: Outbox,
     held: Vec<ByteString>,
-}
-
-struct RoomUser {
-    name: Option<Arc<str>>,
-    sessions: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +212,7 @@ impl Hub {
             return;
         };
         for room in member.rooms {
-            self.unsubscribe(session, &member.identity.user_id, &room);
+            self.unsubscribe(session, &member.identity, &room);
         }
         if let Some(sessions) = self.users.get_mut(&member.identity.user_id) {
             sessions.retain(|s| *s != session);
@@ -228,25 +224,27 @@ impl Hub {
 
     /// Removes `session` from `room`; tells the others when the user's last session left,
     /// and drops the room when it is empty.
-    fn unsubscribe(&mut self, session: SessionId, user: &Arc<str>, room_id: &RoomId) {
+    fn unsubscribe(&mut self, session: SessionId, who: &Identity, room_id: &RoomId) {
         let Some(room) = self.rooms.get_mut(room_id) else {
             return;
         };
         room.members.remove(&session);
         room.recovering.remove(&session);
-        let mut user_left = None;
-        if let Some(entry) = room.users.get_mut(user) {
-            entry.sessions -= 1;
-            if entry.sessions == 0 {
-                user_left = room.users.remove(user);
+        let user = &who.user_id;
+        let mut user_left = false;
+        if let Some(sessions) = room.users.get_mut(user) {
+            *sessions -= 1;
+            if *sessions == 0 {
+                room.users.remove(user);
+                user_left = true;
             }
         }
         if room.members.is_empty() && room.recovering.is_empty() {
             self.rooms.remove(room_id);
             return;
         }
-        if let Some(left) = user_left {
-            let event = presence_event(room_id, "leave", user, left.name.as_deref());
+        if user_left {
+            let event = presence_event(room_id, "leave", user, who.name.as_deref());
             self.fanout(room_id, None, &event.encode());
         }
     }
@@ -457,12 +455,9 @@ impl Handler<Join> for Hub {
         let entry = self.rooms.entry(room.clone()).or_default();
         let mut first_of_user = false;
         if newly {
-            let present = entry.users.entry(user.clone()).or_insert(RoomUser {
-                name: name.clone(),
-                sessions: 0,
-            });
-            present.sessions += 1;
-            first_of_user = present.sessions == 1;
+            let sessions = entry.users.entry(user.clone()).or_insert(0);
+            *sessions += 1;
+            first_of_user = *sessions == 1;
         }
         match &replay {
             Some(_) => {
@@ -582,14 +577,14 @@ impl Handler<Leave> for Hub {
             self.settle();
             return;
         }
-        let user = member.identity.user_id.clone();
+        let who = member.identity.clone();
         self.reply(
             session,
             &Frame::system("leave")
                 .room(room.clone())
                 .content(format!("left {room}")),
         );
-        self.unsubscribe(session, &user, &room);
+        self.unsubscribe(session, &who, &room);
         self.settle();
     }
 }
@@ -731,14 +726,28 @@ impl Handler<ListMembers> for Hub {
 
     fn handle(&mut self, ListMembers { session, room }: ListMembers, _ctx: &mut Self::Context) {
         if self.member_of(session, &room).is_some() {
-            let mut members: Vec<_> = self.rooms[&room]
-                .users
-                .iter()
-                .map(|(user, present)| {
-                    json!({ "user_id": &**user, "name": present.name.as_deref(), "sessions": present.sessions })
+            let subscribed = &self.rooms[&room];
+            let sessions = subscribed
+                .members
+                .keys()
+                .chain(subscribed.recovering.keys());
+            // user -> (name, sessions), sorted by user id.
+            let mut present = std::collections::BTreeMap::new();
+            for identity in sessions
+                .filter_map(|s| self.sessions.get(s))
+                .map(|m| &m.identity)
+            {
+                let entry = present
+                    .entry(&*identity.user_id)
+                    .or_insert((identity.name.as_deref(), 0));
+                entry.1 += 1;
+            }
+            let members: Vec<_> = present
+                .into_iter()
+                .map(|(user, (name, sessions))| {
+                    json!({ "user_id": user, "name": name, "sessions": sessions })
                 })
                 .collect();
-            members.sort_by(|a, b| a["user_id"].as_str().cmp(&b["user_id"].as_str()));
             let listing = Frame::system("presence")
                 .room(room)
                 .content("members")

@@ -391,10 +391,10 @@ impl Application {
             tracing::warn!("shutdown timeout reached; remaining connections dropped");
         }
         if let Some(writer) = &self.history {
-            // Every message the hub relayed was handed to the writer before the hub answers
-            // this; then the last batch is written, even after a drain that timed out.
+            // Every relay reaches the writer before the hub answers `Drain`; then the last
+            // batch is written, even after a drain that timed out.
             let flush = async {
-                let _ = self.hub.send(hub::GetStats).await;
+                let _ = self.hub.send(hub::Drain).await;
                 writer.send(history::Flush).await
             };
             match tokio::time::timeout(self.shutdown_timeout, flush).await {

@@ -21,9 +21,7 @@ use tonic::{
     Request, Status,
 };
 
-use super::report::{
-    latency_histogram, merge, progress_bar, Percentiles, Report, Timeline, SAMPLE,
-};
+use super::report::{latency_histogram, merge, Percentiles, Report, Sampler, Timeline};
 use crate::grpc::pb::{
     user_service_client::UserServiceClient, CreateUserRequest, GetUserRequest, ListUsersRequest,
     StreamUsersRequest,
@@ -288,26 +286,10 @@ async fn read_snapshot(client: &mut Client, snapshot: u64) -> Result<u64, Status
 
 /// Calls completed per interval until `deadline`, with a progress bar.
 async fn sample(done: Arc<AtomicU64>, deadline: Instant) -> Timeline {
-    let total = deadline.saturating_duration_since(Instant::now());
-    let progress = progress_bar(
-        total.as_millis() as u64,
-        "{elapsed_precise} {wide_bar} {msg}",
-    );
-    let started = Instant::now();
-    let mut ticker = tokio::time::interval(SAMPLE);
-    ticker.tick().await;
-    let (mut last, mut counts) = (0, Vec::new());
+    let mut sampler = Sampler::new(deadline.saturating_duration_since(Instant::now()), "calls");
     while Instant::now() < deadline {
-        ticker.tick().await;
-        let now = done.load(Ordering::Relaxed);
-        counts.push(now - last);
-        last = now;
-        progress.set_position(started.elapsed().as_millis() as u64);
-        progress.set_message(format!("{now} calls"));
+        sampler.tick().await;
+        sampler.record(done.load(Ordering::Relaxed));
     }
-    progress.finish_and_clear();
-    Timeline {
-        interval: SAMPLE,
-        counts,
-    }
+    sampler.finish()
 }

@@ -20,6 +20,58 @@ pub fn progress_bar(len: u64, template: &str) -> ProgressBar {
     bar
 }
 
+/// Samples a running total every [`SAMPLE`] into a [`Timeline`], moving a progress bar
+/// over the expected run time; the caller decides when the run is over.
+pub struct Sampler {
+    progress: ProgressBar,
+    ticker: tokio::time::Interval,
+    started: std::time::Instant,
+    unit: &'static str,
+    last: u64,
+    counts: Vec<u64>,
+}
+
+impl Sampler {
+    /// Starts sampling a run expected to last `expected`; `unit` names the total
+    /// (`calls`, `delivered`) in the bar's message.
+    pub fn new(expected: Duration, unit: &'static str) -> Self {
+        let template = "{elapsed_precise} {wide_bar} {msg}";
+        let mut ticker = tokio::time::interval(SAMPLE);
+        ticker.reset(); // the first tick one interval from now, not at once
+        Self {
+            progress: progress_bar(expected.as_millis() as u64, template),
+            ticker,
+            started: std::time::Instant::now(),
+            unit,
+            last: 0,
+            counts: Vec::new(),
+        }
+    }
+
+    /// Waits for the next sampling time.
+    pub async fn tick(&mut self) {
+        self.ticker.tick().await;
+    }
+
+    /// Records the running `total` at this sample.
+    pub fn record(&mut self, total: u64) {
+        self.counts.push(total.saturating_sub(self.last));
+        self.last = total;
+        let elapsed = self.started.elapsed().as_millis() as u64;
+        self.progress.set_position(elapsed);
+        self.progress.set_message(format!("{total} {}", self.unit));
+    }
+
+    /// Clears the bar; the counts per interval.
+    pub fn finish(self) -> Timeline {
+        self.progress.finish_and_clear();
+        Timeline {
+            interval: SAMPLE,
+            counts: self.counts,
+        }
+    }
+}
+
 /// Latencies in microseconds, 1 µs to 10 min, two significant digits (about 10 KiB).
 pub fn latency_histogram() -> Histogram<u32> {
     Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid histogram bounds")
@@ -253,6 +305,17 @@ fn bars(values: &[u64], labels: &[String], x_title: &str, y_title: &str) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_sampler_records_what_each_interval_added() {
+        let mut sampler = Sampler::new(Duration::from_secs(1), "calls");
+        for total in [5, 12, 12, 20] {
+            sampler.record(total);
+        }
+        let timeline = sampler.finish();
+        assert_eq!(timeline.counts, [5, 7, 0, 8]);
+        assert_eq!(timeline.interval, SAMPLE);
+    }
 
     #[test]
     fn percentiles_and_html_reflect_the_recorded_latencies() {

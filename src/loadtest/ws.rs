@@ -26,7 +26,7 @@ use tokio_tungstenite::{
 };
 
 use super::report::{
-    latency_histogram, merge, progress_bar, Percentiles, Report, Timeline, SAMPLE,
+    latency_histogram, merge, progress_bar, Percentiles, Report, Sampler, Timeline,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -547,31 +547,15 @@ async fn sample(
     mut stop: watch::Receiver<bool>,
     duration: Duration,
 ) -> Timeline {
-    let progress = progress_bar(
-        duration.as_millis() as u64,
-        "{elapsed_precise} {wide_bar} {msg}",
-    );
-    let started = Instant::now();
-    let mut ticker = tokio::time::interval(SAMPLE);
-    ticker.tick().await;
-    let mut last = 0;
-    let mut counts = Vec::new();
+    let mut sampler = Sampler::new(duration, "delivered");
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            _ = ticker.tick() => {}
+            _ = sampler.tick() => {}
         }
-        let now = shared.delivered.load(Ordering::Relaxed);
-        counts.push(now - last);
-        last = now;
-        progress.set_position(started.elapsed().as_millis() as u64);
-        progress.set_message(format!("{now} delivered"));
+        sampler.record(shared.delivered.load(Ordering::Relaxed));
     }
-    progress.finish_and_clear();
-    Timeline {
-        interval: SAMPLE,
-        counts,
-    }
+    sampler.finish()
 }
 
 /// Resident memory of process `pid`, in KiB (Linux).

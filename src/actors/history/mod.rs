@@ -94,9 +94,7 @@ impl HistoryWriter {
         if self.waiting() == 0 {
             return;
         }
-        let take = self.pending.len().min(self.settings.batch_size);
-        let batch: Vec<StoredMessage> = self.pending.drain(..take).collect();
-        let privates = std::mem::take(&mut self.pending_private);
+        let (batch, privates) = self.take(self.settings.batch_size);
         let db = self.db.clone();
         let written = async move {
             let result = db.append_history(&batch, &privates).await;
@@ -123,6 +121,13 @@ impl HistoryWriter {
             writer.schedule(ctx);
         });
         ctx.wait(written);
+    }
+
+    /// Takes up to `limit` waiting room messages, oldest first, and every waiting private one.
+    fn take(&mut self, limit: usize) -> (Vec<StoredMessage>, Vec<StoredPrivate>) {
+        let take = self.pending.len().min(limit);
+        let batch = self.pending.drain(..take).collect();
+        (batch, std::mem::take(&mut self.pending_private))
     }
 
     /// Drops the oldest waiting messages beyond `max_pending`.
@@ -254,8 +259,7 @@ impl Handler<Flush> for HistoryWriter {
     type Result = AtomicResponse<Self, Result<usize, DbError>>;
 
     fn handle(&mut self, _msg: Flush, _ctx: &mut Self::Context) -> Self::Result {
-        let batch: Vec<StoredMessage> = self.pending.drain(..).collect();
-        let privates = std::mem::take(&mut self.pending_private);
+        let (batch, privates) = self.take(usize::MAX);
         let db = self.db.clone();
         AtomicResponse::new(Box::pin(
             async move {

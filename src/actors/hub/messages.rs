@@ -205,3 +205,9 @@ pub struct HubStats {
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
 pub struct Shutdown;
+
+/// Answers once every message sent to the hub before it has been handled — and so every
+/// relay before it has been handed to the history writer. A barrier for shutdown.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Drain;

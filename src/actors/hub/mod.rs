@@ -803,3 +803,10 @@ impl Handler<Shutdown> for Hub {
         self.sessions.len()
     }
 }
+
+impl Handler<Drain> for Hub {
+    type Result = ();
+
+    /// Nothing to do: the mailbox is handled in order, so answering is the barrier.
+    fn handle(&mut self, _msg: Drain, _ctx: &mut Self::Context) {}
+}

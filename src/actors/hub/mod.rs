@@ -7,25 +7,26 @@
 //! to close with 1008 — after the frames already queued, so it can tell where its stream
 //! ended. Nobody else waits for it.
 
+mod history;
 pub mod messages;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use actix::{
-    prelude::SendError, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, MailboxError,
-    MessageResult, Recipient, WrapFuture,
+    prelude::SendError, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, MessageResult,
+    Recipient, WrapFuture,
 };
 use actix_web_actors::ws::{CloseCode, CloseReason};
 use bytestring::ByteString;
 use chrono::{SubsecRound, Utc};
-use serde_json::{json, Value};
+use serde_json::json;
 
+use history::Recovering;
 pub use messages::*;
 
 use crate::{
-    actors::history::{Append, AppendPrivate, HistoryWriter, LastMessages, Replay},
+    actors::history::{Append, AppendPrivate, HistoryWriter, Replay},
     chat::{frame::message_id, Frame, Identity, SessionId},
-    db::DbError,
     domain::{RoomId, RoomSet, StoredMessage, StoredPrivate},
 };
 
@@ -83,11 +84,6 @@ struct Room {
     users: HashMap<Arc<str>, u32>,
 }
 
-struct Recovering {
-    addr: Outbox,
-    held: Vec<ByteString>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
     /// The mailbox is full: the client is not reading.
@@ -139,11 +135,6 @@ impl Hub {
     pub fn with_recovery_buffer(mut self, frames: usize) -> Self {
         self.recovery_buffer = frames.max(1);
         self
-    }
-
-    /// The last offset handed out in `room` (0 before its first message).
-    fn top(&self, room: &RoomId) -> u64 {
-        self.offsets.get(room).copied().unwrap_or(0)
     }
 
     /// Sends one frame to one session.
@@ -269,72 +260,6 @@ impl Hub {
 
     fn ack(&mut self, session: SessionId, id: String, kind: &str, room: Option<RoomId>) {
         self.reply(session, &ack(id, kind, room));
-    }
-
-    /// The `join` confirmation: member counts, the room's last offset and, after a
-    /// `since_offset`, whether every missed message was replayed.
-    fn joined(&self, room_id: &RoomId, top: u64, recovery: Option<(bool, usize)>) -> Frame {
-        let (users, sessions) = self.rooms.get(room_id).map_or((0, 0), |r| {
-            (r.users.len(), r.members.len() + r.recovering.len())
-        });
-        let mut details = json!({ "users": users, "sessions": sessions, "offset": top });
-        if let Some((recovered, replayed)) = recovery {
-            details["recovered"] = json!(recovered);
-            details["replayed"] = json!(replayed);
-        }
-        Frame::system("join")
-            .room(room_id.clone())
-            .content(format!("joined {room_id}"))
-            .details(details)
-    }
-
-    /// Ends a recovery: the confirmation, the missed messages, then the live frames held
-    /// meanwhile go out as one batch, and the session becomes an ordinary member.
-    fn finish_recovery(
-        &mut self,
-        session: SessionId,
-        room_id: &RoomId,
-        (since, top): (u64, u64),
-        answer: Result<Result<Vec<StoredMessage>, DbError>, MailboxError>,
-    ) {
-        let Some(recovering) = self
-            .rooms
-            .get_mut(room_id)
-            .and_then(|room| room.recovering.remove(&session))
-        else {
-            return; // left the room or disconnected meanwhile
-        };
-        if let Some(room) = self.rooms.get_mut(room_id) {
-            room.members.insert(session, recovering.addr.clone());
-        }
-        let missed = match answer {
-            Ok(Ok(messages)) => messages,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, room = %room_id, "could not read missed messages");
-                Vec::new()
-            }
-            Err(error) => {
-                tracing::warn!(%error, "history writer unavailable");
-                Vec::new()
-            }
-        };
-        // Offsets are unique and within since+1..=top, so the count tells whether any is missing.
-        let recovered = missed.len() as u64 == top - since;
-        self.stats.recoveries += 1;
-        self.stats.recovered += u64::from(recovered);
-        let mut frames = Vec::with_capacity(1 + missed.len() + recovering.held.len());
-        frames.push(
-            self.joined(room_id, top, Some((recovered, missed.len())))
-                .encode(),
-        );
-        frames.extend(missed.iter().map(|m| Frame::stored(m).encode()));
-        frames.extend(recovering.held);
-        let count = frames.len() as u64;
-        match recovering.addr.try_send(ToSession::Frames(frames)) {
-            Ok(()) => self.stats.frames_out += count,
-            Err(SendError::Full(_)) => self.failed.push((session, Failure::Slow)),
-            Err(SendError::Closed(_)) => self.failed.push((session, Failure::Closed)),
-        }
     }
 }
 
@@ -504,64 +429,6 @@ impl Handler<Join> for Hub {
             }
         }
         self.settle();
-    }
-}
-
-impl Handler<History> for Hub {
-    type Result = ();
-
-    fn handle(
-        &mut self,
-        History {
-            session,
-            room,
-            limit,
-        }: History,
-        ctx: &mut Self::Context,
-    ) {
-        if self.member_of(session, &room).is_none() {
-            return self.settle();
-        }
-        let Some(writer) = self.history.clone() else {
-            self.error(session, "history is not kept on this server".into());
-            return self.settle();
-        };
-        let top = self.top(&room);
-        let request = LastMessages {
-            room: room.clone(),
-            upto: top,
-            limit,
-        };
-        ctx.spawn(
-            writer
-                .send(request)
-                .into_actor(self)
-                .map(move |answer, hub, _ctx| {
-                    match answer {
-                        Ok(Ok(messages)) => {
-                            let listed: Vec<Value> = messages
-                                .iter()
-                                .filter_map(|m| serde_json::to_value(Frame::stored(m)).ok())
-                                .collect();
-                            let frame = Frame::system("history")
-                                .room(room)
-                                .content(format!("{} messages", listed.len()))
-                                .details(json!({
-                                    "offset": top,
-                                    "count": listed.len(),
-                                    "messages": listed,
-                                }));
-                            hub.reply(session, &frame);
-                        }
-                        Ok(Err(error)) => {
-                            tracing::warn!(%error, %room, "could not read history");
-                            hub.error(session, "history is unavailable right now".into());
-                        }
-                        Err(_) => hub.error(session, "history is unavailable right now".into()),
-                    }
-                    hub.settle();
-                }),
-        );
     }
 }
 

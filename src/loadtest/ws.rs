@@ -18,25 +18,23 @@ use std::{
 use anyhow::{bail, Context as _};
 use futures_util::{stream, FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use tokio::{net::TcpStream, sync::watch};
-use tokio_tungstenite::{
-    tungstenite::{self, protocol::WebSocketConfig, Message},
-    MaybeTlsStream, WebSocketStream,
-};
+use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream, WebSocketStream};
 
-use super::report::{
-    latency_histogram, merge, progress_bar, Percentiles, Report, Sampler, Timeline,
-};
+use super::report::{latency_histogram, merge, progress_bar, Sampler, Timeline};
+
+mod connect;
+mod outcome;
+
+use connect::{open, JoinWait};
+pub use outcome::rss_kib;
+use outcome::Outcome;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Marks a load payload: `sb1 <publisher> <sequence> <sent µs> <padding>`.
 const MARKER: &str = "sb1 ";
-/// Longest wait for a welcome or a join confirmation.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the first join waits to learn whether the server confirms joins.
-const JOIN_PROBE: Duration = Duration::from_secs(2);
 
 /// Options of `switchboard bench ws`.
 #[derive(Debug, Clone, clap::Args)]
@@ -163,22 +161,6 @@ pub fn run(args: WsBenchArgs) -> anyhow::Result<()> {
     outcome.print_and_save()
 }
 
-struct Outcome {
-    args: WsBenchArgs,
-    subscribers: usize,
-    connect_errors: u64,
-    first_connect_error: Option<String>,
-    joins_confirmed: bool,
-    sent: u64,
-    expected: u64,
-    delivered: u64,
-    publish_time: Duration,
-    latency: Histogram<u32>,
-    timeline: Timeline,
-    shared: Arc<Shared>,
-    rss_kib: Option<(u64, u64)>,
-}
-
 async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
     let shared = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -215,7 +197,7 @@ async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
         }
         Err(error) => {
             connect_errors += 1;
-            first_connect_error = Some(error.to_string());
+            first_connect_error = Some(format!("{error:#}"));
         }
     }
     progress.inc(1);
@@ -234,7 +216,7 @@ async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
             }
             Err(error) => {
                 connect_errors += 1;
-                first_connect_error.get_or_insert_with(|| error.to_string());
+                first_connect_error.get_or_insert_with(|| format!("{error:#}"));
             }
         }
     }
@@ -246,7 +228,7 @@ async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
             Ok((ws, _)) => publishers.push((room_index, ws)),
             Err(error) => {
                 connect_errors += 1;
-                first_connect_error.get_or_insert_with(|| error.to_string());
+                first_connect_error.get_or_insert_with(|| format!("{error:#}"));
             }
         }
         progress.inc(1);
@@ -325,91 +307,6 @@ async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
         timeline,
         shared,
     })
-}
-
-#[derive(Debug, Clone, Copy)]
-enum JoinWait {
-    /// Wait briefly for a confirmation; a server that sends none is fine.
-    Probe,
-    /// The server confirms joins: wait for it.
-    Confirmed,
-    /// The server does not confirm joins.
-    No,
-}
-
-/// Connects, waits for the welcome frame, joins `room`; answers whether the join was confirmed.
-async fn open(url: &str, room: &str, wait: JoinWait) -> anyhow::Result<(Ws, bool)> {
-    // Small read buffers (the default is 128 KiB per connection) and no Nagle delay on
-    // the publishers' small writes.
-    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
-    let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
-    let (mut ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
-        .await
-        .context("timed out connecting")?
-        .map_err(describe)?;
-    next_text(&mut ws, HANDSHAKE_TIMEOUT, |_| true)
-        .await
-        .context("no welcome frame")?;
-    let join = json!({"type": "join", "room_id": room}).to_string();
-    ws.send(Message::text(join)).await?;
-    let is_confirmation = |v: &Value| v["type"] == "join" && v["room_id"] == room;
-    let confirmed = match wait {
-        JoinWait::No => false,
-        JoinWait::Probe => next_text(&mut ws, JOIN_PROBE, is_confirmation)
-            .await
-            .is_ok(),
-        JoinWait::Confirmed => {
-            next_text(&mut ws, HANDSHAKE_TIMEOUT, is_confirmation)
-                .await
-                .context("the join was not confirmed")?;
-            true
-        }
-    };
-    Ok((ws, confirmed))
-}
-
-/// A connection error in words, with the HTTP status when the upgrade was refused.
-fn describe(error: tungstenite::Error) -> anyhow::Error {
-    match error {
-        tungstenite::Error::Http(response) => {
-            let status = response.status();
-            let hint = if status.as_u16() == 429 {
-                " (the server's rate limit: raise it, e.g. `--rate-limit 1000000` on switchboard)"
-            } else {
-                ""
-            };
-            anyhow::anyhow!("the upgrade was refused with HTTP {status}{hint}")
-        }
-        other => anyhow::anyhow!("{other}"),
-    }
-}
-
-/// The next text frame that `wanted` accepts, within `limit`.
-async fn next_text(
-    ws: &mut Ws,
-    limit: Duration,
-    wanted: impl Fn(&Value) -> bool,
-) -> anyhow::Result<Value> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let message = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .context("timed out")?
-            .context("the connection closed")??;
-        match message {
-            Message::Text(text) => {
-                let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                if value["type"] == "error" {
-                    bail!("the server answered with an error: {}", value["content"]);
-                }
-                if wanted(&value) {
-                    return Ok(value);
-                }
-            }
-            Message::Close(frame) => bail!("the server closed the connection: {frame:?}"),
-            _ => {}
-        }
-    }
 }
 
 /// The send time (µs since the run's base) in a load payload frame.
@@ -556,114 +453,6 @@ async fn sample(
         sampler.record(shared.delivered.load(Ordering::Relaxed));
     }
     sampler.finish()
-}
-
-/// Resident memory of process `pid`, in KiB (Linux).
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-impl Outcome {
-    fn print_and_save(&self) -> anyhow::Result<()> {
-        let args = &self.args;
-        let lost = self.expected.saturating_sub(self.delivered);
-        let seconds = self.publish_time.as_secs_f64().max(1e-9);
-        let per_second = (self.delivered as f64 / seconds).round();
-        let percentiles = Percentiles::of(&self.latency);
-        let mut json = Map::new();
-        json.insert("clients".into(), (self.subscribers as u64).into());
-        json.insert("rooms".into(), (args.rooms as u64).into());
-        json.insert("publishers".into(), (args.publishers as u64).into());
-        json.insert("rate".into(), args.rate.into());
-        json.insert("size".into(), (args.size as u64).into());
-        json.insert("duration_s".into(), args.duration.as_secs_f64().into());
-        json.insert("sent".into(), self.sent.into());
-        json.insert("expected_deliveries".into(), self.expected.into());
-        json.insert("delivered".into(), self.delivered.into());
-        json.insert("lost".into(), lost.into());
-        json.insert("deliveries_per_sec".into(), per_second.into());
-        percentiles.insert_into(&mut json);
-        json.insert("connect_errors".into(), self.connect_errors.into());
-        let error_frames = self.shared.error_frames.load(Ordering::Relaxed);
-        let closed = self.shared.closed_by_server.load(Ordering::Relaxed);
-        json.insert("error_frames".into(), error_frames.into());
-        json.insert("closed_by_server".into(), closed.into());
-        json.insert("joins_confirmed".into(), self.joins_confirmed.into());
-        let mut rows = vec![
-            (
-                "clients".to_owned(),
-                format!(
-                    "{} subscribers in {} rooms, {} publishers",
-                    self.subscribers, args.rooms, args.publishers
-                ),
-            ),
-            ("connect errors".into(), self.connect_errors.to_string()),
-            (
-                "sent".into(),
-                format!(
-                    "{} messages of {} B at {}/s for {:.1} s",
-                    self.sent, args.size, args.rate, seconds
-                ),
-            ),
-            ("expected".into(), self.expected.to_string()),
-            ("delivered".into(), self.delivered.to_string()),
-            ("lost".into(), lost.to_string()),
-            ("deliveries/s".into(), format!("{per_second}")),
-            (
-                "latency (ms)".into(),
-                format!(
-                    "p50 {}  p99 {}  p99.9 {}  max {}",
-                    percentiles.p50_ms, percentiles.p99_ms, percentiles.p999_ms, percentiles.max_ms
-                ),
-            ),
-            (
-                "server".into(),
-                format!(
-                    "{error_frames} error frames, {closed} connections closed by the server{}",
-                    if self.joins_confirmed {
-                        ""
-                    } else {
-                        ", joins not confirmed"
-                    }
-                ),
-            ),
-        ];
-        if let Some((before, held)) = self.rss_kib {
-            let connections = (self.subscribers + args.publishers).max(1) as f64;
-            let per = (held.saturating_sub(before)) as f64 / connections;
-            let per = (per * 100.0).round() / 100.0;
-            json.insert("rss_before_kib".into(), before.into());
-            json.insert("rss_connected_kib".into(), held.into());
-            json.insert("rss_per_connection_kib".into(), per.into());
-            rows.push((
-                "server memory".into(),
-                format!("{before} KiB before, {held} KiB connected: {per} KiB per connection"),
-            ));
-        }
-        if let Some(error) = &self.first_connect_error {
-            rows.push(("first connect error".into(), error.clone()));
-        }
-        if let Some(error) = self
-            .shared
-            .first_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            rows.push(("first error frame".into(), error.clone()));
-        }
-        let report = Report {
-            title: format!("switchboard bench ws — {}", args.url),
-            rows,
-            json,
-            latency: &self.latency,
-            timeline: &self.timeline,
-            unit: "deliveries",
-        };
-        report.finish(args.report.as_deref())
-    }
 }
 
 #[cfg(test)]

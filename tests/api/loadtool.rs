@@ -197,3 +197,31 @@ async fn bench_ws_refuses_bad_options_and_unreachable_servers_clearly() {
         unreachable.stderr
     );
 }
+
+#[tokio::test]
+async fn bench_ws_names_the_rate_limit_when_the_server_refuses_upgrades() {
+    let db = TestDb::sqlite();
+    let mut settings = test_settings(&db);
+    settings.rate_limit_per_second = 0.01;
+    settings.rate_limit_burst = 1;
+    let app = spawn_app_with(db, settings).await;
+    assert_eq!(app.get_status("/rooms").await, 200, "takes the only token");
+    let url = format!("ws://{}/ws", app.http_addr);
+    let refused = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = switchboard(dir.path());
+        command.args(["bench", "ws", "--url", &url, "--clients", "2"]);
+        run_within(command, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        refused.stderr.contains("rate limit exceeded")
+            && refused
+                .stderr
+                .contains("raise it, e.g. `--rate-limit 1000000`"),
+        "{}",
+        refused.stderr
+    );
+}

@@ -84,15 +84,7 @@ async fn the_breaker_opens_when_the_database_goes_away_and_chat_keeps_working() 
         .await;
     assert_eq!(bob.recv_kind("message").await["content"], "still talking");
 
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text("/metrics").await;
     assert!(metrics.contains("switchboard_circuit_breaker_state{state=\"open\"} 1"));
 }
 

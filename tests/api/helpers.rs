@@ -210,6 +210,18 @@ impl TestApp {
             .status()
     }
 
+    /// The body of `GET path` as text (whatever the status), e.g. a `/metrics` scrape.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the server answers")
+            .text()
+            .await
+            .expect("a text body")
+    }
+
     /// `GET path`, parsed as JSON (whatever the status).
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.http

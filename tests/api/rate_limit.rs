@@ -45,8 +45,7 @@ async fn a_burst_over_the_limit_gets_429_with_retry_after_and_ratelimit_headers(
     let probe = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(probe.status(), 200, "health probes are never limited");
 
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
-    let text = metrics.text().await.unwrap();
+    let text = app.get_text("/metrics").await;
     assert!(
         text.contains("switchboard_rate_limit_rejections_total{protocol=\"http\"} 1"),
         "the rejection is counted"
@@ -129,15 +128,7 @@ async fn a_websocket_upgrade_over_the_limit_is_closed_with_1013_after_the_upgrad
         "{}",
         close.reason
     );
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get_text("/metrics").await;
     assert!(
         text.contains("switchboard_rate_limit_rejections_total{protocol=\"ws\"} 1"),
         "the refusal is counted"

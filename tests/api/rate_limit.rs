@@ -136,3 +136,16 @@ async fn a_websocket_upgrade_over_the_limit_is_closed_with_1013_after_the_upgrad
     // A token's subject has its own bucket, for upgrades too.
     WsClient::user(&app, "someone-else").await;
 }
+
+#[tokio::test]
+async fn refused_websocket_upgrades_take_tokens_too_and_get_429_when_over() {
+    let app = limited_app(0.01, 2).await;
+    let bad = [("authorization", "Bearer not-a-jwt")];
+    for _ in 0..2 {
+        let refused = WsClient::try_connect(&app, "", &bad).await.err().unwrap();
+        assert_eq!(refused.status, 401);
+    }
+    let over = WsClient::try_connect(&app, "", &bad).await.err().unwrap();
+    assert_eq!(over.status, 429, "bad-token upgrades cannot be hammered");
+    assert_eq!(over.body["error"], "rate limit exceeded");
+}

@@ -57,27 +57,37 @@ pub async fn rate_limit<B: MessageBody + 'static>(
             return Ok(next.call(req).await?.map_into_left_body());
         }
     };
-    let quota = limits.limiters.quota();
     if !decision.allowed {
-        state
-            .metrics
-            .rate_limited
-            .with_label_values(&["http"])
-            .inc();
-        let retry_after = decision.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-        let mut response = HttpResponse::TooManyRequests().json(json!({
-            "error": "rate limit exceeded",
-            "retry_after_seconds": retry_after,
-        }));
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(retry_after));
-        add_headers(response.headers_mut(), quota, decision);
+        let response = too_many_requests(&state, decision);
         return Ok(req.into_response(response).map_into_right_body());
     }
     let mut response = next.call(req).await?;
-    add_headers(response.headers_mut(), quota, decision);
+    add_headers(response.headers_mut(), limits.limiters.quota(), decision);
     Ok(response.map_into_left_body())
+}
+
+/// The `429` for a refused `decision`, with `Retry-After` and the `RateLimit` headers;
+/// counted in the rejections metric.
+pub fn too_many_requests(state: &HttpState, decision: Decision) -> HttpResponse {
+    state
+        .metrics
+        .rate_limited
+        .with_label_values(&["http"])
+        .inc();
+    let retry_after = decision.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = HttpResponse::TooManyRequests().json(json!({
+        "error": "rate limit exceeded",
+        "retry_after_seconds": retry_after,
+    }));
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    add_headers(
+        response.headers_mut(),
+        state.rate_limit.limiters.quota(),
+        decision,
+    );
+    response
 }
 
 /// `RateLimit-Policy: "default";q=<burst>;w=<seconds to refill>` and

@@ -2,8 +2,8 @@
 //! connection to a new [`Session`] actor.
 //!
 //! The upgrade takes a token from its client's HTTP rate-limit bucket like any request,
-//! but the answer is awaited by the session, after the `101`: the upgrade itself never
-//! waits on the limiter's thread. A refused client gets close code `1013` (try again
+//! but the answer is awaited by the session, after the `101`: an accepted upgrade never
+//! waits on the limiter's thread (a refused one does, and is answered `429` when over). A refused client gets close code `1013` (try again
 //! later) with the wait in the reason — which, unlike a `429`, a browser can read.
 //! (It also keeps actix's per-worker request pools small: every request in flight at once
 //! leaves a pooled request head of ~6 KiB behind.)
@@ -21,7 +21,10 @@ use crate::{
     auth::bearer_token,
     chat::Identity,
     domain::UserName,
-    http::{middleware::ip_key, HttpState},
+    http::{
+        middleware::{ip_key, too_many_requests},
+        HttpState,
+    },
 };
 
 /// Registers the route.
@@ -38,8 +41,9 @@ struct Params {
     user_id: Option<String>,
 }
 
-fn refuse(status: actix_web::http::StatusCode, error: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "error": error.into() }))
+/// A refusal with its reason as JSON (boxed: it travels in a `Result`'s error side).
+fn refuse(status: actix_web::http::StatusCode, error: impl Into<String>) -> Box<HttpResponse> {
+    Box::new(HttpResponse::build(status).json(json!({ "error": error.into() })))
 }
 
 async fn upgrade(
@@ -47,56 +51,11 @@ async fn upgrade(
     stream: web::Payload,
     state: web::Data<HttpState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    use actix_web::http::StatusCode;
-
+    let identity = match identify(&req, &state) {
+        Ok(identity) => identity,
+        Err(refusal) => return Ok(refused(&state, &req, *refusal).await),
+    };
     let settings = &state.chat.settings;
-    if *state.draining.borrow() {
-        return Ok(refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down",
-        ));
-    }
-    if let Err(error) = ws::handshake(&req) {
-        let reason = format!("not a WebSocket upgrade: {error}");
-        return Ok(refuse(StatusCode::BAD_REQUEST, reason));
-    }
-    let origin = header_str(&req, header::ORIGIN);
-    if !settings
-        .allowed_origins
-        .allows(origin, header_str(&req, header::HOST))
-    {
-        tracing::info!(origin = origin.unwrap_or(""), "WebSocket origin refused");
-        return Ok(refuse(
-            StatusCode::FORBIDDEN,
-            format!("origin {} is not allowed", origin.unwrap_or("")),
-        ));
-    }
-    let params = match web::Query::<Params>::from_query(req.query_string()) {
-        Ok(params) => params.into_inner(),
-        Err(error) => return Ok(refuse(StatusCode::BAD_REQUEST, error.to_string())),
-    };
-    let header_token = header_str(&req, header::AUTHORIZATION).and_then(bearer_token);
-    let identity = match params.token.as_deref().or(header_token) {
-        Some(token) => match state.chat.auth.verify(token) {
-            Ok(claims) => Identity::user(&claims.sub, claims.is_admin()),
-            Err(error) => return Ok(unauthorized(error.to_string())),
-        },
-        None if settings.require_auth => {
-            return Ok(unauthorized(
-                "a token is required: pass ?token=<jwt> or an Authorization: Bearer header",
-            ))
-        }
-        None => {
-            let name = match params.user_id.as_deref().map(UserName::parse).transpose() {
-                Ok(name) => name.map(|n| n.as_str().to_owned()),
-                Err(error) => {
-                    let reason = format!("invalid user_id: {}", error.reason);
-                    return Ok(refuse(StatusCode::BAD_REQUEST, reason));
-                }
-            };
-            Identity::guest(name)
-        }
-    };
     let admission = state
         .chat
         .limit_upgrades
@@ -110,6 +69,74 @@ async fn upgrade(
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(settings.max_message_size)
         .start()
+}
+
+/// A refused upgrade takes a token from its client's bucket too (by IP), and a client
+/// over the limit hears `429` instead, so refused upgrades cannot be hammered. Refusals
+/// are rare, so waiting on the limiter here costs nothing.
+async fn refused(state: &HttpState, req: &HttpRequest, refusal: HttpResponse) -> HttpResponse {
+    if !state.chat.limit_upgrades {
+        return refusal;
+    }
+    match state.rate_limit.limiters.check(ip_key(state, req)).await {
+        Ok(decision) if !decision.allowed => too_many_requests(state, decision),
+        _ => refusal,
+    }
+}
+
+/// Who is upgrading, or the answer that refuses them.
+fn identify(req: &HttpRequest, state: &HttpState) -> Result<Identity, Box<HttpResponse>> {
+    use actix_web::http::StatusCode;
+
+    let settings = &state.chat.settings;
+    if *state.draining.borrow() {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ));
+    }
+    if let Err(error) = ws::handshake(req) {
+        let reason = format!("not a WebSocket upgrade: {error}");
+        return Err(refuse(StatusCode::BAD_REQUEST, reason));
+    }
+    let origin = header_str(req, header::ORIGIN);
+    if !settings
+        .allowed_origins
+        .allows(origin, header_str(req, header::HOST))
+    {
+        tracing::info!(origin = origin.unwrap_or(""), "WebSocket origin refused");
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("origin {} is not allowed", origin.unwrap_or("")),
+        ));
+    }
+    let params = match web::Query::<Params>::from_query(req.query_string()) {
+        Ok(params) => params.into_inner(),
+        Err(error) => return Err(refuse(StatusCode::BAD_REQUEST, error.to_string())),
+    };
+    let header_token = header_str(req, header::AUTHORIZATION).and_then(bearer_token);
+    let identity = match params.token.as_deref().or(header_token) {
+        Some(token) => match state.chat.auth.verify(token) {
+            Ok(claims) => Identity::user(&claims.sub, claims.is_admin()),
+            Err(error) => return Err(unauthorized(error.to_string())),
+        },
+        None if settings.require_auth => {
+            return Err(unauthorized(
+                "a token is required: pass ?token=<jwt> or an Authorization: Bearer header",
+            ))
+        }
+        None => {
+            let name = match params.user_id.as_deref().map(UserName::parse).transpose() {
+                Ok(name) => name.map(|n| n.as_str().to_owned()),
+                Err(error) => {
+                    let reason = format!("invalid user_id: {}", error.reason);
+                    return Err(refuse(StatusCode::BAD_REQUEST, reason));
+                }
+            };
+            Identity::guest(name)
+        }
+    };
+    Ok(identity)
 }
 
 /// Asks the rate limiter for this upgrade's token (keyed like the HTTP middleware: the
@@ -142,7 +169,7 @@ fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn unauthorized(error: impl Into<String>) -> HttpResponse {
+fn unauthorized(error: impl Into<String>) -> Box<HttpResponse> {
     let mut response = refuse(actix_web::http::StatusCode::UNAUTHORIZED, error);
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,

@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::{json, Value};
 
-use crate::helpers::{in_ci, spawn_app};
+use crate::helpers::{in_ci, spawn_app, spawn_app_with, test_settings, TestDb};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -272,6 +272,47 @@ async fn two_people_chat_on_the_page_and_a_reload_brings_the_history_back() {
     eprintln!("screenshot: {}", shot.display());
     ann.close().await;
     bob.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_a_rate_limit_close_and_waits_as_advised_before_reconnecting() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    // Two tokens, one every 10 s: the page and its first stats poll take both.
+    let db = TestDb::sqlite();
+    let mut settings = test_settings(&db);
+    settings.rate_limit_per_second = 0.1;
+    settings.rate_limit_burst = 2;
+    let app = spawn_app_with(db, settings).await;
+    let profile = tempfile::tempdir().unwrap();
+    let ann = driver.browser(&profile).await;
+    ann.open(&app.url("/")).await;
+    ann.wait_for("stat-sessions", "0").await;
+    ann.type_into("name", "Ann").await;
+    ann.click("connect").await;
+    ann.wait_for("error", "rate limit exceeded; retry in").await;
+    ann.wait_for("conn-state", "reconnecting").await;
+
+    // The close said to wait ~10 s: no second attempt meanwhile (a plain backoff would
+    // have tried again after 0.5, 1 and 2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        ann.text_of("stat-sessions").await,
+        "0",
+        "a refused stats poll keeps the last figures"
+    );
+    let metrics = app.get_text("/metrics").await;
+    assert!(
+        metrics.contains("switchboard_rate_limit_rejections_total{protocol=\"ws\"} 1\n"),
+        "one refused upgrade, not a retry storm:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("rejections"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    ann.close().await;
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ use actix::Addr;
 use crate::{
     actors::{
         breaker::{Acquire, CircuitBreaker, Record},
-        rate_limit::RateLimiters,
+        rate_limit::{address_key, subject_key, RateLimiters},
     },
     auth::{bearer_token, Claims, JwtAuth},
     metrics::Metrics,
@@ -250,12 +250,12 @@ fn bearer_claims(auth: &JwtAuth, headers: &HeaderMap) -> Option<Claims> {
 /// `sub:<subject>` for a valid bearer token, else `ip:<peer ip>` (the same keys as HTTP).
 fn rate_limit_key(claims: Option<&Claims>, peer: &str) -> String {
     match claims {
-        Some(claims) => format!("sub:{}", claims.sub),
+        Some(claims) => subject_key(&claims.sub),
         None => {
             let ip = peer
                 .parse::<std::net::SocketAddr>()
                 .map(|a| a.ip().to_string());
-            format!("ip:{}", ip.unwrap_or_else(|_| peer.to_owned()))
+            address_key(ip.unwrap_or_else(|_| peer.to_owned()))
         }
     }
 }

@@ -106,6 +106,16 @@ impl Handler<CountKeys> for RateLimiter {
     }
 }
 
+/// The bucket key of an authenticated client, the same over HTTP, WebSocket and gRPC.
+pub fn subject_key(subject: &str) -> String {
+    format!("sub:{subject}")
+}
+
+/// The bucket key of an anonymous client: its address (or `unknown`).
+pub fn address_key(address: impl std::fmt::Display) -> String {
+    format!("ip:{address}")
+}
+
 /// The shards, addressed by key hash. Cheap to clone.
 #[derive(Clone)]
 pub struct RateLimiters {

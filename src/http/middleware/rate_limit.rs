@@ -16,7 +16,7 @@ use actix_web::{
 use serde_json::json;
 
 use crate::{
-    actors::rate_limit::{Decision, Quota, RateLimiters},
+    actors::rate_limit::{address_key, subject_key, Decision, Quota, RateLimiters},
     auth::bearer_token,
     http::HttpState,
 };
@@ -114,7 +114,7 @@ fn client_key(state: &HttpState, req: &ServiceRequest) -> String {
         .and_then(bearer_token)
         .and_then(|token| state.chat.auth.verify(token).ok());
     if let Some(claims) = claims {
-        let key = format!("sub:{}", claims.sub);
+        let key = subject_key(&claims.sub);
         req.extensions_mut().insert(claims);
         return key;
     }
@@ -129,9 +129,9 @@ pub fn ip_key(state: &HttpState, req: &HttpRequest) -> String {
             forwarded_client(req.headers(), &state.rate_limit.trusted_proxies).unwrap_or(peer)
         }
         Some(peer) => peer,
-        None => return "ip:unknown".into(),
+        None => return address_key("unknown"),
     };
-    format!("ip:{ip}")
+    address_key(ip)
 }
 
 /// The rightmost `X-Forwarded-For` address that is not a trusted proxy: the first hop the

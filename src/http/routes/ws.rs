@@ -17,7 +17,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::{
-    actors::session::{Admission, Session},
+    actors::{
+        rate_limit::subject_key,
+        session::{Admission, Session},
+    },
     auth::bearer_token,
     chat::Identity,
     domain::UserName,
@@ -146,7 +149,7 @@ fn admission(state: &HttpState, req: &HttpRequest, identity: &Identity) -> Admis
     let key = if identity.guest {
         ip_key(state, req)
     } else {
-        format!("sub:{}", identity.user_id)
+        subject_key(&identity.user_id)
     };
     let answer = state.rate_limit.limiters.check(key);
     let refused = state.metrics.rate_limited.with_label_values(&["ws"]);

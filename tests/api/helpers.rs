@@ -200,38 +200,28 @@ impl TestApp {
         format!("http://{}{path}", self.http_addr)
     }
 
-    /// The status of `GET path`.
-    pub async fn get_status(&self, path: &str) -> reqwest::StatusCode {
+    /// `GET path` (whatever the status).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))
             .send()
             .await
             .expect("the server answers")
-            .status()
+    }
+
+    /// The status of `GET path`.
+    pub async fn get_status(&self, path: &str) -> reqwest::StatusCode {
+        self.get(path).await.status()
     }
 
     /// The body of `GET path` as text (whatever the status), e.g. a `/metrics` scrape.
     pub async fn get_text(&self, path: &str) -> String {
-        self.http
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("the server answers")
-            .text()
-            .await
-            .expect("a text body")
+        self.get(path).await.text().await.expect("a text body")
     }
 
     /// `GET path`, parsed as JSON (whatever the status).
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
-        self.http
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("the server answers")
-            .json()
-            .await
-            .expect("a JSON body")
+        self.get(path).await.json().await.expect("a JSON body")
     }
 
     /// Shuts down gracefully (the server must stop cleanly) and hands back its database,

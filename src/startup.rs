@@ -210,6 +210,7 @@ impl Application {
             graphql: http::routes::graphql::GraphqlState {
                 schema: std::sync::Arc::new(crate::graphql::schema(&settings.graphql)),
                 max_cost: settings.graphql.max_cost,
+                max_batch: settings.graphql.max_batch,
                 max_operations_per_connection: settings.graphql.max_subscriptions_per_connection,
                 keep_alive: Duration::from_secs(15),
                 cors_origins: settings.graphql.cors_origins.clone(),

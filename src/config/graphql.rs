@@ -13,8 +13,11 @@ pub struct GraphqlSettings {
     pub max_fields: usize,
     /// Most tokens in one document.
     pub max_tokens: usize,
-    /// Highest computed cost (list fields multiply their children).
+    /// Highest computed cost (list fields multiply their children); a batch's documents
+    /// are added together.
     pub max_cost: u64,
+    /// Most operations in one batched request (a JSON array).
+    pub max_batch: usize,
     /// Concurrent subscriptions on one WebSocket connection.
     pub max_subscriptions_per_connection: usize,
     /// Browser origins allowed to call `/graphql` cross-origin (CORS); same host needs none.
@@ -28,6 +31,7 @@ impl Default for GraphqlSettings {
             max_fields: 200,
             max_tokens: 5_000,
             max_cost: 10_000,
+            max_batch: 10,
             max_subscriptions_per_connection: 16,
             cors_origins: OriginPolicy::SameHost,
         }
@@ -46,6 +50,8 @@ pub struct GraphqlLayer {
     pub max_tokens: Option<usize>,
     /// See [`GraphqlSettings::max_cost`].
     pub max_cost: Option<u64>,
+    /// See [`GraphqlSettings::max_batch`].
+    pub max_batch: Option<usize>,
     /// See [`GraphqlSettings::max_subscriptions_per_connection`].
     pub max_subscriptions_per_connection: Option<usize>,
     /// See [`GraphqlSettings::cors_origins`].
@@ -66,6 +72,9 @@ impl GraphqlSettings {
         }
         if let Some(cost) = layer.max_cost {
             self.max_cost = at_least("graphql max cost", cost as usize, 1)? as u64;
+        }
+        if let Some(batch) = layer.max_batch {
+            self.max_batch = at_least("graphql max batch", batch, 1)?;
         }
         if let Some(ops) = layer.max_subscriptions_per_connection {
             self.max_subscriptions_per_connection =
@@ -113,6 +122,14 @@ pub struct GraphqlArgs {
         value_name = "N"
     )]
     pub graphql_max_cost: Option<u64>,
+    /// Most operations in one batched GraphQL request [default: 10].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_GRAPHQL_MAX_BATCH",
+        global = true,
+        value_name = "N"
+    )]
+    pub graphql_max_batch: Option<usize>,
     /// Concurrent subscriptions per WebSocket connection [default: 16].
     #[arg(
         long,
@@ -141,6 +158,7 @@ impl GraphqlArgs {
             max_fields: self.graphql_max_fields,
             max_tokens: self.graphql_max_tokens,
             max_cost: self.graphql_max_cost,
+            max_batch: self.graphql_max_batch,
             max_subscriptions_per_connection: self.graphql_max_subscriptions,
             cors_origins: self.cors_origins.clone(),
         }

@@ -1,7 +1,14 @@
-//! A real cost limit, computed from the parsed document before it executes: every field
-//! costs 1 plus its children's cost, and a list field multiplies its children's cost by
-//! how many items it can return (`users` by its `limit` argument, literal or variable;
-//! `posts` by an estimate), so nested lists multiply.
+//! Admission of GraphQL documents before they execute: fragment checks, then a cost limit.
+//!
+//! Every field costs 1 plus its children's cost, and a list field multiplies its children's
+//! cost by how many items it can return (`users` by its `limit` argument, literal or
+//! variable; `posts` by an estimate), so nested lists multiply.
+//!
+//! The walk is linear in the size of the document: a fragment's cost does not depend on
+//! where it is spread, so each fragment is costed once and remembered. Fragment spreads that
+//! lead back to themselves, or name no fragment, are refused before anything is costed or
+//! validated (juniper would refuse them too, but only after our walk). A hard ceiling on
+//! the selections visited per request bounds the work whatever the configured parser limits.
 
 use std::collections::HashMap;
 
@@ -14,10 +21,24 @@ use super::{query::MAX_USERS_LIMIT, Schema};
 
 /// Items assumed for `User.posts`, which has no limit argument.
 pub const POSTS_PER_USER_ESTIMATE: u64 = 10;
-/// Deepest fragment nesting followed (juniper rejects cycles later anyway).
-const MAX_FRAGMENT_NESTING: usize = 32;
+/// Deepest chain of fragments spreading fragments that is followed.
+pub const MAX_FRAGMENT_NESTING: usize = 32;
+/// Most selections (fields, spreads, inline fragments) visited while costing one document.
+pub const MAX_SELECTIONS_VISITED: usize = 100_000;
 
 /// Why a document was refused before execution.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The document's fragments are unusable (a cycle, an unknown name, too deep a chain,
+    /// too much to walk); `GRAPHQL_VALIDATION_FAILED`.
+    #[error("{0}")]
+    Invalid(String),
+    /// The cost is over the limit; `COST_LIMIT_EXCEEDED`.
+    #[error(transparent)]
+    TooCostly(#[from] CostExceeded),
+}
+
+/// A document (or a batch) that costs more than the limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("query cost {cost} exceeds the limit of {limit}")]
 pub struct CostExceeded {
@@ -27,61 +48,153 @@ pub struct CostExceeded {
     pub limit: u64,
 }
 
-/// The cost of the operation `request` would run, or `None` when the document does not
-/// parse (execution then reports the parse error).
-pub fn cost(schema: &Schema, request: &GraphQLRequest) -> Option<u64> {
-    let document =
-        parse_document_source::<DefaultScalarValue>(&request.query, &schema.schema).ok()?;
-    let fragments: HashMap<&str, &[Selection<DefaultScalarValue>]> = document
-        .iter()
-        .filter_map(|d| match d {
-            Definition::Fragment(f) => Some((f.item.name.item, f.item.selection_set.as_slice())),
-            Definition::Operation(_) => None,
-        })
-        .collect();
-    let variables = request.variables();
-    let walker = Walker {
-        fragments: &fragments,
-        variables: &variables,
+/// The cost of the operation `request` would run; `Ok(None)` when the document does not
+/// parse or names no operation it contains (execution then reports that error).
+pub fn cost(schema: &Schema, request: &GraphQLRequest) -> Result<Option<u64>, Refusal> {
+    let Ok(document) = parse_document_source::<DefaultScalarValue>(&request.query, &schema.schema)
+    else {
+        return Ok(None);
     };
-    let wanted = request.operation_name.as_deref();
-    document
-        .iter()
-        .filter_map(|d| match d {
-            Definition::Operation(op) => Some(&op.item),
-            Definition::Fragment(_) => None,
-        })
-        .filter(|op| wanted.is_none() || op.name.as_ref().map(|n| n.item) == wanted)
-        .map(|op| walker.selections(&op.selection_set, 0))
-        .max()
-}
-
-/// Checks `request` against `limit`.
-pub fn check(schema: &Schema, request: &GraphQLRequest, limit: u64) -> Result<(), CostExceeded> {
-    match cost(schema, request) {
-        Some(cost) if cost > limit => Err(CostExceeded { cost, limit }),
-        _ => Ok(()),
-    }
-}
-
-struct Walker<'a> {
-    fragments: &'a HashMap<&'a str, &'a [Selection<'a, DefaultScalarValue>]>,
-    variables: &'a Variables<DefaultScalarValue>,
-}
-
-impl Walker<'_> {
-    fn selections(&self, set: &[Selection<DefaultScalarValue>], nesting: usize) -> u64 {
-        if nesting > MAX_FRAGMENT_NESTING {
-            return u64::MAX / 2;
+    let mut fragments: HashMap<&str, Fragment<'_, '_>> = HashMap::new();
+    for definition in &document {
+        if let Definition::Fragment(f) = definition {
+            fragments
+                .entry(f.item.name.item)
+                .or_insert(Fragment::Unvisited(&f.item.selection_set));
         }
-        set.iter()
-            .map(|selection| match selection {
+    }
+    let variables = request.variables();
+    let mut walker = Walker {
+        fragments,
+        variables: &variables,
+        visited: 0,
+    };
+    // Every fragment is checked, spread or not: a cycle among unused fragments is as much
+    // an error (and juniper's validation would walk it too).
+    let names: Vec<&str> = walker.fragments.keys().copied().collect();
+    for name in names {
+        walker.fragment(name, 0)?;
+    }
+    let wanted = request.operation_name.as_deref();
+    let mut highest = None;
+    for definition in &document {
+        let Definition::Operation(op) = definition else {
+            continue;
+        };
+        if wanted.is_some() && op.item.name.as_ref().map(|n| n.item) != wanted {
+            continue;
+        }
+        let costed = walker.selections(&op.item.selection_set, 0)?;
+        highest = highest.max(Some(costed.cost));
+    }
+    Ok(highest)
+}
+
+/// Checks one request against `limit`, returning its cost (0 for a document that does not
+/// parse, which execution reports).
+pub fn check(schema: &Schema, request: &GraphQLRequest, limit: u64) -> Result<u64, Refusal> {
+    check_all(schema, std::slice::from_ref(request), limit)
+}
+
+/// Checks a batch: each document must be admissible, and their costs added together must
+/// stay within `limit` (a batch is one request's worth of work, not a way around it).
+pub fn check_all(schema: &Schema, requests: &[GraphQLRequest], limit: u64) -> Result<u64, Refusal> {
+    let mut total = 0u64;
+    for request in requests {
+        total = total.saturating_add(cost(schema, request)?.unwrap_or(0));
+        if total > limit {
+            return Err(CostExceeded { cost: total, limit }.into());
+        }
+    }
+    Ok(total)
+}
+
+/// A fragment's state in the walk.
+#[derive(Clone, Copy)]
+enum Fragment<'d, 'a> {
+    /// Not costed yet.
+    Unvisited(&'d [Selection<'a, DefaultScalarValue>]),
+    /// Being costed: reaching it again is a cycle.
+    Open,
+    /// Costed.
+    Done(Costed),
+}
+
+/// What costing a selection set found.
+#[derive(Clone, Copy, Default)]
+struct Costed {
+    /// Its cost.
+    cost: u64,
+    /// The longest chain of fragments it spreads.
+    nesting: usize,
+}
+
+struct Walker<'d, 'a, 'v> {
+    fragments: HashMap<&'a str, Fragment<'d, 'a>>,
+    variables: &'v Variables<DefaultScalarValue>,
+    visited: usize,
+}
+
+impl<'d, 'a> Walker<'d, 'a, '_> {
+    /// The cost of the fragment `name` and how deep its chain of fragments goes (1 when it
+    /// spreads none); `nesting` is the chain of fragments being costed around it.
+    fn fragment(&mut self, name: &'a str, nesting: usize) -> Result<Costed, Refusal> {
+        let selections = match self.fragments.get(name) {
+            None => {
+                return Err(Refusal::Invalid(format!(
+                    "unknown fragment `{name}` is spread"
+                )))
+            }
+            Some(Fragment::Done(costed)) => *costed,
+            Some(Fragment::Open) => {
+                return Err(Refusal::Invalid(format!(
+                    "fragment `{name}` spreads itself (a fragment cycle)"
+                )))
+            }
+            Some(Fragment::Unvisited(selections)) => {
+                let selections = *selections;
+                self.fragments.insert(name, Fragment::Open);
+                let inner = self.selections(selections, nesting + 1)?;
+                let costed = Costed {
+                    cost: inner.cost,
+                    nesting: inner.nesting + 1,
+                };
+                self.fragments.insert(name, Fragment::Done(costed));
+                costed
+            }
+        };
+        // Checked on every spread, remembered or not, so the answer does not depend on the
+        // order fragments are visited in.
+        if nesting + selections.nesting > MAX_FRAGMENT_NESTING {
+            return Err(Refusal::Invalid(format!(
+                "fragments are nested more than {MAX_FRAGMENT_NESTING} deep"
+            )));
+        }
+        Ok(selections)
+    }
+
+    /// The cost of a selection set inside `nesting` fragments, and the deepest chain of
+    /// fragments it spreads.
+    fn selections(
+        &mut self,
+        set: &'d [Selection<'a, DefaultScalarValue>],
+        nesting: usize,
+    ) -> Result<Costed, Refusal> {
+        let mut total = Costed::default();
+        for selection in set {
+            self.visited += 1;
+            if self.visited > MAX_SELECTIONS_VISITED {
+                return Err(Refusal::Invalid(format!(
+                    "the document has more than {MAX_SELECTIONS_VISITED} selections"
+                )));
+            }
+            let costed = match selection {
                 Selection::Field(field) => {
                     let field = &field.item;
-                    let children = field
-                        .selection_set
-                        .as_deref()
-                        .map_or(0, |set| self.selections(set, nesting + 1));
+                    let children = match field.selection_set.as_deref() {
+                        Some(set) => self.selections(set, nesting)?,
+                        None => Costed::default(),
+                    };
                     let limit = field.arguments.as_ref().and_then(|args| {
                         args.item
                             .items
@@ -90,17 +203,22 @@ impl Walker<'_> {
                             .map(|(_, value)| &value.item)
                     });
                     let items = self.list_size(field.name.item, limit);
-                    1u64.saturating_add(items.saturating_mul(children))
+                    Costed {
+                        cost: 1u64.saturating_add(items.saturating_mul(children.cost)),
+                        nesting: children.nesting,
+                    }
                 }
                 Selection::InlineFragment(inline) => {
-                    self.selections(&inline.item.selection_set, nesting + 1)
+                    self.selections(&inline.item.selection_set, nesting)?
                 }
-                Selection::FragmentSpread(spread) => self
-                    .fragments
-                    .get(spread.item.name.item)
-                    .map_or(0, |set| self.selections(set, nesting + 1)),
-            })
-            .fold(0, u64::saturating_add)
+                Selection::FragmentSpread(spread) => {
+                    self.fragment(spread.item.name.item, nesting)?
+                }
+            };
+            total.cost = total.cost.saturating_add(costed.cost);
+            total.nesting = total.nesting.max(costed.nesting);
+        }
+        Ok(total)
     }
 
     /// How many items the field can return (1 for non-list fields).
@@ -127,10 +245,24 @@ mod tests {
     use super::*;
     use crate::{config::GraphqlSettings, graphql::schema};
 
-    fn cost_of(query: &str, variables: Option<serde_json::Value>) -> u64 {
+    fn request(query: &str, variables: Option<serde_json::Value>) -> GraphQLRequest {
         let variables = variables.map(|v| serde_json::from_value(v).unwrap());
-        let request = GraphQLRequest::new(query.into(), None, variables);
-        cost(&schema(&GraphqlSettings::default()), &request).unwrap()
+        GraphQLRequest::new(query.into(), None, variables)
+    }
+
+    fn cost_of(query: &str, variables: Option<serde_json::Value>) -> u64 {
+        let schema = schema(&GraphqlSettings::default());
+        cost(&schema, &request(query, variables)).unwrap().unwrap()
+    }
+
+    fn refusal_of(query: &str) -> Refusal {
+        let schema = schema(&GraphqlSettings {
+            max_tokens: 1_000_000,
+            max_fields: 1_000_000,
+            max_depth: 1_000,
+            ..Default::default()
+        });
+        cost(&schema, &request(query, None)).expect_err("the document is refused")
     }
 
     #[test]
@@ -157,11 +289,92 @@ mod tests {
     fn fragments_count_where_they_are_spread() {
         let query = "{ users(limit: 2) { ...f } } fragment f on User { id name }";
         assert_eq!(cost_of(query, None), 1 + 2 * 2);
+        let inline = "{ users(limit: 2) { ... on User { id ...f } } } fragment f on User { name }";
+        assert_eq!(cost_of(inline, None), 1 + 2 * 2);
     }
 
     #[test]
     fn text_tricks_do_not_change_the_cost() {
         // The seed counted `{` in the string; braces inside a string literal cost nothing.
         assert_eq!(cost_of("{ users(filter: \"{{{{{{\") { name } }", None), 11);
+    }
+
+    #[test]
+    fn fragment_cycles_and_unknown_fragments_are_refused_at_once() {
+        let cases = [
+            (
+                "{ user(id: \"x\") { ...F } } fragment F on User { id ...F ...F ...F }",
+                "fragment `F` spreads itself",
+            ),
+            (
+                "{ user(id: \"x\") { ...A } } fragment A on User { ...B } fragment B on User { id ...A }",
+                "a fragment cycle",
+            ),
+            (
+                "{ user(id: \"x\") { id } } fragment U on User { ...U }",
+                "fragment `U` spreads itself",
+            ),
+            ("{ user(id: \"x\") { ...Missing } }", "unknown fragment `Missing`"),
+        ];
+        for (query, expected) in cases {
+            let refusal = refusal_of(query);
+            assert!(
+                matches!(&refusal, Refusal::Invalid(m) if m.contains(expected)),
+                "{query}: {refusal:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn shared_fragments_are_costed_once_so_the_walk_stays_linear() {
+        // F0 spreads F1 three times, F1 spreads F2 three times, …: 3^25 expansions if each
+        // spread were walked, 26 fragment bodies when each is costed once.
+        let mut query = String::from("{ user(id: \"x\") { ...F0 } }");
+        for i in 0..25 {
+            let next = i + 1;
+            query.push_str(&format!(
+                " fragment F{i} on User {{ id ...F{next} ...F{next} ...F{next} }}"
+            ));
+        }
+        query.push_str(" fragment F25 on User { id }");
+        let schema = schema(&GraphqlSettings {
+            max_fields: usize::MAX,
+            max_depth: 1_000,
+            ..Default::default()
+        });
+        // Walking every spread would pass MAX_SELECTIONS_VISITED and be refused.
+        let cost = cost(&schema, &request(&query, None)).unwrap().unwrap();
+        // 1 (user) + Σ 3^i for i in 0..=25 (each level's `id`s).
+        let expected = 1 + (0..=25u32).map(|i| 3u64.pow(i)).sum::<u64>();
+        assert_eq!(cost, expected);
+    }
+
+    #[test]
+    fn deeply_chained_fragments_are_refused() {
+        let mut query = String::from("{ user(id: \"x\") { ...F0 } }");
+        for i in 0..40 {
+            query.push_str(&format!(" fragment F{i} on User {{ ...F{} }}", i + 1));
+        }
+        query.push_str(" fragment F40 on User { id }");
+        let refusal = refusal_of(&query);
+        assert!(
+            matches!(&refusal, Refusal::Invalid(m) if m.contains("nested more than")),
+            "{refusal:?}"
+        );
+    }
+
+    #[test]
+    fn a_batch_adds_its_costs() {
+        let schema = schema(&GraphqlSettings::default());
+        let one = request("{ users(limit: 100) { posts { title } } }", None);
+        let batch = vec![one.clone(), one.clone(), one];
+        assert_eq!(check_all(&schema, &batch[..2], 10_000), Ok(2 * 1101));
+        assert_eq!(
+            check_all(&schema, &batch, 3_000),
+            Err(Refusal::TooCostly(CostExceeded {
+                cost: 3 * 1101,
+                limit: 3_000
+            }))
+        );
     }
 }

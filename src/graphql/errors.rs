@@ -18,6 +18,12 @@ pub mod code {
     pub const UNAVAILABLE: &str = "UNAVAILABLE";
     /// Anything else; details are logged, not returned.
     pub const INTERNAL: &str = "INTERNAL";
+    /// The document is invalid in a way found before execution (e.g. a fragment cycle).
+    pub const GRAPHQL_VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
+    /// The document (or a batch's documents together) costs more than the limit.
+    pub const COST_LIMIT_EXCEEDED: &str = "COST_LIMIT_EXCEEDED";
+    /// A batched request carries more operations than allowed.
+    pub const BATCH_LIMIT_EXCEEDED: &str = "BATCH_LIMIT_EXCEEDED";
 }
 
 /// An error with a code.

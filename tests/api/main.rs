@@ -16,6 +16,7 @@ mod grpc_users;
 mod health;
 mod helpers;
 mod history;
+mod hostile_graphql;
 mod loadtool;
 mod metrics;
 mod migrations;

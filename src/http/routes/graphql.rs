@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::{
     auth::{bearer_token, Claims},
     config::OriginPolicy,
-    graphql::{cost, Context, Schema},
+    graphql::{cost, errors::code, Context, Schema},
     http::HttpState,
 };
 
@@ -33,8 +33,11 @@ pub const SUBSCRIPTIONS_PATH: &str = "/subscriptions";
 pub struct GraphqlState {
     /// The schema (with its depth, field and token limits).
     pub schema: Arc<Schema>,
-    /// Highest document cost accepted (see [`crate::graphql::cost`]).
+    /// Highest document cost accepted (see [`crate::graphql::cost`]); a batch's documents
+    /// are added together.
     pub max_cost: u64,
+    /// Most operations in one batched request.
+    pub max_batch: usize,
     /// Concurrent subscriptions per WebSocket connection.
     pub max_operations_per_connection: usize,
     /// Keep-alive interval on subscription connections.
@@ -109,17 +112,18 @@ async fn execute(
         GraphQLBatchRequest::Single(single) => std::slice::from_ref(single),
         GraphQLBatchRequest::Batch(many) => many.as_slice(),
     };
-    for single in requests {
-        if let Err(exceeded) = cost::check(&graphql.schema, single, graphql.max_cost) {
-            return HttpResponse::BadRequest().json(json!({ "errors": [{
-                "message": exceeded.to_string(),
-                "extensions": {
-                    "code": "COST_LIMIT_EXCEEDED",
-                    "cost": exceeded.cost,
-                    "limit": exceeded.limit,
-                },
-            }] }));
-        }
+    if requests.len() > graphql.max_batch {
+        return HttpResponse::BadRequest().json(json!({ "errors": [{
+            "message": format!(
+                "a batch may carry at most {} operations; this one has {}",
+                graphql.max_batch,
+                requests.len()
+            ),
+            "extensions": { "code": code::BATCH_LIMIT_EXCEEDED, "limit": graphql.max_batch },
+        }] }));
+    }
+    if let Err(refusal) = cost::check_all(&graphql.schema, requests, graphql.max_cost) {
+        return HttpResponse::BadRequest().json(json!({ "errors": [refusal_error(&refusal)] }));
     }
     let context = context(state, request_identity(state, req));
     let response = request.execute(&graphql.schema, &context).await;
@@ -135,6 +139,25 @@ async fn execute(
     HttpResponse::build(status).json(body)
 }
 
+/// The GraphQL error object for a document refused before execution (the same on every
+/// transport).
+pub fn refusal_error(refusal: &cost::Refusal) -> serde_json::Value {
+    match refusal {
+        cost::Refusal::Invalid(message) => json!({
+            "message": message,
+            "extensions": { "code": code::GRAPHQL_VALIDATION_FAILED },
+        }),
+        cost::Refusal::TooCostly(exceeded) => json!({
+            "message": exceeded.to_string(),
+            "extensions": {
+                "code": code::COST_LIMIT_EXCEEDED,
+                "cost": exceeded.cost,
+                "limit": exceeded.limit,
+            },
+        }),
+    }
+}
+
 /// Whether any error in a (batch) response says the database was unreachable.
 fn database_unavailable(body: &serde_json::Value) -> bool {
     let responses = match body {
@@ -145,7 +168,7 @@ fn database_unavailable(body: &serde_json::Value) -> bool {
         response["errors"].as_array().is_some_and(|errors| {
             errors
                 .iter()
-                .any(|e| e["extensions"]["code"] == crate::graphql::errors::code::UNAVAILABLE)
+                .any(|e| e["extensions"]["code"] == code::UNAVAILABLE)
         })
     })
 }

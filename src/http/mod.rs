@@ -1,5 +1,6 @@
 //! The HTTP front door: actix-web routes and middleware.
 
+pub mod frame_limit;
 pub mod middleware;
 pub mod routes;
 

@@ -246,13 +246,22 @@ impl Handler<ToSession> for Session {
     }
 }
 
+/// The codec's own size limit, or `FrameLimit`'s refusal of a header announcing too much.
+fn too_big(error: &ProtocolError) -> bool {
+    match error {
+        ProtocolError::Overflow => true,
+        ProtocolError::Io(error) => crate::http::frame_limit::is_oversize(error),
+        _ => false,
+    }
+}
+
 impl StreamHandler<Result<Message, ProtocolError>> for Session {
     fn handle(&mut self, item: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
         let now = Instant::now();
         self.last_heard = now;
         let message = match item {
             Ok(message) => message,
-            Err(ProtocolError::Overflow) => {
+            Err(error) if too_big(&error) => {
                 let limit = self.protocol.max_message_size();
                 let reason = format!("message too big (limit {limit} bytes)");
                 return self.close(ctx, CloseCode::Size, reason);

@@ -25,6 +25,7 @@ use crate::{
     chat::Identity,
     domain::UserName,
     http::{
+        frame_limit::FrameLimit,
         middleware::{ip_key, too_many_requests},
         HttpState,
     },
@@ -69,6 +70,9 @@ async fn upgrade(
         settings.clone(),
         admission,
     );
+    // The codec checks a frame's size only once it has all arrived; `FrameLimit` refuses
+    // a header announcing too much before its payload is buffered.
+    let stream = FrameLimit::new(stream, settings.max_message_size);
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(settings.max_message_size)
         .start()

@@ -51,8 +51,23 @@ pub struct CostExceeded {
 /// The cost of the operation `request` would run; `Ok(None)` when the document does not
 /// parse or names no operation it contains (execution then reports that error).
 pub fn cost(schema: &Schema, request: &GraphQLRequest) -> Result<Option<u64>, Refusal> {
-    let Ok(document) = parse_document_source::<DefaultScalarValue>(&request.query, &schema.schema)
-    else {
+    let variables = request.variables();
+    cost_of(
+        schema,
+        &request.query,
+        request.operation_name.as_deref(),
+        &variables,
+    )
+}
+
+/// [`cost`] of a document given in parts (as the WebSocket protocols carry it).
+pub fn cost_of(
+    schema: &Schema,
+    query: &str,
+    operation_name: Option<&str>,
+    variables: &Variables<DefaultScalarValue>,
+) -> Result<Option<u64>, Refusal> {
+    let Ok(document) = parse_document_source::<DefaultScalarValue>(query, &schema.schema) else {
         return Ok(None);
     };
     let mut fragments: HashMap<&str, Fragment<'_, '_>> = HashMap::new();
@@ -63,10 +78,9 @@ pub fn cost(schema: &Schema, request: &GraphQLRequest) -> Result<Option<u64>, Re
                 .or_insert(Fragment::Unvisited(&f.item.selection_set));
         }
     }
-    let variables = request.variables();
     let mut walker = Walker {
         fragments,
-        variables: &variables,
+        variables,
         visited: 0,
     };
     // Every fragment is checked, spread or not: a cycle among unused fragments is as much
@@ -75,7 +89,7 @@ pub fn cost(schema: &Schema, request: &GraphQLRequest) -> Result<Option<u64>, Re
     for name in names {
         walker.fragment(name, 0)?;
     }
-    let wanted = request.operation_name.as_deref();
+    let wanted = operation_name;
     let mut highest = None;
     for definition in &document {
         let Definition::Operation(op) = definition else {
@@ -94,6 +108,21 @@ pub fn cost(schema: &Schema, request: &GraphQLRequest) -> Result<Option<u64>, Re
 /// parse, which execution reports).
 pub fn check(schema: &Schema, request: &GraphQLRequest, limit: u64) -> Result<u64, Refusal> {
     check_all(schema, std::slice::from_ref(request), limit)
+}
+
+/// Checks one document given in parts against `limit`, returning its cost.
+pub fn check_document(
+    schema: &Schema,
+    query: &str,
+    operation_name: Option<&str>,
+    variables: &Variables<DefaultScalarValue>,
+    limit: u64,
+) -> Result<u64, Refusal> {
+    let cost = cost_of(schema, query, operation_name, variables)?.unwrap_or(0);
+    if cost > limit {
+        return Err(CostExceeded { cost, limit }.into());
+    }
+    Ok(cost)
 }
 
 /// Checks a batch: each document must be admissible, and their costs added together must

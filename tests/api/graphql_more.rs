@@ -141,10 +141,10 @@ async fn graphiql_and_playground_point_at_the_endpoints() {
     }
 }
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn subscription_socket(app: &TestApp, protocol: &str) -> Socket {
+pub(crate) async fn subscription_socket(app: &TestApp, protocol: &str) -> Socket {
     let mut request = format!("ws://{}/subscriptions", app.http_addr)
         .into_client_request()
         .unwrap();
@@ -156,7 +156,7 @@ async fn subscription_socket(app: &TestApp, protocol: &str) -> Socket {
 }
 
 /// The next JSON message that is not a keep-alive, or `None` when the socket closes.
-async fn next_message(socket: &mut Socket) -> Option<Value> {
+pub(crate) async fn next_message(socket: &mut Socket) -> Option<Value> {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -174,16 +174,16 @@ async fn next_message(socket: &mut Socket) -> Option<Value> {
     }
 }
 
-async fn send(socket: &mut Socket, value: Value) {
+pub(crate) async fn send(socket: &mut Socket, value: Value) {
     socket.send(Message::text(value.to_string())).await.unwrap();
 }
 
-async fn until_subscribers(app: &TestApp, count: u64) {
+pub(crate) async fn until_subscribers(app: &TestApp, count: u64) {
     until_events(app, "subscribers", |stats| stats["subscribers"] == count).await;
 }
 
 /// A subscription socket past `connection_init` / `connection_ack`.
-async fn initialised_socket(app: &TestApp, protocol: &str, payload: Value) -> Socket {
+pub(crate) async fn initialised_socket(app: &TestApp, protocol: &str, payload: Value) -> Socket {
     let mut socket = subscription_socket(app, protocol).await;
     send(
         &mut socket,

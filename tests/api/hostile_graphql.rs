@@ -3,9 +3,14 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::{
+    graphql_more::{initialised_socket, next_message, send, until_subscribers},
+    helpers::{spawn_app, spawn_app_with, test_settings, TestApp, TestDb},
+};
 
 async fn post_json(app: &TestApp, body: &Value) -> (u16, Value) {
     let response = app
@@ -75,4 +80,135 @@ async fn a_batch_is_bounded_in_operations_and_in_total_cost() {
     let (status, body) = post_json(&app, &Value::Array(vec![heavy, light])).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body.as_array().map(Vec::len), Some(2), "{body}");
+}
+
+/// A server whose GraphQL cost limit is 100 and whose WebSocket bucket holds `burst`
+/// tokens that (for the length of a test) do not refill.
+async fn strict_app(burst: u32) -> TestApp {
+    let db = TestDb::sqlite();
+    let mut settings = test_settings(&db);
+    settings.graphql.max_cost = 100;
+    settings.websocket.rate_burst = burst;
+    settings.websocket.rate_per_second = 0.001;
+    spawn_app_with(db, settings).await
+}
+
+/// The start-an-operation message of each protocol.
+fn start(protocol: &str, id: &str, query: &str) -> Value {
+    let kind = if protocol == "graphql-ws" {
+        "start"
+    } else {
+        "subscribe"
+    };
+    json!({ "id": id, "type": kind, "payload": { "query": query } })
+}
+
+const COSTLY_SUBSCRIPTION: &str =
+    "subscription { userCreated { posts { author { posts { author { posts { id } } } } } } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_pass_the_same_cost_limit_as_http() {
+    let app = strict_app(100).await;
+    let (status, body) = post_json(&app, &json!({ "query": COSTLY_SUBSCRIPTION })).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(first_code(&body), "COST_LIMIT_EXCEEDED", "{body}");
+
+    let mut sockets = Vec::new();
+    for (running, protocol) in [(1, "graphql-transport-ws"), (2, "graphql-ws")] {
+        let mut socket = initialised_socket(&app, protocol, json!({})).await;
+        send(&mut socket, start(protocol, "costly", COSTLY_SUBSCRIPTION)).await;
+        let refused = next_message(&mut socket).await.expect("an answer");
+        assert_eq!(refused["type"], "error", "{protocol}: {refused}");
+        assert_eq!(refused["id"], "costly", "{protocol}: {refused}");
+        assert_eq!(
+            refused["payload"][0]["extensions"]["code"], "COST_LIMIT_EXCEEDED",
+            "{protocol}: {refused}"
+        );
+        assert_eq!(refused["payload"][0]["extensions"]["limit"], 100);
+
+        let cycle = "subscription { userCreated { ...F } } fragment F on User { id ...F }";
+        send(&mut socket, start(protocol, "cycle", cycle)).await;
+        let refused = next_message(&mut socket).await.expect("an answer");
+        assert_eq!(refused["id"], "cycle", "{protocol}: {refused}");
+        assert_eq!(
+            refused["payload"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED",
+            "{protocol}: {refused}"
+        );
+
+        // The connection is still usable: a cheap subscription runs.
+        send(
+            &mut socket,
+            start(protocol, "cheap", "subscription { userCreated { id } }"),
+        )
+        .await;
+        until_subscribers(&app, running).await;
+        sockets.push(socket);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_messages_are_rate_limited_per_connection() {
+    // Three tokens: `connection_init` and two operations; everything after is refused.
+    let app = strict_app(3).await;
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut socket = initialised_socket(&app, protocol, json!({})).await;
+        for id in 1..=12 {
+            let query = "subscription { userCreated { id } }";
+            send(&mut socket, start(protocol, &id.to_string(), query)).await;
+        }
+        let mut refused = Vec::new();
+        let close = loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("the server answers in time");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    let message: Value = serde_json::from_str(&text).unwrap();
+                    if message["type"] == "error" {
+                        assert_eq!(
+                            message["payload"][0]["extensions"]["code"], "RATE_LIMITED",
+                            "{protocol}: {message}"
+                        );
+                        refused.push(message["id"].as_str().unwrap().to_owned());
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => {}
+                other => panic!("{protocol}: the connection ended without a close: {other:?}"),
+            }
+        };
+        let expected: Vec<String> = (3..=11).map(|id| id.to_string()).collect();
+        assert_eq!(refused, expected, "{protocol}");
+        let close = close.expect("a close frame with a code");
+        assert_eq!(u16::from(close.code), 1008, "{protocol}: {close:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_offered_subprotocol_is_answered() {
+    let app = spawn_app().await;
+    let upgrade = |protocol: Option<&'static str>| {
+        let mut request = app
+            .http
+            .get(app.url("/subscriptions"))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(protocol) = protocol {
+            request = request.header("sec-websocket-protocol", protocol);
+        }
+        request.send()
+    };
+    let bogus = upgrade(Some("bogus")).await.unwrap();
+    assert_eq!(bogus.status(), 400);
+    assert!(bogus.text().await.unwrap().contains("graphql-transport-ws"));
+
+    let none = upgrade(None).await.unwrap();
+    assert_eq!(none.status(), 101);
+    assert!(none.headers().get("sec-websocket-protocol").is_none());
+
+    let legacy = upgrade(Some("bogus, graphql-ws")).await.unwrap();
+    assert_eq!(legacy.status(), 101);
+    assert_eq!(legacy.headers()["sec-websocket-protocol"], "graphql-ws");
 }

@@ -17,6 +17,7 @@ mod health;
 mod helpers;
 mod history;
 mod hostile_graphql;
+mod hostile_ws;
 mod loadtool;
 mod metrics;
 mod migrations;

@@ -1,6 +1,5 @@
-//! GraphQL over HTTP (`POST`/`GET /graphql`), over WebSocket (`/subscriptions`, both the
-//! `graphql-transport-ws` and the legacy `graphql-ws` protocols), and the GraphiQL and
-//! Playground pages.
+//! GraphQL over HTTP (`POST`/`GET /graphql`) and the GraphiQL and Playground pages (the
+//! WebSocket transport, `/subscriptions`, is in [`super::graphql_ws`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,9 +9,8 @@ use actix_web::{
 };
 use juniper::{
     http::{GraphQLBatchRequest, GraphQLRequest},
-    DefaultScalarValue, InputValue, ScalarValue as _,
+    InputValue,
 };
-use juniper_graphql_ws::ConnectionConfig;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -51,12 +49,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(GRAPHQL_PATH, web::post().to(post))
         .route(GRAPHQL_PATH, web::get().to(get))
         .route(GRAPHQL_PATH, web::method(Method::OPTIONS).to(preflight))
-        .route(SUBSCRIPTIONS_PATH, web::get().to(subscriptions))
+        .route(
+            SUBSCRIPTIONS_PATH,
+            web::get().to(super::graphql_ws::subscriptions),
+        )
         .route("/graphiql", web::get().to(graphiql))
         .route("/playground", web::get().to(playground));
 }
 
-fn context(state: &HttpState, identity: Result<Option<Claims>, String>) -> Context {
+pub(super) fn context(state: &HttpState, identity: Result<Option<Claims>, String>) -> Context {
     Context {
         db: state.db.clone(),
         events: state.events.clone(),
@@ -66,7 +67,10 @@ fn context(state: &HttpState, identity: Result<Option<Claims>, String>) -> Conte
 
 /// `Ok(None)` without a token; `Err` with a reason for a bad one. A bare token (no
 /// scheme) is accepted too, as subscription clients often send one.
-fn identify(state: &HttpState, authorization: Option<&str>) -> Result<Option<Claims>, String> {
+pub(super) fn identify(
+    state: &HttpState,
+    authorization: Option<&str>,
+) -> Result<Option<Claims>, String> {
     let Some(value) = authorization else {
         return Ok(None);
     };
@@ -272,37 +276,6 @@ async fn get_inner(req: &HttpRequest, state: &HttpState) -> HttpResponse {
     };
     let request = GraphQLRequest::new(params.query, params.operation_name, variables);
     execute(state, req, GraphQLBatchRequest::Single(request)).await
-}
-
-/// Refusal of a subscription connection's `connection_init`.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct InitRefused(String);
-
-async fn subscriptions(
-    req: HttpRequest,
-    stream: web::Payload,
-    state: web::Data<HttpState>,
-) -> Result<HttpResponse, actix_web::Error> {
-    let schema = state.graphql.schema.clone();
-    let state = state.into_inner();
-    let init = move |params: juniper::Variables<DefaultScalarValue>| async move {
-        let token = ["authorization", "Authorization", "token"]
-            .iter()
-            .find_map(|key| {
-                params
-                    .get(*key)
-                    .and_then(|v| v.as_scalar()?.try_to_string())
-            });
-        let context = context(&state, identify(&state, token.as_deref()));
-        if let Err(reason) = &context.identity {
-            return Err(InitRefused(reason.clone()));
-        }
-        Ok(ConnectionConfig::new(context)
-            .with_max_in_flight_operations(state.graphql.max_operations_per_connection)
-            .with_keep_alive_interval(state.graphql.keep_alive))
-    };
-    juniper_actix::subscriptions::ws_handler(req, stream, schema, init).await
 }
 
 async fn graphiql() -> Result<HttpResponse, actix_web::Error> {

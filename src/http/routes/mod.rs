@@ -1,6 +1,7 @@
 //! Route groups, one file each.
 
 pub mod graphql;
+pub mod graphql_ws;
 pub mod health;
 pub mod metrics;
 pub mod page;

@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use switchboard::{
     config::{DatabaseSettings, DatabaseUrl},
     db::{migrate, Database},
-    domain::{Email, Metadata, NewUser, UserId, UserName},
+    domain::{Email, Metadata, NewUser, SearchFilter, UserId, UserName},
 };
 
 /// Users stored before the read benchmarks run.
@@ -77,12 +77,18 @@ fn repository(c: &mut Criterion) {
 
     group.throughput(Throughput::Elements(50));
     group.bench_function("list_page_of_50", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { db.list_users("", 50, None).await.unwrap() });
+        b.to_async(&runtime).iter(|| async {
+            db.list_users(&SearchFilter::default(), 50, None)
+                .await
+                .unwrap()
+        });
     });
     group.bench_function("list_page_of_50_filtered", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { db.list_users("user 12", 50, None).await.unwrap() });
+        b.to_async(&runtime).iter(|| async {
+            db.list_users(&SearchFilter::parse("user 12").unwrap(), 50, None)
+                .await
+                .unwrap()
+        });
     });
 
     group.sample_size(10);

@@ -196,9 +196,22 @@ impl Application {
         let breaker = CircuitBreaker::start_in_arbiter(&singletons.handle(), |_| {
             CircuitBreaker::new(BreakerConfig::default())
         });
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for service in grpc::HEALTH_SERVICES {
+            health
+                .set_service_status(service, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        let monitor = HealthMonitor::start_in_arbiter(&singletons.handle(), {
+            let (db, health) = (database.clone(), health.clone());
+            let (interval, draining) = (settings.health_interval, draining.subscribe());
+            let breaker = breaker.clone();
+            move |_| HealthMonitor::new(&db, health, interval, draining, breaker)
+        });
         let state = web::Data::new(http::HttpState {
             metrics: metrics.clone(),
             breaker: breaker.clone(),
+            health: monitor,
             rate_limit: http::middleware::RateLimitState {
                 limiters,
                 trusted_proxies: settings.trusted_proxies.clone(),
@@ -256,18 +269,6 @@ impl Application {
         .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
         .run();
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        for service in grpc::HEALTH_SERVICES {
-            health
-                .set_service_status(service, tonic_health::ServingStatus::Serving)
-                .await;
-        }
-        HealthMonitor::start_in_arbiter(&singletons.handle(), {
-            let (db, health) = (database.clone(), health.clone());
-            let (interval, draining) = (settings.health_interval, draining.subscribe());
-            let breaker = breaker.clone();
-            move |_| HealthMonitor::new(db, health, interval, draining, breaker)
-        });
         let grpc_listener = {
             let _entered = io_runtime.handle().enter();
             tokio::net::TcpListener::from_std(grpc_listener).map_err(|source| {

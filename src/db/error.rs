@@ -23,9 +23,18 @@ pub enum DbError {
     /// A page token that this server did not issue, or issued for another filter.
     #[error("invalid page token: {0}")]
     InvalidCursor(&'static str),
-    /// The database could not be reached or no connection was free in time.
+    /// The database could not be reached.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// Every pooled connection was lent out for longer than the checkout timeout: the
+    /// server is overloaded, the database itself is fine. Callers should retry shortly.
+    #[error("the server is busy: all {max_connections} database connections stayed in use for {waited:?}; retry shortly")]
+    Busy {
+        /// The pool's size.
+        max_connections: u32,
+        /// How long the checkout waited.
+        waited: std::time::Duration,
+    },
     /// The database rejected or failed a statement.
     #[error("database error: {0}")]
     Query(#[source] diesel::result::Error),

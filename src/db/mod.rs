@@ -11,22 +11,24 @@
 mod error;
 pub mod migrate;
 mod models;
+mod probe;
 pub mod repo;
 pub mod schema;
 mod stats;
 
-use std::{path::Path, sync::Arc, time::Duration, time::Instant};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use diesel::{connection::Connection as _, connection::SimpleConnection, SqliteConnection};
 use diesel_async::{
     pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, SetupCallback},
     sync_connection_wrapper::SyncConnectionWrapper,
-    AsyncConnection, AsyncPgConnection, RunQueryDsl,
+    AsyncConnection, AsyncPgConnection,
 };
 use futures_util::FutureExt;
 use serde::Serialize;
 
 pub use error::DbError;
+pub use probe::Probe;
 
 use crate::actors::events::{Events, PostCreated, UsersCreated};
 pub use repo::{PageCursor, UserPage, MAX_PAGE_SIZE};
@@ -91,6 +93,8 @@ pub struct Database {
     connect_timeout: Duration,
     /// Told about users and posts after their insert commits (the `Events` actor).
     created: Option<actix::Addr<Events>>,
+    /// Where health probes connect.
+    probe: probe::Target,
 }
 
 impl std::fmt::Debug for Database {
@@ -139,6 +143,17 @@ impl Database {
     #[tracing::instrument(name = "db_connect", skip_all, fields(backend = settings.url.backend()))]
     pub async fn connect(settings: &DatabaseSettings) -> Result<Self, DbError> {
         let stats = Arc::new(DbStats::new(settings.slow_query_threshold));
+        let probe = match &settings.url {
+            DatabaseUrl::Postgres(url) => probe::Target::Postgres {
+                url: url.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                connect_timeout: settings.connect_timeout,
+            },
+            DatabaseUrl::Sqlite(path) => probe::Target::Sqlite {
+                path: path.to_string_lossy().into_owned(),
+                busy_timeout: settings.sqlite_busy_timeout,
+            },
+        };
         let pool = match &settings.url {
             DatabaseUrl::Postgres(url) => {
                 let setup = postgres_setup(settings.connect_timeout, stats.clone());
@@ -171,6 +186,7 @@ impl Database {
             max_connections: settings.max_connections,
             connect_timeout: settings.connect_timeout,
             created: None,
+            probe,
         })
     }
 
@@ -206,7 +222,9 @@ impl Database {
         }
     }
 
-    /// Borrows a connection from the pool, waiting at most the connect timeout.
+    /// Borrows a connection from the pool, waiting at most the connect timeout. A wait that
+    /// times out with every connection open and lent out is [`DbError::Busy`] (overload);
+    /// one that could not open connections is [`DbError::Unavailable`].
     pub(crate) async fn conn(&self) -> Result<Conn, DbError> {
         let result = match &self.pool {
             Pool::Postgres(pool) => pool
@@ -216,31 +234,25 @@ impl Database {
                 .map_err(pool_error),
             Pool::Sqlite(pool) => pool.get_owned().await.map(Conn::Sqlite).map_err(pool_error),
         };
-        if result.is_err() {
-            self.stats.record_unavailable();
-        }
         result.map_err(|reason| {
+            let status = self.pool_status();
+            if reason.timed_out && status.open >= self.max_connections && status.idle == 0 {
+                return DbError::Busy {
+                    max_connections: self.max_connections,
+                    waited: self.connect_timeout,
+                };
+            }
+            self.stats.record_unavailable();
             DbError::Unavailable(format!(
-                "no database connection within {:?}: {reason}",
-                self.connect_timeout
+                "no database connection within {:?}: {}",
+                self.connect_timeout, reason.message
             ))
         })
     }
 
-    /// Runs `SELECT 1` and reports how long the round trip took, bounded by `timeout`.
-    pub async fn ping(&self, timeout: Duration) -> Result<Duration, DbError> {
-        let started = Instant::now();
-        let ping = async {
-            let mut conn = self.conn().await?;
-            with_conn!(&mut conn, |c| diesel::sql_query("SELECT 1")
-                .execute(c)
-                .await)?;
-            Ok::<_, DbError>(())
-        };
-        tokio::time::timeout(timeout, ping)
-            .await
-            .map_err(|_| DbError::Unavailable(format!("ping timed out after {timeout:?}")))??;
-        Ok(started.elapsed())
+    /// A connection of its own, outside the pool, for health pings (see [`Probe`]).
+    pub fn probe(&self) -> Probe {
+        Probe::new(self.probe.clone())
     }
 
     /// Current pool occupancy.
@@ -276,10 +288,23 @@ fn pool_builder<M: bb8::ManageConnection>(settings: &DatabaseSettings) -> bb8::B
         .test_on_check_out(false)
 }
 
-fn pool_error<E: std::fmt::Display>(error: bb8::RunError<E>) -> String {
+/// Why a checkout failed.
+struct CheckoutFailed {
+    /// The wait ran out (rather than a connection failing to open).
+    timed_out: bool,
+    message: String,
+}
+
+fn pool_error<E: std::fmt::Display>(error: bb8::RunError<E>) -> CheckoutFailed {
     match error {
-        bb8::RunError::User(e) => e.to_string(),
-        bb8::RunError::TimedOut => "timed out waiting for a free connection".to_owned(),
+        bb8::RunError::User(e) => CheckoutFailed {
+            timed_out: false,
+            message: e.to_string(),
+        },
+        bb8::RunError::TimedOut => CheckoutFailed {
+            timed_out: true,
+            message: "timed out waiting for a free connection".to_owned(),
+        },
     }
 }
 

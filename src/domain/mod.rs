@@ -3,11 +3,13 @@
 //! Every value from the network (HTTP, WebSocket, protobuf, GraphQL) is turned into one of
 //! these newtypes once; inside the server a `UserName` or an `Email` is already valid.
 
+mod filter;
 mod message;
 mod post;
 mod room;
 mod user;
 
+pub use filter::SearchFilter;
 pub use message::{StoredMessage, StoredPrivate};
 pub use post::{NewPost, Post, PostContent, PostId, PostTitle, Tags};
 pub use room::{RoomId, RoomSet};

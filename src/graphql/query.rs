@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     db::DbError,
-    domain::{PostId, UserId},
+    domain::{PostId, SearchFilter, UserId},
 };
 
 /// Largest `limit` for `users`.
@@ -52,6 +52,7 @@ impl Query {
                 code::BAD_USER_INPUT,
             ));
         }
+        let filter = SearchFilter::parse(&filter).map_err(errors::invalid)?;
         let users = context
             .db
             .users_at_offset(&filter, limit as u32, offset as u32)

@@ -20,7 +20,7 @@ use actix::Addr;
 
 use crate::{
     actors::{
-        breaker::{Acquire, CircuitBreaker, Record},
+        breaker::{Acquire, CircuitBreaker, Guarded, Outcome},
         rate_limit::{address_key, subject_key, RateLimiters},
     },
     auth::{bearer_token, Claims, JwtAuth},
@@ -183,7 +183,7 @@ where
             let permit = match &breaker {
                 None => None,
                 Some(breaker) => match breaker.send(Acquire).await {
-                    Ok(Ok(permit)) => Some(permit),
+                    Ok(Ok(permit)) => Some(Guarded::new(breaker.clone(), permit)),
                     Ok(Err(rejected)) => {
                         let status = Status::unavailable(format!(
                             "the database is unavailable (circuit breaker open); retry in {}s",
@@ -209,12 +209,9 @@ where
                     }
                 }
             };
-            if let (Some(breaker), Some(permit)) = (&breaker, permit) {
-                // 13 INTERNAL and 14 UNAVAILABLE speak of the database; anything else of
-                // the request. A streaming answer counts from its head.
+            if let Some(permit) = permit {
                 let code = response.headers().get("grpc-status").map(|v| v.as_bytes());
-                let success = !matches!(code, Some(b"13" | b"14"));
-                breaker.do_send(Record { permit, success });
+                permit.record(breaker_outcome(code));
             }
             if let Ok(value) = HeaderValue::from_str(&log.id) {
                 response.headers_mut().insert(REQUEST_ID, value);
@@ -235,6 +232,18 @@ where
                 })
             }))
         })
+    }
+}
+
+/// What a call's status says about the database: only `UNAVAILABLE` says it could not be
+/// reached. `INTERNAL`, `RESOURCE_EXHAUSTED` (an overloaded pool) and `DEADLINE_EXCEEDED`
+/// say nothing either way; any other code (or a streaming answer's head) means the
+/// database answered.
+fn breaker_outcome(code: Option<&[u8]>) -> Outcome {
+    match code {
+        Some(b"14") => Outcome::Unreachable,
+        Some(b"4" | b"8" | b"13") => Outcome::Unknown,
+        _ => Outcome::Healthy,
     }
 }
 
@@ -346,6 +355,23 @@ mod tests {
         assert_eq!(parse_grpc_timeout("100n"), Some(Duration::from_nanos(100)));
         for bad in ["", "5", "S", "123456789S", "5x", "-5S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_unavailable_counts_against_the_database() {
+        let cases: [(Option<&[u8]>, Outcome); 8] = [
+            (Some(b"14"), Outcome::Unreachable),
+            (Some(b"13"), Outcome::Unknown),
+            (Some(b"8"), Outcome::Unknown),
+            (Some(b"4"), Outcome::Unknown),
+            (Some(b"0"), Outcome::Healthy),
+            (Some(b"3"), Outcome::Healthy),
+            (Some(b"5"), Outcome::Healthy),
+            (None, Outcome::Healthy),
+        ];
+        for (code, expected) in cases {
+            assert_eq!(breaker_outcome(code), expected, "{code:?}");
         }
     }
 }

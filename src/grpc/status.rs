@@ -12,6 +12,7 @@ impl From<DbError> for Status {
             DbError::UnknownAuthor(_) => Status::failed_precondition(error.to_string()),
             DbError::InvalidCursor(_) => Status::invalid_argument(error.to_string()),
             DbError::Unavailable(_) => Status::unavailable(error.to_string()),
+            DbError::Busy { .. } => Status::resource_exhausted(error.to_string()),
             DbError::Query(_) | DbError::Corrupt(_) => {
                 tracing::error!(%error, "database failure");
                 Status::internal("internal database error")

@@ -14,7 +14,7 @@ use super::{
 use crate::{
     actors::events::{Events, Subscribe, Subscription, Unsubscribe},
     db::{Database, DbError, PageCursor, MAX_PAGE_SIZE},
-    domain::{NewUser, User, UserId},
+    domain::{NewUser, SearchFilter, User, UserId},
 };
 
 /// Default `page_size` when a request leaves it at 0.
@@ -125,6 +125,8 @@ impl UserService for Users {
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let req = request.into_inner();
+        let filter = SearchFilter::parse(&req.filter)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
         let page_size = match req.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n < 0 => {
@@ -136,11 +138,11 @@ impl UserService for Users {
         };
         let after = match req.page_token.as_str() {
             "" => None,
-            token => Some(PageCursor::decode(token, &req.filter)?),
+            token => Some(PageCursor::decode(token, filter.as_str())?),
         };
         let page = self
             .db
-            .list_users(&req.filter, page_size, after.as_ref())
+            .list_users(&filter, page_size, after.as_ref())
             .await?;
         Ok(Response::new(pb::ListUsersResponse {
             users: page.users.into_iter().map(pb::User::from).collect(),
@@ -155,13 +157,14 @@ impl UserService for Users {
         &self,
         request: Request<pb::StreamUsersRequest>,
     ) -> Result<Response<Self::StreamUsersStream>, Status> {
-        let filter = request.into_inner().filter;
+        let filter = SearchFilter::parse(&request.into_inner().filter)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
         // Subscribe before reading the snapshot: a user committed in between is in both,
         // and the feeder drops the second copy.
         let subscription = self
             .events
             .send(Subscribe {
-                filter: filter.clone(),
+                filter: filter.as_str().to_owned(),
                 buffer: self.stream_buffer,
             })
             .await
@@ -212,7 +215,7 @@ impl UserService for Users {
 struct Feeder {
     db: Database,
     events: Addr<Events>,
-    filter: String,
+    filter: SearchFilter,
     buffer: usize,
     wire: mpsc::Sender<Result<pb::User, Status>>,
 }

@@ -38,6 +38,8 @@ pub struct HttpState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The circuit breaker guarding the database.
     pub breaker: actix::Addr<crate::actors::breaker::CircuitBreaker>,
+    /// Pings the database for readiness and `/health` (on its own connection).
+    pub health: actix::Addr<crate::actors::health::HealthMonitor>,
 }
 
 /// Handles for the chat routes.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use switchboard::domain::SearchFilter;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue, Message};
 
 use crate::{
@@ -287,7 +288,7 @@ async fn legacy_graphql_ws_subscribers_see_new_users_and_posts() {
 
     let author = app
         .database
-        .users_at_offset("legacy", 1, 0)
+        .users_at_offset(&SearchFilter::parse("legacy").unwrap(), 1, 0)
         .await
         .unwrap()
         .remove(0);

@@ -16,6 +16,7 @@ mod grpc_users;
 mod health;
 mod helpers;
 mod history;
+mod hostile_db;
 mod hostile_graphql;
 mod hostile_ws;
 mod loadtool;

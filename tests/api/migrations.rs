@@ -1,6 +1,9 @@
 //! Migrations up and down, on both backends.
 
-use switchboard::db::{migrate, DbError};
+use switchboard::{
+    db::{migrate, DbError},
+    domain::SearchFilter,
+};
 
 use crate::{helpers::TestDb, on_both_backends};
 
@@ -33,7 +36,10 @@ async fn migrations_apply_revert_and_reapply(db: &TestDb) {
     }
     assert_eq!(migrate::revert_last(settings).await.unwrap(), None);
     let database = switchboard::db::Database::connect(settings).await.unwrap();
-    let err = database.list_users("", 1, None).await.unwrap_err();
+    let err = database
+        .list_users(&SearchFilter::default(), 1, None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, DbError::Query(_)),
         "users table dropped: {err:?}"
@@ -42,7 +48,11 @@ async fn migrations_apply_revert_and_reapply(db: &TestDb) {
     // And up again: the schema works.
     migrate::run_pending(settings).await.unwrap();
     assert_eq!(
-        database.list_users("", 1, None).await.unwrap().total_count,
+        database
+            .list_users(&SearchFilter::default(), 1, None)
+            .await
+            .unwrap()
+            .total_count,
         0
     );
 }

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use switchboard::{
     db::{Database, DbError, PageCursor},
     domain::{
-        Age, Email, Metadata, NewPost, NewUser, PostContent, PostTitle, Tags, UserId, UserName,
-        UserPatch,
+        Age, Email, Metadata, NewPost, NewUser, PostContent, PostTitle, SearchFilter, Tags, UserId,
+        UserName, UserPatch,
     },
 };
 
@@ -35,7 +35,10 @@ async fn all_pages(db: &Database, filter: &str, size: u32) -> Vec<UserId> {
     let mut seen = Vec::new();
     let mut cursor: Option<PageCursor> = None;
     loop {
-        let page = db.list_users(filter, size, cursor.as_ref()).await.unwrap();
+        let page = db
+            .list_users(&SearchFilter::parse(filter).unwrap(), size, cursor.as_ref())
+            .await
+            .unwrap();
         assert!(
             page.users.len() <= size as usize,
             "page larger than asked for"
@@ -214,7 +217,10 @@ async fn the_filter_matches_name_or_email_case_insensitively(db: &TestDb) {
         ("", vec!["Ann Smith", "Bob", "Carol", "100% Dave"]),
     ];
     for (filter, expected) in cases {
-        let page = db.list_users(filter, 100, None).await.unwrap();
+        let page = db
+            .list_users(&SearchFilter::parse(filter).unwrap(), 100, None)
+            .await
+            .unwrap();
         let names: Vec<&str> = page.users.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, expected, "filter {filter:?}");
         assert_eq!(
@@ -236,7 +242,10 @@ async fn pages_visit_every_user_exactly_once(db: &TestDb) {
         created.push(user.id);
     }
 
-    let first = db.list_users("", 10, None).await.unwrap();
+    let first = db
+        .list_users(&SearchFilter::default(), 10, None)
+        .await
+        .unwrap();
     assert_eq!(first.users.len(), 10);
     assert_eq!(first.total_count, 25);
 
@@ -275,7 +284,10 @@ async fn pages_stay_exact_while_users_are_inserted_concurrently(db: &TestDb) {
     let mut seen = Vec::new();
     let mut cursor: Option<PageCursor> = None;
     loop {
-        let page = db.list_users("", 7, cursor.as_ref()).await.unwrap();
+        let page = db
+            .list_users(&SearchFilter::default(), 7, cursor.as_ref())
+            .await
+            .unwrap();
         seen.extend(page.users.iter().map(|u| u.id));
         tokio::task::yield_now().await;
         match page.next {
@@ -301,7 +313,10 @@ async fn page_tokens_are_validated(db: &TestDb) {
             .await
             .unwrap();
     }
-    let page = db.list_users("ann", 1, None).await.unwrap();
+    let page = db
+        .list_users(&SearchFilter::parse("ann").unwrap(), 1, None)
+        .await
+        .unwrap();
     let token = page.next.expect("more pages").encode();
 
     let garbled = PageCursor::decode("definitely-not-a-token", "ann");
@@ -311,7 +326,9 @@ async fn page_tokens_are_validated(db: &TestDb) {
     assert!(matches!(other_filter, Err(DbError::InvalidCursor(_))));
 
     let cursor = PageCursor::decode(&token, "ann").unwrap();
-    let mismatched = db.list_users("bob", 1, Some(&cursor)).await;
+    let mismatched = db
+        .list_users(&SearchFilter::parse("bob").unwrap(), 1, Some(&cursor))
+        .await;
     assert!(matches!(mismatched, Err(DbError::InvalidCursor(_))));
 }
 
@@ -324,7 +341,13 @@ async fn bulk_create_stores_everything_in_one_go(db: &TestDb) {
     let created = db.bulk_create_users(batch).await.unwrap();
 
     assert_eq!(created.len(), 1200);
-    assert_eq!(db.list_users("", 1, None).await.unwrap().total_count, 1200);
+    assert_eq!(
+        db.list_users(&SearchFilter::default(), 1, None)
+            .await
+            .unwrap()
+            .total_count,
+        1200
+    );
     let sample = &created[777];
     assert_eq!(&db.get_user(sample.id).await.unwrap(), sample);
 }
@@ -356,7 +379,11 @@ async fn bulk_create_is_all_or_nothing(db: &TestDb) {
         "{err:?}"
     );
 
-    let total = db.list_users("", 1, None).await.unwrap().total_count;
+    let total = db
+        .list_users(&SearchFilter::default(), 1, None)
+        .await
+        .unwrap()
+        .total_count;
     assert_eq!(total, 1, "no row of a failed batch is stored");
 }
 

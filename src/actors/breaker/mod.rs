@@ -6,7 +6,7 @@ pub mod state;
 
 use std::time::Instant;
 
-use actix::{Actor, Context, Handler, Message, MessageResult};
+use actix::{Actor, Addr, Context, Handler, Message, MessageResult};
 use serde::Serialize;
 
 pub use state::{BreakerConfig, BreakerState, Permit, Rejected};
@@ -42,8 +42,57 @@ pub struct Acquire;
 pub struct Record {
     /// The call's permit.
     pub permit: Permit,
-    /// Whether the dependency answered properly.
-    pub success: bool,
+    /// What the call says about the dependency.
+    pub outcome: Outcome,
+}
+
+/// What a call says about the guarded dependency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The dependency answered (whatever the answer meant for the request).
+    Healthy,
+    /// The dependency could not be reached.
+    Unreachable,
+    /// Nothing: the call was abandoned, or failed for a reason of its own (bad input, an
+    /// overloaded pool, a bug). Counted neither way; a trial's place is freed.
+    Unknown,
+}
+
+/// A permit that is given back when dropped unrecorded — a call abandoned by its client
+/// (a cancelled request, a dropped future) must neither count nor keep a half-open trial
+/// place until the trial timeout.
+#[derive(Debug)]
+pub struct Guarded {
+    breaker: Addr<CircuitBreaker>,
+    permit: Option<Permit>,
+}
+
+impl Guarded {
+    /// Wraps a permit of `breaker`.
+    pub fn new(breaker: Addr<CircuitBreaker>, permit: Permit) -> Self {
+        Self {
+            breaker,
+            permit: Some(permit),
+        }
+    }
+
+    /// Reports how the call went.
+    pub fn record(mut self, outcome: Outcome) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.do_send(Record { permit, outcome });
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.do_send(Record {
+                permit,
+                outcome: Outcome::Unknown,
+            });
+        }
+    }
 }
 
 /// The health monitor's verdict: the dependency is down.
@@ -77,7 +126,12 @@ impl Handler<Record> for CircuitBreaker {
     type Result = ();
 
     fn handle(&mut self, msg: Record, _ctx: &mut Self::Context) {
-        self.breaker.record(msg.permit, msg.success, Instant::now());
+        let now = Instant::now();
+        match msg.outcome {
+            Outcome::Healthy => self.breaker.record(msg.permit, true, now),
+            Outcome::Unreachable => self.breaker.record(msg.permit, false, now),
+            Outcome::Unknown => self.breaker.release(msg.permit, now),
+        }
     }
 }
 

@@ -206,6 +206,16 @@ impl Breaker {
         }
     }
 
+    /// Gives back a permit whose call says nothing about the dependency (it was abandoned
+    /// before an answer, or failed for a reason of its own): nothing is counted, and a
+    /// trial's place is freed for another call.
+    pub fn release(&mut self, permit: Permit, now: Instant) {
+        self.advance(now);
+        if permit.trial {
+            self.trials.remove(&permit.id);
+        }
+    }
+
     /// The health monitor found the dependency down: open now.
     pub fn force_open(&mut self, now: Instant) {
         self.advance(now);
@@ -319,6 +329,30 @@ mod tests {
             breaker.acquire(next_round).is_ok(),
             "and a new round of trials starts"
         );
+    }
+
+    #[test]
+    fn an_abandoned_trial_counts_neither_way_and_frees_its_place() {
+        let start = Instant::now();
+        let mut breaker = Breaker::new(config(), start);
+        breaker.force_open(start);
+        let half_open = start + Duration::from_secs(5);
+        let abandoned = breaker.acquire(half_open).unwrap();
+        let trial = breaker.acquire(half_open).unwrap();
+        assert!(breaker.acquire(half_open).is_err(), "both places taken");
+        breaker.release(abandoned, half_open);
+        assert_eq!(breaker.state(half_open), BreakerState::HalfOpen);
+        let replacement = breaker.acquire(half_open).expect("the place is free again");
+        breaker.record(trial, true, half_open);
+        breaker.record(replacement, true, half_open);
+        assert_eq!(breaker.state(half_open), BreakerState::Closed);
+        // While closed, released calls leave the window untouched.
+        for _ in 0..10 {
+            let permit = breaker.acquire(half_open).unwrap();
+            breaker.release(permit, half_open);
+        }
+        assert_eq!(breaker.state(half_open), BreakerState::Closed);
+        assert!(breaker.outcomes.is_empty());
     }
 
     #[test]

@@ -2,36 +2,44 @@
 //! unhealthy after [`UNHEALTHY_AFTER`] failures in a row and healthy again on the first
 //! success, logs each transition once, keeps the circuit breaker open while it is
 //! unhealthy, and tells the gRPC health service (`NOT_SERVING` while unreachable).
+//!
+//! It pings over a connection of its own ([`Probe`]), never a pooled one: a pool that
+//! client load has exhausted is overload, not an outage. `/readyz` and `/health` ask it
+//! for a fresh ping ([`PingNow`]) rather than opening connections themselves; asks that
+//! arrive while a ping is under way share its answer, so probes cannot pile up.
 
 use std::time::{Duration, Instant};
 
 use actix::{
-    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture,
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult,
+    ResponseFuture, WrapFuture,
 };
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
     actors::breaker::{CircuitBreaker, DependencyDown},
-    db::Database,
+    db::{Database, Probe},
 };
 
 /// Consecutive failed pings that mark the database unhealthy.
 pub const UNHEALTHY_AFTER: u32 = 2;
+/// Longest a ping may take before it counts as failed.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Owns the database's health history. Start one per server.
 pub struct HealthMonitor {
-    /// The database it pings.
-    db: Database,
+    /// Its own connection to the database (`None` while a ping has it).
+    probe: Option<Probe>,
     /// Where gRPC health is published.
     reporter: HealthReporter,
     /// How often to ping.
     interval: Duration,
     /// Set during shutdown, when health belongs to the shutdown sequence.
     draining: watch::Receiver<bool>,
-    /// Whether a ping is under way (pings never overlap).
-    pinging: bool,
+    /// Asks waiting for the ping under way.
+    waiters: Vec<oneshot::Sender<PingResult>>,
     /// What the pings found.
     state: HealthState,
     /// Opened while the database is unhealthy.
@@ -55,34 +63,43 @@ pub struct HealthState {
 impl HealthMonitor {
     /// A monitor pinging `db` every `interval`.
     pub fn new(
-        db: Database,
+        db: &Database,
         reporter: HealthReporter,
         interval: Duration,
         draining: watch::Receiver<bool>,
         breaker: Addr<CircuitBreaker>,
     ) -> Self {
         Self {
-            db,
+            probe: Some(db.probe()),
             reporter,
             interval,
             draining,
-            pinging: false,
+            waiters: Vec::new(),
             state: HealthState::default(),
             breaker,
         }
     }
 
+    /// The interval's ping (none while shutting down).
     fn check(&mut self, ctx: &mut Context<Self>) {
-        if self.pinging || *self.draining.borrow() {
-            return;
+        if !*self.draining.borrow() {
+            self.ping(ctx);
         }
-        self.pinging = true;
-        let db = self.db.clone();
-        let timeout = self.interval.max(Duration::from_secs(1));
-        ctx.spawn(async move { db.ping(timeout).await }.into_actor(self).map(
-            |result, monitor, ctx| {
-                monitor.pinging = false;
+    }
+
+    /// Starts a ping unless one is under way; its result answers every waiter.
+    fn ping(&mut self, ctx: &mut Context<Self>) {
+        let Some(probe) = self.probe.take() else {
+            return; // a ping is under way
+        };
+        ctx.spawn(probe.ping(PING_TIMEOUT).into_actor(self).map(
+            |(probe, result), monitor, ctx| {
+                monitor.probe = Some(probe);
                 monitor.record(result.is_ok(), ctx);
+                let answer = result.map_err(|error| error.to_string());
+                for waiter in monitor.waiters.drain(..) {
+                    let _ = waiter.send(answer.clone());
+                }
             },
         ));
     }
@@ -142,6 +159,29 @@ impl Actor for HealthMonitor {
 #[derive(Debug, Message)]
 #[rtype(result = "HealthState")]
 pub struct GetHealth;
+
+/// A ping's round trip, or why it failed.
+pub type PingResult = Result<Duration, String>;
+
+/// Ping the database now (joining the ping under way, if any) and say how it went.
+#[derive(Debug, Message)]
+#[rtype(result = "PingResult")]
+pub struct PingNow;
+
+impl Handler<PingNow> for HealthMonitor {
+    type Result = ResponseFuture<PingResult>;
+
+    fn handle(&mut self, _msg: PingNow, ctx: &mut Self::Context) -> Self::Result {
+        let (answer, answered) = oneshot::channel();
+        self.waiters.push(answer);
+        self.ping(ctx);
+        Box::pin(async move {
+            answered
+                .await
+                .unwrap_or_else(|_| Err("the health monitor stopped".to_owned()))
+        })
+    }
+}
 
 impl Handler<GetHealth> for HealthMonitor {
     type Result = MessageResult<GetHealth>;

@@ -12,7 +12,7 @@ use crate::db::{
     schema::users,
     with_conn, Conn, Database, DbError,
 };
-use crate::domain::{Age, NewUser, User, UserId, UserPatch};
+use crate::domain::{Age, NewUser, SearchFilter, User, UserId, UserPatch};
 
 /// Largest page [`Database::list_users`] returns.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -157,19 +157,19 @@ impl Database {
     #[tracing::instrument(skip(self, after))]
     pub async fn list_users(
         &self,
-        filter: &str,
+        filter: &SearchFilter,
         page_size: u32,
         after: Option<&PageCursor>,
     ) -> Result<UserPage, DbError> {
         if let Some(cursor) = after {
-            if cursor.filter != filter.trim() {
+            if cursor.filter != filter.as_str() {
                 return Err(DbError::InvalidCursor(
                     "it was issued for a different filter",
                 ));
             }
         }
         let limit = i64::from(page_size.clamp(1, MAX_PAGE_SIZE));
-        let pattern = substring_pattern(filter);
+        let pattern = substring_pattern(filter.as_str());
         let mut conn = self.conn().await?;
         let (mut rows, total_count) = with_conn!(&mut conn, |c| {
             let mut page = users::table
@@ -200,7 +200,7 @@ impl Database {
             Some(last) if has_more => Some(PageCursor {
                 created_at: last.created_at,
                 id: last.id.clone(),
-                filter: filter.trim().to_owned(),
+                filter: filter.as_str().to_owned(),
             }),
             _ => None,
         };
@@ -221,11 +221,11 @@ impl Database {
     #[tracing::instrument(skip(self))]
     pub async fn users_at_offset(
         &self,
-        filter: &str,
+        filter: &SearchFilter,
         limit: u32,
         offset: u32,
     ) -> Result<Vec<User>, DbError> {
-        let pattern = substring_pattern(filter);
+        let pattern = substring_pattern(filter.as_str());
         let mut conn = self.conn().await?;
         let rows: Vec<UserRow> = with_conn!(&mut conn, |c| {
             let mut page = users::table

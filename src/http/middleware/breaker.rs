@@ -1,6 +1,9 @@
 //! Routes that need the database (GraphQL) ask the circuit breaker first: while it is open
-//! they answer `503` at once, with `Retry-After`; otherwise the outcome (a 5xx answer is a
-//! failure) goes back to the breaker.
+//! they answer `503` at once, with `Retry-After`; otherwise the outcome goes back to the
+//! breaker. Only an answer its handler marked [`DatabaseUnavailable`] counts as a failure:
+//! a client's bad input, an overloaded pool or a bug says nothing about the database's
+//! health, so other 5xx answers count neither way (and a request abandoned by its client
+//! gives its permit back unrecorded).
 
 use actix_web::{
     body::{EitherBody, MessageBody},
@@ -12,12 +15,16 @@ use actix_web::{
 use serde_json::json;
 
 use crate::{
-    actors::breaker::{Acquire, Record},
+    actors::breaker::{Acquire, Guarded, Outcome},
     http::HttpState,
 };
 
 /// Paths whose handlers need the database.
 const GUARDED: [&str; 1] = ["/graphql"];
+
+/// Put in a response's extensions by a handler that found the database unreachable.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseUnavailable;
 
 /// `from_fn` middleware; see the module docs.
 pub async fn circuit_breaker<B: MessageBody + 'static>(
@@ -30,7 +37,7 @@ pub async fn circuit_breaker<B: MessageBody + 'static>(
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let permit = match state.breaker.send(Acquire).await {
-        Ok(Ok(permit)) => permit,
+        Ok(Ok(permit)) => Guarded::new(state.breaker.clone(), permit),
         Ok(Err(rejected)) => {
             let retry_after = rejected.retry_after.as_secs_f64().ceil().max(1.0) as u64;
             let response = HttpResponse::ServiceUnavailable()
@@ -45,7 +52,17 @@ pub async fn circuit_breaker<B: MessageBody + 'static>(
         Err(_) => return Ok(next.call(req).await?.map_into_left_body()),
     };
     let response = next.call(req).await?;
-    let success = !response.status().is_server_error();
-    state.breaker.do_send(Record { permit, success });
+    let outcome = if response
+        .response()
+        .extensions()
+        .contains::<DatabaseUnavailable>()
+    {
+        Outcome::Unreachable
+    } else if response.status().is_server_error() {
+        Outcome::Unknown
+    } else {
+        Outcome::Healthy
+    };
+    permit.record(outcome);
     Ok(response.map_into_left_body())
 }

@@ -18,7 +18,7 @@ use crate::{
     auth::{bearer_token, Claims},
     config::OriginPolicy,
     graphql::{cost, errors::code, Context, Schema},
-    http::HttpState,
+    http::{middleware::DatabaseUnavailable, HttpState},
 };
 
 /// Where the GraphQL endpoints live.
@@ -132,15 +132,22 @@ async fn execute(
     let context = context(state, request_identity(state, req));
     let response = request.execute(&graphql.schema, &context).await;
     let body = serde_json::to_value(&response).unwrap_or_default();
-    let status = if !response.is_ok() {
-        actix_web::http::StatusCode::BAD_REQUEST
-    } else if database_unavailable(&body) {
+    if !response.is_ok() {
+        return HttpResponse::BadRequest().json(body);
+    }
+    if has_error_code(&body, code::UNAVAILABLE) {
         // Tells clients and the circuit breaker that the database, not the query, failed.
-        actix_web::http::StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        actix_web::http::StatusCode::OK
-    };
-    HttpResponse::build(status).json(body)
+        let mut response = HttpResponse::ServiceUnavailable().json(body);
+        response.extensions_mut().insert(DatabaseUnavailable);
+        return response;
+    }
+    if has_error_code(&body, code::BUSY) {
+        // Overload: worth a retry soon, and nothing the breaker should count.
+        return HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "1"))
+            .json(body);
+    }
+    HttpResponse::Ok().json(body)
 }
 
 /// The GraphQL error object for a document refused before execution (the same on every
@@ -162,18 +169,16 @@ pub fn refusal_error(refusal: &cost::Refusal) -> serde_json::Value {
     }
 }
 
-/// Whether any error in a (batch) response says the database was unreachable.
-fn database_unavailable(body: &serde_json::Value) -> bool {
+/// Whether any error in a (batch) response carries `extensions.code` = `wanted`.
+fn has_error_code(body: &serde_json::Value, wanted: &str) -> bool {
     let responses = match body {
         serde_json::Value::Array(many) => many.iter().collect(),
         single => vec![single],
     };
     responses.iter().any(|response| {
-        response["errors"].as_array().is_some_and(|errors| {
-            errors
-                .iter()
-                .any(|e| e["extensions"]["code"] == code::UNAVAILABLE)
-        })
+        response["errors"]
+            .as_array()
+            .is_some_and(|errors| errors.iter().any(|e| e["extensions"]["code"] == wanted))
     })
 }
 

@@ -1,4 +1,9 @@
 //! `/livez`, `/readyz` and `/health`.
+//!
+//! Neither probe opens a database connection: both ask the `HealthMonitor` for a ping on
+//! its own connection (concurrent probes share one ping), so probes can neither drain the
+//! pool nor be failed by a pool that client load has exhausted. Every actor is asked with
+//! a timeout, so one that is stuck shows as failing instead of hanging the report.
 
 use std::time::Duration;
 
@@ -9,13 +14,14 @@ use crate::{
     actors::{
         breaker::{BreakerState, GetBreaker},
         events::GetEventStats,
+        health::{PingNow, PingResult, PING_TIMEOUT},
         hub::GetStats,
     },
     http::HttpState,
 };
 
-/// How long a health or readiness probe waits for the database.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `/health` waits for each actor's answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Registers the health routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -35,38 +41,49 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable()
             .json(json!({ "status": "fail", "reason": "shutting down" }));
     }
-    match state.db.ping(PING_TIMEOUT).await {
+    match ping(&state).await {
         Ok(_) => HttpResponse::Ok().json(json!({ "status": "pass" })),
-        Err(error) => HttpResponse::ServiceUnavailable()
-            .json(json!({ "status": "fail", "reason": error.to_string() })),
+        Err(reason) => {
+            HttpResponse::ServiceUnavailable().json(json!({ "status": "fail", "reason": reason }))
+        }
     }
+}
+
+/// A fresh ping from the health monitor.
+async fn ping(state: &HttpState) -> PingResult {
+    state
+        .health
+        .send(PingNow)
+        .timeout(PING_TIMEOUT + ASK_TIMEOUT)
+        .await
+        .unwrap_or_else(|error| Err(format!("the health monitor did not answer: {error}")))
 }
 
 /// The overall report in the `application/health+json` style.
 async fn health(state: web::Data<HttpState>) -> HttpResponse {
-    let ping = state.db.ping(PING_TIMEOUT).await;
+    let ping = ping(&state).await;
     let mut database = match &ping {
         Ok(latency) => json!({
             "status": "pass",
             "latency_ms": latency.as_secs_f64() * 1000.0,
         }),
-        Err(error) => json!({ "status": "fail", "output": error.to_string() }),
+        Err(error) => json!({ "status": "fail", "output": error }),
     };
     database["backend"] = json!(state.db.backend());
     database["pool"] = json!(state.db.pool_status());
     database["queries"] = json!(state.db.stats());
 
-    let hub = match state.chat.hub.send(GetStats).await {
+    let hub = match state.chat.hub.send(GetStats).timeout(ASK_TIMEOUT).await {
         Ok(stats) => json!({ "status": "pass", "stats": stats }),
         Err(_) => json!({ "status": "fail", "output": "chat hub unavailable" }),
     };
 
-    let events = match state.events.send(GetEventStats).await {
+    let events = match state.events.send(GetEventStats).timeout(ASK_TIMEOUT).await {
         Ok(stats) => json!({ "status": "pass", "stats": stats }),
         Err(_) => json!({ "status": "fail", "output": "event service unavailable" }),
     };
 
-    let breaker = match state.breaker.send(GetBreaker).await {
+    let breaker = match state.breaker.send(GetBreaker).timeout(ASK_TIMEOUT).await {
         Ok(report) => json!({
             "status": if report.state == BreakerState::Closed { "pass" } else { "warn" },
             "state": report.state,
@@ -74,13 +91,14 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
         }),
         Err(_) => json!({ "status": "fail", "output": "circuit breaker unavailable" }),
     };
-    let rate_limiter = json!({
-        "status": "pass",
-        "keys": state.rate_limit.limiters.keys().await,
-    });
+    let rate_limiter =
+        match tokio::time::timeout(ASK_TIMEOUT, state.rate_limit.limiters.keys()).await {
+            Ok(keys) => json!({ "status": "pass", "keys": keys }),
+            Err(_) => json!({ "status": "fail", "output": "rate limiter unavailable" }),
+        };
 
     // Overall: fail when the database does not answer; warn while a component is degraded.
-    let degraded = [&breaker, &hub, &events]
+    let degraded = [&breaker, &hub, &events, &rate_limiter]
         .iter()
         .any(|check| check["status"] != "pass");
     let status = match (ping.is_ok(), degraded) {

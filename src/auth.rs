@@ -15,8 +15,13 @@ pub struct Claims {
     pub sub: String,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
-    /// Issue time, seconds since the Unix epoch.
-    pub iat: u64,
+    /// Issue time, seconds since the Unix epoch (optional, as RFC 7519 has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Not valid before this time, seconds since the Unix epoch (checked with the same
+    /// leeway as `exp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// Optional role, e.g. `admin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
@@ -45,6 +50,9 @@ pub enum AuthError {
     /// The token was valid once but has expired.
     #[error("token expired")]
     Expired,
+    /// The token's `nbf` lies in the future.
+    #[error("token not valid yet (nbf is in the future)")]
+    NotYetValid,
     /// Bad signature, malformed token, wrong algorithm or missing claims.
     #[error("invalid token: {0}")]
     Invalid(String),
@@ -52,6 +60,11 @@ pub enum AuthError {
     #[error("a token needs a non-empty subject")]
     EmptySubject,
 }
+
+/// Clock skew forgiven on `exp` and `nbf`.
+pub const LEEWAY_SECONDS: u64 = 5;
+/// Longest subject accepted, in bytes (it becomes a user id everywhere).
+pub const MAX_SUBJECT_LEN: usize = 256;
 
 /// Signs and verifies tokens with one secret. Cheap to clone.
 #[derive(Clone)]
@@ -72,7 +85,8 @@ impl JwtAuth {
     pub fn new(secret: &JwtSecret) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 5;
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECONDS;
         Self {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
@@ -90,9 +104,11 @@ impl JwtAuth {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
+        check_subject(sub)?;
         let claims = Claims {
             sub: sub.to_owned(),
-            iat: now,
+            iat: Some(now),
+            nbf: None,
             exp: now.saturating_add(ttl.as_secs()),
             role: role.map(str::to_owned),
         };
@@ -100,18 +116,32 @@ impl JwtAuth {
             .map_err(|e| AuthError::Invalid(e.to_string()))
     }
 
-    /// Checks signature, algorithm and expiry, and returns the claims.
+    /// Checks signature, algorithm, expiry and `nbf`, and that the subject can serve as a
+    /// user id; returns the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token.trim(), &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             _ => AuthError::Invalid(e.to_string()),
         })?;
-        if data.claims.sub.trim().is_empty() {
-            return Err(AuthError::Invalid("empty subject".into()));
-        }
+        check_subject(&data.claims.sub)?;
         Ok(data.claims)
     }
+}
+
+/// A subject is a user id in chat frames, logs and stored history: non-blank, at most
+/// [`MAX_SUBJECT_LEN`] bytes, no control characters (a NUL would poison PostgreSQL text).
+fn check_subject(sub: &str) -> Result<(), AuthError> {
+    if sub.trim().is_empty() {
+        return Err(AuthError::Invalid("empty subject".into()));
+    }
+    if sub.len() > MAX_SUBJECT_LEN || sub.chars().any(char::is_control) {
+        return Err(AuthError::Invalid(format!(
+            "the subject must be at most {MAX_SUBJECT_LEN} bytes without control characters"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -145,7 +175,7 @@ mod tests {
         let claims = auth.verify(&token).unwrap();
         assert_eq!(claims.sub, "ann");
         assert!(claims.is_admin());
-        assert_eq!(claims.exp - claims.iat, 60);
+        assert_eq!(claims.exp - claims.iat.unwrap(), 60);
     }
 
     #[test]
@@ -164,7 +194,8 @@ mod tests {
             &Header::new(Algorithm::HS256),
             &Claims {
                 sub: "ann".into(),
-                iat: 1,
+                iat: Some(1),
+                nbf: None,
                 exp: 2,
                 role: None,
             },
@@ -181,5 +212,58 @@ mod tests {
             auth.issue(" ", Duration::from_secs(1), None),
             Err(AuthError::EmptySubject)
         ));
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn signed(auth: &JwtAuth, claims: &Claims) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &auth.encoding).unwrap()
+    }
+
+    #[test]
+    fn a_token_is_not_accepted_before_its_nbf() {
+        let auth = auth("0123456789abcdef-secret");
+        let claims = |nbf: u64| Claims {
+            sub: "ann".into(),
+            iat: None,
+            nbf: Some(nbf),
+            exp: now() + 3600,
+            role: None,
+        };
+        let future = signed(&auth, &claims(now() + 600));
+        assert!(matches!(auth.verify(&future), Err(AuthError::NotYetValid)));
+        // Within the leeway, and in the past, it is fine; `iat` may be absent.
+        assert!(auth.verify(&signed(&auth, &claims(now() + 2))).is_ok());
+        assert!(auth.verify(&signed(&auth, &claims(now() - 60))).is_ok());
+    }
+
+    #[test]
+    fn subjects_that_cannot_be_user_ids_are_refused() {
+        let auth = auth("0123456789abcdef-secret");
+        for sub in ["a\0b", "line\nbreak", &"x".repeat(257)] {
+            let token = signed(
+                &auth,
+                &Claims {
+                    sub: sub.to_owned(),
+                    iat: None,
+                    nbf: None,
+                    exp: now() + 60,
+                    role: None,
+                },
+            );
+            assert!(
+                matches!(auth.verify(&token), Err(AuthError::Invalid(_))),
+                "{sub:?}"
+            );
+            assert!(auth.issue(sub, Duration::from_secs(60), None).is_err());
+        }
+        assert!(auth
+            .issue(&"x".repeat(256), Duration::from_secs(60), None)
+            .is_ok());
     }
 }

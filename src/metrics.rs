@@ -117,6 +117,8 @@ pub struct Scrape {
     pub rate_limit_keys: Option<usize>,
     /// The database circuit breaker.
     pub breaker: Option<crate::actors::breaker::BreakerReport>,
+    /// The history writer's counters (when history is on and it answered).
+    pub history: Option<crate::actors::history::HistoryStats>,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
@@ -177,6 +179,43 @@ impl Scrape {
                 "counter",
                 "Sessions refused at connect.",
                 hub.refused_sessions,
+            );
+        }
+        if let Some(history) = &self.history {
+            metric(
+                out,
+                "switchboard_history_pending",
+                "gauge",
+                "Chat messages waiting to be written to the history.",
+                history.pending,
+            );
+            metric(
+                out,
+                "switchboard_history_written_total",
+                "counter",
+                "Chat messages written to the history.",
+                history.written,
+            );
+            metric(
+                out,
+                "switchboard_history_failed_writes_total",
+                "counter",
+                "History batches whose write failed (and were retried).",
+                history.failed_writes,
+            );
+            metric(
+                out,
+                "switchboard_history_rejected_total",
+                "counter",
+                "History rows the database refused for their data (dropped).",
+                history.rejected,
+            );
+            metric(
+                out,
+                "switchboard_history_dropped_total",
+                "counter",
+                "Chat messages not stored because too many were waiting.",
+                history.dropped,
             );
         }
         if let Some(events) = &self.events {

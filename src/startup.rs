@@ -212,6 +212,7 @@ impl Application {
             metrics: metrics.clone(),
             breaker: breaker.clone(),
             health: monitor,
+            history: history.clone(),
             rate_limit: http::middleware::RateLimitState {
                 limiters,
                 trusted_proxies: settings.trusted_proxies.clone(),

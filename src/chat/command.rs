@@ -144,6 +144,14 @@ impl Command {
             })
         };
         let content = inbound.content.unwrap_or_default();
+        if content.contains('\0') {
+            // PostgreSQL cannot store NUL in text; a message that can never be stored is
+            // refused here rather than relayed and then lost from history.
+            return Err(CommandError::Invalid {
+                field: "content",
+                reason: "it must not contain NUL (U+0000)".into(),
+            });
+        }
         Ok(match kind.as_str() {
             "join" => Self::Join {
                 room: room(inbound.room_id)?,
@@ -213,10 +221,12 @@ fn recipient(to: Option<String>) -> Result<String, CommandError> {
             field: "to",
             kind: "private".into(),
         })?;
-    if to.len() > MAX_USER_ID_LEN {
+    if to.len() > MAX_USER_ID_LEN || to.chars().any(char::is_control) {
         return Err(CommandError::Invalid {
             field: "to",
-            reason: format!("a user id is at most {MAX_USER_ID_LEN} bytes"),
+            reason: format!(
+                "a user id is at most {MAX_USER_ID_LEN} bytes without control characters"
+            ),
         });
     }
     Ok(to)
@@ -346,6 +356,14 @@ mod tests {
             ),
             (r#"{"type":"error","room_id":"r"}"#, "reserved"),
             (r#"{"type":"join","room_id":"a\u0007"}"#, "invalid room_id"),
+            (
+                r#"{"type":"message","room_id":"r","content":"a\u0000b"}"#,
+                "invalid content: it must not contain NUL",
+            ),
+            (
+                r#"{"type":"private","to":"bob\u0000","content":"x"}"#,
+                "invalid to",
+            ),
             (
                 r#"{"type":"message","room_id":"r","metadata":3}"#,
                 "malformed message",

@@ -40,6 +40,8 @@ pub struct HttpState {
     pub breaker: actix::Addr<crate::actors::breaker::CircuitBreaker>,
     /// Pings the database for readiness and `/health` (on its own connection).
     pub health: actix::Addr<crate::actors::health::HealthMonitor>,
+    /// The chat history writer (`None` when history is off), for `/health` and `/metrics`.
+    pub history: Option<actix::Addr<crate::actors::history::HistoryWriter>>,
 }
 
 /// Handles for the chat routes.

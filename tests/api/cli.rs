@@ -28,7 +28,7 @@ fn token_prints_a_jwt_signed_with_the_configured_secret() {
         .expect("the printed token verifies");
     assert_eq!(claims.sub, "ann");
     assert!(claims.is_admin());
-    assert_eq!(claims.exp - claims.iat, 7200);
+    assert_eq!(claims.exp - claims.iat.unwrap(), 7200);
 }
 
 #[test]

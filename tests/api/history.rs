@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Posts `count` messages to `room` and waits for each ack; returns the acked offsets.
-async fn post(client: &mut WsClient, room: &str, count: usize) -> Vec<u64> {
+pub(crate) async fn post(client: &mut WsClient, room: &str, count: usize) -> Vec<u64> {
     let mut offsets = Vec::new();
     for i in 0..count {
         client
@@ -26,7 +26,7 @@ async fn post(client: &mut WsClient, room: &str, count: usize) -> Vec<u64> {
 }
 
 /// Joins `room` with `since_offset` and returns the confirmation.
-async fn rejoin(client: &mut WsClient, room: &str, since: u64) -> Value {
+pub(crate) async fn rejoin(client: &mut WsClient, room: &str, since: u64) -> Value {
     client
         .send(json!({"type": "join", "room_id": room, "metadata": {"since_offset": since}}))
         .await;
@@ -39,7 +39,7 @@ async fn rejoin(client: &mut WsClient, room: &str, since: u64) -> Value {
 }
 
 /// The offsets of the next `count` relayed `message` frames.
-async fn next_offsets(client: &mut WsClient, count: usize) -> Vec<u64> {
+pub(crate) async fn next_offsets(client: &mut WsClient, count: usize) -> Vec<u64> {
     let mut offsets = Vec::new();
     while offsets.len() < count {
         let frame = client.recv_kind("message").await;
@@ -48,7 +48,7 @@ async fn next_offsets(client: &mut WsClient, count: usize) -> Vec<u64> {
     offsets
 }
 
-fn settings_with(db: &TestDb, change: impl FnOnce(&mut Settings)) -> Settings {
+pub(crate) fn settings_with(db: &TestDb, change: impl FnOnce(&mut Settings)) -> Settings {
     let mut settings = test_settings(db);
     settings.websocket.rate_per_second = 10_000.0;
     settings.websocket.rate_burst = 10_000;

@@ -64,6 +64,10 @@ pub struct HistoryStats {
     pub dropped: u64,
     /// Batches whose write failed (and were retried).
     pub failed_writes: u64,
+    /// Rows the database refused for their data (dropped, logged as errors).
+    pub rejected: u64,
     /// Messages deleted by retention.
     pub pruned: u64,
+    /// What is wrong now (writes failing, far behind, a recent refusal); empty when well.
+    pub problems: Vec<String>,
 }

@@ -8,6 +8,13 @@
 //! after a pause; past `max_pending` waiting messages, new ones are dropped (and counted)
 //! rather than letting memory grow without bound.
 //!
+//! One bad row must not wedge everything behind it. When a batch is refused, the writer
+//! asks whether the database takes an empty transaction right now: if not, the database
+//! is failing and the whole batch waits. If it does, the batch's data is at fault: the
+//! batch is halved and each half written on its own, down to the single rows the
+//! database refuses, which are dropped, counted (`rejected`) and logged as errors. (The
+//! edges already refuse what is known to be unstorable, such as NUL in text.)
+//!
 //! Reads ([`Replay`], [`LastMessages`]) merge what is stored with what still waits in
 //! memory, so a message is found from the moment it was relayed.
 
@@ -17,6 +24,8 @@ use std::{
     collections::{BTreeMap, VecDeque},
     time::{Duration, Instant},
 };
+
+mod store;
 
 use actix::{
     Actor, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, MessageResult,
@@ -34,6 +43,10 @@ use crate::{
 
 /// Pause before a failed batch is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long after a refused row `/health` keeps warning about it.
+const REJECTION_WARNS_FOR: Duration = Duration::from_secs(300);
+/// Flush intervals the oldest waiting message may age before `/health` warns.
+const BEHIND_AFTER_FLUSHES: u32 = 10;
 
 /// Owns the messages waiting to be written and the retention schedule. Start one per server.
 pub struct HistoryWriter {
@@ -47,6 +60,10 @@ pub struct HistoryWriter {
     backoff_until: Option<Instant>,
     pruning: bool,
     stats: HistoryStats,
+    /// The last write's error, while writes fail.
+    failing: Option<String>,
+    /// When a row was last refused.
+    last_rejected: Option<Instant>,
 }
 
 impl HistoryWriter {
@@ -61,6 +78,8 @@ impl HistoryWriter {
             backoff_until: None,
             pruning: false,
             stats: HistoryStats::default(),
+            failing: None,
+            last_rejected: None,
         }
     }
 
@@ -96,31 +115,79 @@ impl HistoryWriter {
         }
         let (batch, privates) = self.take(self.settings.batch_size);
         let db = self.db.clone();
-        let written = async move {
-            let result = db.append_history(&batch, &privates).await;
-            (result, batch, privates)
-        }
-        .into_actor(self)
-        .map(|(result, batch, privates), writer, ctx| {
-            match result {
-                Ok(()) => {
-                    writer.backoff_until = None;
-                    writer.stats.written += (batch.len() + privates.len()) as u64;
-                }
-                Err(error) => {
-                    writer.stats.failed_writes += 1;
-                    tracing::warn!(%error, messages = batch.len(), "history write failed; will retry");
-                    writer.backoff_until = Some(Instant::now() + RETRY_AFTER);
-                    for message in batch.into_iter().rev() {
-                        writer.pending.push_front(message);
+        let written =
+            store::store(db, batch, privates)
+                .into_actor(self)
+                .map(|outcome, writer, ctx| {
+                    writer.count(&outcome);
+                    match outcome.unwritten {
+                        None => {
+                            writer.backoff_until = None;
+                            writer.failing = None;
+                        }
+                        Some(unwritten) => {
+                            writer.stats.failed_writes += 1;
+                            tracing::warn!(
+                                error = %unwritten.error,
+                                messages = unwritten.messages.len() + unwritten.privates.len(),
+                                "history write failed; will retry"
+                            );
+                            writer.failing = Some(unwritten.error.to_string());
+                            writer.backoff_until = Some(Instant::now() + RETRY_AFTER);
+                            for message in unwritten.messages.into_iter().rev() {
+                                writer.pending.push_front(message);
+                            }
+                            writer.pending_private.splice(0..0, unwritten.privates);
+                            writer.enforce_bound();
+                        }
                     }
-                    writer.pending_private.splice(0..0, privates);
-                    writer.enforce_bound();
-                }
-            }
-            writer.schedule(ctx);
-        });
+                    writer.schedule(ctx);
+                });
         ctx.wait(written);
+    }
+
+    /// Counts what a write stored and refused.
+    fn count(&mut self, outcome: &store::Stored) {
+        self.stats.written += outcome.written as u64;
+        for rejected in &outcome.rejected {
+            self.stats.rejected += 1;
+            self.last_rejected = Some(Instant::now());
+            tracing::error!(
+                message = %rejected.id,
+                error = %rejected.error,
+                "the database refused a history row; it is dropped"
+            );
+        }
+    }
+
+    /// What `/health` should warn about, if anything.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(error) = &self.failing {
+            problems.push(format!("writes are failing: {error}"));
+        }
+        let behind = self.pending.front().map(|oldest| {
+            (Utc::now() - oldest.created_at)
+                .to_std()
+                .unwrap_or_default()
+        });
+        let allowed = self.settings.flush_interval * BEHIND_AFTER_FLUSHES;
+        if let Some(behind) = behind.filter(|behind| *behind > allowed) {
+            problems.push(format!(
+                "the oldest waiting message is {} ms old",
+                behind.as_millis()
+            ));
+        }
+        if let Some(at) = self.last_rejected {
+            if at.elapsed() < REJECTION_WARNS_FOR {
+                problems.push(format!(
+                    "a row was refused {} s ago ({} in all)",
+                    at.elapsed().as_secs(),
+                    self.stats.rejected
+                ));
+            }
+        }
+        problems
     }
 
     /// Takes up to `limit` waiting room messages, oldest first, and every waiting private one.
@@ -262,20 +329,15 @@ impl Handler<Flush> for HistoryWriter {
         let (batch, privates) = self.take(usize::MAX);
         let db = self.db.clone();
         AtomicResponse::new(Box::pin(
-            async move {
-                let count = batch.len() + privates.len();
-                if count > 0 {
-                    db.append_history(&batch, &privates).await?;
-                }
-                Ok(count)
-            }
-            .into_actor(self)
-            .map(|result: Result<usize, DbError>, writer, _| {
-                if let Ok(count) = &result {
-                    writer.stats.written += *count as u64;
-                }
-                result
-            }),
+            store::store(db, batch, privates)
+                .into_actor(self)
+                .map(|outcome, writer, _| {
+                    writer.count(&outcome);
+                    match outcome.unwritten {
+                        None => Ok(outcome.written),
+                        Some(unwritten) => Err(unwritten.error),
+                    }
+                }),
         ))
     }
 }
@@ -286,6 +348,7 @@ impl Handler<GetHistoryStats> for HistoryWriter {
     fn handle(&mut self, _msg: GetHistoryStats, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(HistoryStats {
             pending: self.waiting(),
+            problems: self.problems(),
             ..self.stats.clone()
         })
     }

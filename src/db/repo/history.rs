@@ -202,6 +202,26 @@ impl Database {
         Ok(())
     }
 
+    /// Runs an empty write transaction: whether the database takes writes right now (the
+    /// history writer's test of whether a refused batch is the data's fault or the
+    /// database's).
+    pub async fn takes_transactions(&self) -> Result<(), DbError> {
+        let mut conn = self.conn().await?;
+        match &mut conn {
+            Conn::Postgres(c) => {
+                c.transaction::<_, diesel::result::Error, _>(async |_| Ok(()))
+                    .await?
+            }
+            Conn::Sqlite(c) => {
+                c.spawn_blocking(|c| {
+                    c.immediate_transaction(|_| Ok::<_, diesel::result::Error>(()))
+                })
+                .await?
+            }
+        }
+        Ok(())
+    }
+
     /// The last offset handed out in each room that has stored history.
     #[tracing::instrument(skip_all)]
     pub async fn room_offsets(&self) -> Result<HashMap<RoomId, u64>, DbError> {

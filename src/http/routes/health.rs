@@ -15,6 +15,7 @@ use crate::{
         breaker::{BreakerState, GetBreaker},
         events::GetEventStats,
         health::{PingNow, PingResult, PING_TIMEOUT},
+        history::GetHistoryStats,
         hub::GetStats,
     },
     http::HttpState,
@@ -97,8 +98,21 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
             Err(_) => json!({ "status": "fail", "output": "rate limiter unavailable" }),
         };
 
+    let history = match &state.history {
+        None => json!({ "status": "pass", "enabled": false }),
+        Some(writer) => match writer.send(GetHistoryStats).timeout(ASK_TIMEOUT).await {
+            Ok(stats) if stats.problems.is_empty() => json!({ "status": "pass", "stats": stats }),
+            Ok(stats) => json!({
+                "status": "warn",
+                "output": stats.problems.join("; "),
+                "stats": stats,
+            }),
+            Err(_) => json!({ "status": "fail", "output": "history writer unavailable" }),
+        },
+    };
+
     // Overall: fail when the database does not answer; warn while a component is degraded.
-    let degraded = [&breaker, &hub, &events, &rate_limiter]
+    let degraded = [&breaker, &hub, &events, &rate_limiter, &history]
         .iter()
         .any(|check| check["status"] != "pass");
     let status = match (ping.is_ok(), degraded) {
@@ -116,6 +130,7 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
             "hub": hub,
             "events": events,
             "rate_limiter": rate_limiter,
+            "history": history,
         },
     });
     let mut response = if ping.is_ok() {

@@ -3,7 +3,7 @@
 use actix_web::{web, HttpResponse};
 
 use crate::{
-    actors::{breaker::GetBreaker, events::GetEventStats, hub::GetStats},
+    actors::{breaker::GetBreaker, events::GetEventStats, history::GetHistoryStats, hub::GetStats},
     http::HttpState,
     metrics::Scrape,
 };
@@ -21,6 +21,10 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
         pool: Some(state.db.pool_status()),
         rate_limit_keys: Some(state.rate_limit.limiters.keys().await),
         breaker: state.breaker.send(GetBreaker).await.ok(),
+        history: match &state.history {
+            Some(writer) => writer.send(GetHistoryStats).await.ok(),
+            None => None,
+        },
     };
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

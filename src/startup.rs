@@ -63,9 +63,6 @@ pub enum StartupError {
     /// Migrations failed.
     #[error("cannot migrate the database: {0}")]
     Migrate(DbError),
-    /// The chat history could not be read (are the migrations applied?).
-    #[error("cannot read the chat history's room offsets: {0}")]
-    History(DbError),
     /// A runtime or server component failed to start.
     #[error("cannot start {what}: {source}")]
     Runtime {
@@ -165,17 +162,14 @@ impl Application {
         let recovery_buffer = settings.websocket.outbound_queue;
         let mut hub = Hub::new(max_sessions)
             .with_recovery_buffer(recovery_buffer)
-            .with_pulse(Session::heartbeat_tick(&settings.websocket));
+            .with_pulse(Session::heartbeat_tick(&settings.websocket))
+            .with_numbering(database.clone(), settings.history.room_idle);
         let history = if settings.history.enabled {
-            let offsets = database
-                .room_offsets()
-                .await
-                .map_err(StartupError::History)?;
             let (db, config) = (database.clone(), settings.history.clone());
             let writer = HistoryWriter::start_in_arbiter(&singletons.handle(), move |_| {
                 HistoryWriter::new(db, config)
             });
-            hub = hub.with_history(writer.clone(), offsets, settings.history.private);
+            hub = hub.with_history(writer.clone(), settings.history.private);
             Some(writer)
         } else {
             None

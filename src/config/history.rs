@@ -27,6 +27,9 @@ pub struct HistorySettings {
     pub max_pending: usize,
     /// How often retention is applied.
     pub prune_interval: Duration,
+    /// How long a room without members keeps its numbering in memory (and its reserved
+    /// offsets) before they are handed back.
+    pub room_idle: Duration,
 }
 
 impl Default for HistorySettings {
@@ -40,6 +43,7 @@ impl Default for HistorySettings {
             batch_size: 500,
             max_pending: 100_000,
             prune_interval: Duration::from_secs(60),
+            room_idle: Duration::from_secs(60),
         }
     }
 }
@@ -64,6 +68,8 @@ pub struct HistoryLayer {
     pub max_pending: Option<usize>,
     /// See [`HistorySettings::prune_interval`] (e.g. `"60s"`).
     pub prune_interval: Option<String>,
+    /// See [`HistorySettings::room_idle`] (e.g. `"60s"`).
+    pub room_idle: Option<String>,
 }
 
 impl HistorySettings {
@@ -93,6 +99,9 @@ impl HistorySettings {
         }
         if let Some(raw) = layer.prune_interval {
             self.prune_interval = positive("history prune interval", &raw)?;
+        }
+        if let Some(raw) = layer.room_idle {
+            self.room_idle = positive("history room idle", &raw)?;
         }
         Ok(self)
     }
@@ -144,6 +153,15 @@ pub struct HistoryArgs {
         value_name = "DURATION"
     )]
     pub history_prune_interval: Option<String>,
+    /// How long a room without members keeps its numbering before its unused offsets
+    /// are handed back [default: 60s].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_HISTORY_ROOM_IDLE",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub history_room_idle: Option<String>,
 }
 
 impl HistoryArgs {
@@ -156,6 +174,7 @@ impl HistoryArgs {
             private: self.history_private,
             flush_interval: self.history_flush_interval.clone(),
             prune_interval: self.history_prune_interval.clone(),
+            room_idle: self.history_room_idle.clone(),
             batch_size: None,
             max_pending: None,
         }

@@ -31,7 +31,7 @@ pub use error::DbError;
 pub use probe::Probe;
 
 use crate::actors::events::{Events, PostCreated, UsersCreated};
-pub use repo::{PageCursor, UserPage, MAX_PAGE_SIZE};
+pub use repo::{PageCursor, Reservation, UserPage, MAX_PAGE_SIZE};
 pub use stats::{DbStats, DbStatsSnapshot, LatencyBucket, LATENCY_BUCKETS_MS};
 
 use crate::config::{DatabaseSettings, DatabaseUrl};

@@ -32,6 +32,7 @@ diesel::table! {
         room_id -> Text,
         last_offset -> BigInt,
         updated_at -> Timestamp,
+        reserved_offset -> BigInt,
     }
 }
 

@@ -19,6 +19,7 @@ mod history;
 mod hostile_db;
 mod hostile_graphql;
 mod hostile_history;
+mod hostile_rooms;
 mod hostile_ws;
 mod loadtool;
 mod metrics;

@@ -63,7 +63,22 @@ impl WsClient {
         query: &str,
         headers: &[(&'static str, &str)],
     ) -> Result<Self, Refused> {
-        let stream = raw_connect(app, query, headers).await?;
+        Self::try_connect_to(&app.http_addr.to_string(), query, headers).await
+    }
+
+    /// Connects as `sub` to a server at `addr` (`IP:PORT`), e.g. a spawned binary.
+    pub async fn user_at(addr: &str, sub: &str) -> Self {
+        Self::try_connect_to(addr, &format!("?token={}", token(sub, None)), &[])
+            .await
+            .unwrap_or_else(|refused| panic!("upgrade refused: {refused:?}"))
+    }
+
+    async fn try_connect_to(
+        addr: &str,
+        query: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Self, Refused> {
+        let stream = raw_connect_to(addr, query, headers).await?;
         let mut client = Self {
             stream,
             welcome: Value::Null,
@@ -171,7 +186,15 @@ pub async fn raw_connect(
     query: &str,
     headers: &[(&'static str, &str)],
 ) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, Refused> {
-    let mut request = format!("ws://{}/ws{query}", app.http_addr)
+    raw_connect_to(&app.http_addr.to_string(), query, headers).await
+}
+
+async fn raw_connect_to(
+    addr: &str,
+    query: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, Refused> {
+    let mut request = format!("ws://{addr}/ws{query}")
         .into_client_request()
         .unwrap();
     for (name, value) in headers {

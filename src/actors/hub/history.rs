@@ -1,30 +1,151 @@
-//! The hub's history side: room offsets, recovery after `since_offset` (missed messages
-//! replayed, live frames held meanwhile) and the `history` request.
+//! The hub's history side: joins, recovery after `since_offset` (missed messages replayed,
+//! live frames held meanwhile) and the `history` request.
+//!
+//! A session's joins of one room are answered in the order they came, each with its own
+//! confirmation and replay: a join sent while an earlier one is still being recovered
+//! waits behind it, and the live frames that arrive in between go with the join they
+//! follow. So no join goes unanswered and no `recovered: true` covers a gap.
 
-use actix::{prelude::SendError, ActorFutureExt, AsyncContext, Handler, MailboxError, WrapFuture};
+use std::collections::VecDeque;
+
+use actix::{
+    prelude::SendError, ActorFutureExt, AsyncContext, Context, Handler, MailboxError, WrapFuture,
+};
 use bytestring::ByteString;
 use serde_json::{json, Value};
 
-use super::{Failure, History, Hub, Outbox, ToSession};
+use super::{presence_event, Failure, History, Hub, Join, Outbox, ToSession};
 use crate::{
-    actors::history::LastMessages,
+    actors::history::{LastMessages, Replay},
     chat::{Frame, SessionId},
     db::DbError,
     domain::{RoomId, StoredMessage},
 };
 
-/// A session joined with `since_offset` whose missed messages are being read.
+/// A session with joins of a room waiting for their replays.
 pub(super) struct Recovering {
-    /// Where its frames go once the replay is out.
+    /// Where its frames go.
     pub(super) addr: Outbox,
-    /// Live frames that arrived meanwhile, sent after the replay.
-    pub(super) held: Vec<ByteString>,
+    /// Its joins, oldest first.
+    joins: VecDeque<PendingJoin>,
+    /// Live frames held in all of them.
+    held: usize,
+}
+
+/// One join waiting to be answered.
+struct PendingJoin {
+    /// Tells this join's replay from another's.
+    id: u64,
+    /// The `since_offset` it carried.
+    since: Option<u64>,
+    /// The room's last offset when it arrived.
+    top: u64,
+    /// The missed messages once read (`None` while reading; joins without a replay are
+    /// ready at once).
+    replay: Option<Vec<StoredMessage>>,
+    /// Live frames that arrived after this join (and before the next).
+    held: Vec<ByteString>,
+}
+
+impl Recovering {
+    /// Holds a live frame for the session; `false` when it holds too many already.
+    pub(super) fn hold(&mut self, frame: &ByteString, limit: usize) -> bool {
+        if self.held >= limit {
+            return false;
+        }
+        if let Some(last) = self.joins.back_mut() {
+            last.held.push(frame.clone());
+            self.held += 1;
+        }
+        true
+    }
 }
 
 impl Hub {
-    /// The last offset handed out in `room` (0 before its first message).
-    pub(super) fn top(&self, room: &RoomId) -> u64 {
-        self.offsets.get(room).copied().unwrap_or(0)
+    /// Subscribes a session to a room whose numbering is open, and answers the join: at
+    /// once, or after its replay (and any earlier join's) when it must recover.
+    pub(super) fn join_now(&mut self, join: Join, ctx: &mut Context<Self>) {
+        let Join {
+            session,
+            room,
+            since,
+        } = join;
+        let top = self.top(&room);
+        let writer = self.history.clone();
+        let replays = since.is_some_and(|since| since < top) && writer.is_some();
+        let Some(member) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let newly = member.rooms.insert(&room);
+        let (user, name, addr) = (
+            member.identity.user_id.clone(),
+            member.identity.name.clone(),
+            member.addr.clone(),
+        );
+        let entry = self.rooms.entry(room.clone()).or_default();
+        let mut first_of_user = false;
+        if newly {
+            let sessions = entry.users.entry(user.clone()).or_insert(0);
+            *sessions += 1;
+            first_of_user = *sessions == 1;
+        }
+        let queued = replays || entry.recovering.contains_key(&session);
+        if queued {
+            entry.members.remove(&session);
+            self.next_join += 1;
+            let id = self.next_join;
+            let recovering = entry
+                .recovering
+                .entry(session)
+                .or_insert_with(|| Recovering {
+                    addr,
+                    joins: VecDeque::new(),
+                    held: 0,
+                });
+            recovering.joins.push_back(PendingJoin {
+                id,
+                since,
+                top,
+                replay: (!replays).then(Vec::new),
+                held: Vec::new(),
+            });
+            if let (true, Some(since), Some(writer)) = (replays, since, writer) {
+                let request = Replay {
+                    room: room.clone(),
+                    after: since,
+                    upto: top,
+                };
+                let room = room.clone();
+                ctx.spawn(
+                    writer
+                        .send(request)
+                        .into_actor(self)
+                        .map(move |answer, hub, _ctx| {
+                            hub.replayed(session, &room, id, answer);
+                            hub.settle();
+                        }),
+                );
+            }
+        } else {
+            entry.members.insert(session, addr);
+        }
+        if first_of_user {
+            let event = presence_event(&room, "join", &user, name.as_deref());
+            self.fanout(&room, Some(session), &event.encode());
+        }
+        if queued {
+            self.answer_joins(session, &room);
+        } else {
+            // Nothing to replay: up to date (recovered), or a position this server never
+            // handed out or no longer keeps (not recovered: the client must resync).
+            let recovery = since.map(|since| {
+                self.stats.recoveries += 1;
+                self.stats.recovered += u64::from(since == top);
+                (since == top, 0)
+            });
+            let confirmation = self.joined(&room, top, recovery);
+            self.reply(session, &confirmation);
+        }
     }
 
     /// The `join` confirmation: member counts, the room's last offset and, after a
@@ -49,25 +170,14 @@ impl Hub {
             .details(details)
     }
 
-    /// Ends a recovery: the confirmation, the missed messages, then the live frames held
-    /// meanwhile go out as one batch, and the session becomes an ordinary member.
-    pub(super) fn finish_recovery(
+    /// A join's missed messages have been read.
+    fn replayed(
         &mut self,
         session: SessionId,
         room_id: &RoomId,
-        (since, top): (u64, u64),
+        id: u64,
         answer: Result<Result<Vec<StoredMessage>, DbError>, MailboxError>,
     ) {
-        let Some(recovering) = self
-            .rooms
-            .get_mut(room_id)
-            .and_then(|room| room.recovering.remove(&session))
-        else {
-            return; // left the room or disconnected meanwhile
-        };
-        if let Some(room) = self.rooms.get_mut(room_id) {
-            room.members.insert(session, recovering.addr.clone());
-        }
         let missed = match answer {
             Ok(Ok(messages)) => messages,
             Ok(Err(error)) => {
@@ -79,22 +189,77 @@ impl Hub {
                 Vec::new()
             }
         };
-        // Offsets are unique and within since+1..=top, so the count tells whether any is missing.
-        let recovered = missed.len() as u64 == top - since;
-        self.stats.recoveries += 1;
-        self.stats.recovered += u64::from(recovered);
-        let mut frames = Vec::with_capacity(1 + missed.len() + recovering.held.len());
-        frames.push(
-            self.joined(room_id, top, Some((recovered, missed.len())))
-                .encode(),
-        );
-        frames.extend(missed.iter().map(|m| Frame::stored(m).encode()));
-        frames.extend(recovering.held);
-        let count = frames.len() as u64;
-        match recovering.addr.try_send(ToSession::Frames(frames)) {
-            Ok(()) => self.stats.frames_out += count,
-            Err(SendError::Full(_)) => self.failed.push((session, Failure::Slow)),
-            Err(SendError::Closed(_)) => self.failed.push((session, Failure::Closed)),
+        let pending = self
+            .rooms
+            .get_mut(room_id)
+            .and_then(|room| room.recovering.get_mut(&session))
+            .and_then(|recovering| recovering.joins.iter_mut().find(|join| join.id == id));
+        let Some(pending) = pending else {
+            return; // left the room or disconnected meanwhile
+        };
+        pending.replay = Some(missed);
+        self.answer_joins(session, room_id);
+    }
+
+    /// Answers the session's joins of the room whose replays are ready, oldest first: each
+    /// with its confirmation, its missed messages, then the live frames that followed it,
+    /// in one batch. With none left waiting, the session becomes an ordinary member.
+    fn answer_joins(&mut self, session: SessionId, room_id: &RoomId) {
+        loop {
+            let Some(recovering) = self
+                .rooms
+                .get_mut(room_id)
+                .and_then(|room| room.recovering.get_mut(&session))
+            else {
+                return;
+            };
+            if recovering
+                .joins
+                .front()
+                .is_none_or(|join| join.replay.is_none())
+            {
+                break;
+            }
+            let Some(join) = recovering.joins.pop_front() else {
+                break;
+            };
+            recovering.held -= join.held.len();
+            let addr = recovering.addr.clone();
+            let replay = join.replay.unwrap_or_default();
+            let recovery = join.since.map(|since| {
+                // Offsets are unique and within since+1..=top, so the count tells whether
+                // any is missing.
+                let recovered = if since < join.top {
+                    replay.len() as u64 == join.top - since
+                } else {
+                    since == join.top
+                };
+                self.stats.recoveries += 1;
+                self.stats.recovered += u64::from(recovered);
+                (recovered, replay.len())
+            });
+            let mut frames = Vec::with_capacity(1 + replay.len() + join.held.len());
+            frames.push(self.joined(room_id, join.top, recovery).encode());
+            frames.extend(replay.iter().map(|m| Frame::stored(m).encode()));
+            frames.extend(join.held);
+            let count = frames.len() as u64;
+            match addr.try_send(ToSession::Frames(frames)) {
+                Ok(()) => self.stats.frames_out += count,
+                Err(SendError::Full(_)) => self.failed.push((session, Failure::Slow)),
+                Err(SendError::Closed(_)) => self.failed.push((session, Failure::Closed)),
+            }
+        }
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        if room
+            .recovering
+            .get(&session)
+            .is_some_and(|recovering| recovering.joins.is_empty())
+        {
+            if let Some(recovering) = room.recovering.remove(&session) {
+                room.members.insert(session, recovering.addr);
+            }
         }
     }
 }

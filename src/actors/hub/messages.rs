@@ -63,7 +63,7 @@ pub struct Disconnect {
 /// Subscribe a session to a room (created on first join); confirmed with a `join` frame.
 /// With `since`, the messages after that offset are replayed first (the confirmation says
 /// whether all of them could be: `recovered`).
-#[derive(Debug, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct Join {
     /// The session.
@@ -184,6 +184,8 @@ pub struct HubStats {
     pub users: usize,
     /// Rooms with at least one member.
     pub rooms: usize,
+    /// Rooms whose numbering is kept (those with members, and idle ones for a while).
+    pub numbered_rooms: usize,
     /// Client messages routed (room messages, typing, private, broadcast).
     pub messages_in: u64,
     /// Frames handed to sessions (relays, acks, confirmations, presence, errors).
@@ -207,7 +209,8 @@ pub struct HubStats {
 pub struct Shutdown;
 
 /// Answers once every message sent to the hub before it has been handled — and so every
-/// relay before it has been handed to the history writer. A barrier for shutdown.
+/// relay before it has been handed to the history writer — and every room's unused
+/// offsets have been handed back to the database. The last step of a clean stop.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Drain;

@@ -9,12 +9,13 @@
 
 mod history;
 pub mod messages;
+mod sequence;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use actix::{
-    prelude::SendError, Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, MessageResult,
-    Recipient, WrapFuture,
+    prelude::SendError, Actor, Addr, AsyncContext, Context, Handler, MessageResult, Recipient,
+    ResponseActFuture, WrapFuture,
 };
 use actix_web_actors::ws::{CloseCode, CloseReason};
 use bytestring::ByteString;
@@ -23,10 +24,13 @@ use serde_json::json;
 
 use history::Recovering;
 pub use messages::*;
+use sequence::Numbering;
+pub use sequence::{FIRST_RESERVATION, MAX_IDLE_ROOMS};
 
 use crate::{
-    actors::history::{Append, AppendPrivate, HistoryWriter, Replay},
-    chat::{frame::message_id, Frame, Identity, SessionId},
+    actors::history::{Append, AppendPrivate, HistoryWriter},
+    chat::{command::Post, frame::message_id, Frame, Identity, SessionId},
+    db::Database,
     domain::{RoomId, RoomSet, StoredMessage, StoredPrivate},
 };
 
@@ -50,8 +54,10 @@ pub struct Hub {
     failed: Vec<(SessionId, Failure)>,
     /// Set by [`Shutdown`]: new sessions are refused.
     shutting_down: bool,
-    /// The last offset handed out in each room (rooms outlive their members here).
-    offsets: HashMap<RoomId, u64>,
+    /// Each room's numbering (kept a while after its last member leaves).
+    numbering: Numbering,
+    /// Tells one recovery's replay from another's.
+    next_join: u64,
     /// Where relayed messages are stored; `None` when history is off.
     history: Option<Addr<HistoryWriter>>,
     /// Store private messages too.
@@ -103,7 +109,8 @@ impl Hub {
             stats: HubStats::default(),
             failed: Vec::new(),
             shutting_down: false,
-            offsets: HashMap::new(),
+            numbering: Numbering::volatile(),
+            next_join: 0,
             history: None,
             persist_private: false,
             recovery_buffer: DEFAULT_RECOVERY_BUFFER,
@@ -117,17 +124,18 @@ impl Hub {
         self
     }
 
-    /// Stores relayed messages through `writer` (and private ones when `private`),
-    /// continuing each room's offsets from `offsets`.
-    pub fn with_history(
-        mut self,
-        writer: Addr<HistoryWriter>,
-        offsets: HashMap<RoomId, u64>,
-        private: bool,
-    ) -> Self {
+    /// Stores relayed messages through `writer` (and private ones when `private`).
+    pub fn with_history(mut self, writer: Addr<HistoryWriter>, private: bool) -> Self {
         self.history = Some(writer);
-        self.offsets = offsets;
         self.persist_private = private;
+        self
+    }
+
+    /// Numbers room messages with offsets reserved in `db` ahead of use, so no offset is
+    /// handed out twice even across a crash; a room without members keeps its numbering
+    /// for `room_idle` (see [`sequence`]). Without this, numbering is in memory only.
+    pub fn with_numbering(mut self, db: Database, room_idle: Duration) -> Self {
+        self.numbering = Numbering::durable(db, room_idle);
         self
     }
 
@@ -162,13 +170,8 @@ impl Hub {
             .map(|(session, addr)| (*session, &**addr));
         self.stats.frames_out += push_all(targets, frame, &mut self.failed);
         for (session, recovering) in &mut room.recovering {
-            if Some(*session) == except {
-                continue;
-            }
-            if recovering.held.len() >= self.recovery_buffer {
+            if Some(*session) != except && !recovering.hold(frame, self.recovery_buffer) {
                 self.failed.push((*session, Failure::Slow));
-            } else {
-                recovering.held.push(frame.clone());
             }
         }
     }
@@ -232,6 +235,7 @@ impl Hub {
         }
         if room.members.is_empty() && room.recovering.is_empty() {
             self.rooms.remove(room_id);
+            self.went_idle(room_id);
             return;
         }
         if user_left {
@@ -299,6 +303,7 @@ impl Actor for Hub {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         tracing::debug!("hub started");
+        ctx.run_interval(self.numbering.sweep_every(), Self::sweep);
         if let Some(every) = self.pulse {
             ctx.run_interval(every, |hub, _| {
                 for member in hub.sessions.values() {
@@ -344,9 +349,10 @@ impl Handler<Connect> for Hub {
 impl Handler<Disconnect> for Hub {
     type Result = ();
 
-    fn handle(&mut self, msg: Disconnect, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Self::Context) {
         tracing::debug!(session = %msg.session, "session disconnected");
         self.remove(msg.session);
+        self.run_statements(ctx);
         self.settle();
     }
 }
@@ -354,80 +360,12 @@ impl Handler<Disconnect> for Hub {
 impl Handler<Join> for Hub {
     type Result = ();
 
-    fn handle(
-        &mut self,
-        Join {
-            session,
-            room,
-            since,
-        }: Join,
-        ctx: &mut Self::Context,
-    ) {
-        let top = self.top(&room);
-        // Missed messages to read first: only when some exist and history is kept.
-        let replay = since
-            .filter(|since| *since < top)
-            .and_then(|since| Some((since, self.history.clone()?)));
-        let Some(member) = self.sessions.get_mut(&session) else {
-            return;
-        };
-        let newly = member.rooms.insert(&room);
-        let (user, name, addr) = (
-            member.identity.user_id.clone(),
-            member.identity.name.clone(),
-            member.addr.clone(),
-        );
-        let entry = self.rooms.entry(room.clone()).or_default();
-        let mut first_of_user = false;
-        if newly {
-            let sessions = entry.users.entry(user.clone()).or_insert(0);
-            *sessions += 1;
-            first_of_user = *sessions == 1;
+    fn handle(&mut self, join: Join, ctx: &mut Self::Context) {
+        // A room's first join waits for its numbering to open.
+        if self.sessions.contains_key(&join.session) && self.numbering_ready(&join) {
+            self.join_now(join, ctx);
         }
-        match &replay {
-            Some(_) => {
-                entry.members.remove(&session);
-                let held = Vec::new();
-                entry.recovering.insert(session, Recovering { addr, held });
-            }
-            None => {
-                entry.recovering.remove(&session);
-                entry.members.insert(session, addr);
-            }
-        }
-        if first_of_user {
-            let event = presence_event(&room, "join", &user, name.as_deref());
-            self.fanout(&room, Some(session), &event.encode());
-        }
-        match replay {
-            Some((since, writer)) => {
-                let request = Replay {
-                    room: room.clone(),
-                    after: since,
-                    upto: top,
-                };
-                ctx.spawn(
-                    writer
-                        .send(request)
-                        .into_actor(self)
-                        .map(move |answer, hub, _ctx| {
-                            hub.finish_recovery(session, &room, (since, top), answer);
-                            hub.settle();
-                        }),
-                );
-            }
-            None => {
-                // Nothing missed (recovered), or a position this server never handed out
-                // or no longer keeps (not recovered: the client must resync).
-                let recovery = since.map(|since| {
-                    self.stats.recoveries += 1;
-                    self.stats.recovered += u64::from(since == top);
-                    (since == top, 0)
-                });
-                let confirmation = self.joined(&room, top, recovery);
-                self.reply(session, &confirmation);
-            }
-        }
+        self.run_statements(ctx);
         self.settle();
     }
 }
@@ -435,7 +373,7 @@ impl Handler<Join> for Hub {
 impl Handler<Leave> for Hub {
     type Result = ();
 
-    fn handle(&mut self, Leave { session, room }: Leave, _ctx: &mut Self::Context) {
+    fn handle(&mut self, Leave { session, room }: Leave, ctx: &mut Self::Context) {
         let Some(member) = self.sessions.get_mut(&session) else {
             return;
         };
@@ -452,6 +390,7 @@ impl Handler<Leave> for Hub {
                 .content(format!("left {room}")),
         );
         self.unsubscribe(session, &who, &room);
+        self.run_statements(ctx);
         self.settle();
     }
 }
@@ -459,40 +398,51 @@ impl Handler<Leave> for Hub {
 impl Handler<RoomMessage> for Hub {
     type Result = ();
 
-    fn handle(&mut self, RoomMessage { session, post }: RoomMessage, _ctx: &mut Self::Context) {
-        if let Some(user) = self.member_of(session, &post.room) {
-            self.stats.messages_in += 1;
-            let offset = self.offsets.entry(post.room.clone()).or_insert(0);
-            *offset += 1;
-            let message = StoredMessage {
-                room: post.room,
-                offset: *offset,
-                id: message_id(),
-                kind: post.kind,
-                sender: user.to_string(),
-                content: post.content,
-                metadata: post.metadata,
-                created_at: Utc::now().trunc_subsecs(6),
-            };
-            self.fanout(
-                &message.room,
-                Some(session),
-                &Frame::stored(&message).encode(),
-            );
-            let ack = ack(
-                message.id.clone(),
-                &message.kind,
-                Some(message.room.clone()),
-            )
-            .offset(message.offset);
-            self.reply(session, &ack);
-            if let Some(writer) = &self.history {
-                if writer.try_send(Append(message)).is_err() {
-                    self.stats.history_dropped += 1;
-                }
+    fn handle(&mut self, RoomMessage { session, post }: RoomMessage, ctx: &mut Self::Context) {
+        self.post(session, post, ctx);
+        self.run_statements(ctx);
+        self.settle();
+    }
+}
+
+impl Hub {
+    /// Numbers, relays, acknowledges and stores one room message (or holds it until the
+    /// room's next range of offsets arrives).
+    fn post(&mut self, session: SessionId, post: Post, _ctx: &mut Context<Self>) {
+        let Some(user) = self.member_of(session, &post.room) else {
+            return;
+        };
+        let Some((offset, post)) = self.number(session, post) else {
+            return;
+        };
+        self.stats.messages_in += 1;
+        let message = StoredMessage {
+            room: post.room,
+            offset,
+            id: message_id(),
+            kind: post.kind,
+            sender: user.to_string(),
+            content: post.content,
+            metadata: post.metadata,
+            created_at: Utc::now().trunc_subsecs(6),
+        };
+        self.fanout(
+            &message.room,
+            Some(session),
+            &Frame::stored(&message).encode(),
+        );
+        let ack = ack(
+            message.id.clone(),
+            &message.kind,
+            Some(message.room.clone()),
+        )
+        .offset(message.offset);
+        self.reply(session, &ack);
+        if let Some(writer) = &self.history {
+            if writer.try_send(Append(message)).is_err() {
+                self.stats.history_dropped += 1;
             }
         }
-        self.settle();
     }
 }
 
@@ -651,6 +601,7 @@ impl Handler<GetStats> for Hub {
             sessions: self.sessions.len(),
             users: self.users.len(),
             rooms: self.rooms.len(),
+            numbered_rooms: self.numbering.len(),
             ..self.stats.clone()
         })
     }
@@ -672,8 +623,19 @@ impl Handler<Shutdown> for Hub {
 }
 
 impl Handler<Drain> for Hub {
-    type Result = ();
+    type Result = ResponseActFuture<Self, ()>;
 
-    /// Nothing to do: the mailbox is handled in order, so answering is the barrier.
-    fn handle(&mut self, _msg: Drain, _ctx: &mut Self::Context) {}
+    /// Every message handled before this one has reached the history writer (the mailbox
+    /// is handled in order); then the unused offsets of every room are handed back, and
+    /// the answer comes once the database has them.
+    fn handle(&mut self, _msg: Drain, ctx: &mut Self::Context) -> Self::Result {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        self.return_all(ctx, done);
+        Box::pin(
+            async move {
+                let _ = finished.await;
+            }
+            .into_actor(self),
+        )
+    }
 }

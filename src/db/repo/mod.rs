@@ -2,10 +2,12 @@
 
 mod cursor;
 mod history;
+mod offsets;
 mod posts;
 mod users;
 
 pub use cursor::PageCursor;
+pub use offsets::Reservation;
 pub use users::{UserPage, MAX_PAGE_SIZE};
 
 /// SQL `lower()`; with `LIKE` it gives the portable case-insensitive match (`ILIKE` is

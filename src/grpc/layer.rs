@@ -73,7 +73,9 @@ pub struct Call<S> {
     shared: CallLayer,
 }
 
-/// What the log line needs, carried to wherever the call ends.
+/// What the log line needs, carried to wherever the call ends. Every call is logged and
+/// counted exactly once: with its status when it finishes, or — dropped before that
+/// (the client reset the stream or went away) — as `1` (`CANCELLED`).
 struct CallLog {
     id: String,
     method: String,
@@ -81,10 +83,17 @@ struct CallLog {
     started: Instant,
     metrics: Arc<Metrics>,
     trace: TraceContext,
+    /// Logged already.
+    done: bool,
 }
 
 impl CallLog {
-    fn finish(&self, code: &str) {
+    fn finish(mut self, code: &str) {
+        self.record(code, "grpc call completed");
+    }
+
+    fn record(&mut self, code: &str, message: &'static str) {
+        self.done = true;
         self.metrics
             .grpc_calls
             .with_label_values(&[self.method.as_str(), code])
@@ -101,8 +110,16 @@ impl CallLog {
             peer = %self.peer,
             grpc_status = code,
             elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            "grpc call completed"
+            "{message}"
         );
+    }
+}
+
+impl Drop for CallLog {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record("1", "grpc call cancelled before it finished");
+        }
     }
 }
 
@@ -150,6 +167,7 @@ where
             started: Instant::now(),
             metrics: self.shared.metrics.clone(),
             trace,
+            done: false,
         };
         // Verified once here; the authentication interceptor reuses the claims.
         let claims = bearer_claims(&self.shared.auth, request.headers());
@@ -299,8 +317,8 @@ pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
     })
 }
 
-/// A response body that logs the call when its trailers pass (or when it is dropped
-/// unfinished, which means the client went away).
+/// A response body that logs the call when its trailers pass (dropped unfinished, the
+/// client went away: its `CallLog` says so).
 struct Logged {
     inner: Body,
     log: Option<CallLog>,
@@ -332,14 +350,6 @@ impl HttpBody for Logged {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        if let Some(log) = self.log.take() {
-            log.finish("cancelled");
-        }
     }
 }
 

@@ -274,3 +274,24 @@ async fn a_room_that_outgrows_its_reservation_keeps_numbering_in_order() {
         "the unused rest was handed back at the stop"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_cannot_open_without_the_database_but_open_rooms_go_on() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let settings = settings_with(&db, |s| {
+        s.database.connect_timeout = Duration::from_millis(500);
+    });
+    let app = spawn_app_with(db, settings).await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    alice.join("open").await;
+    assert_eq!(post(&mut alice, "open", 1).await, [1]);
+
+    app.db().drop_postgres_database().await;
+    alice.send(json!({"type": "join", "room_id": "new"})).await;
+    let error = alice.recv_error().await;
+    assert!(error.contains("cannot join `new`"), "{error}");
+    // The open room keeps numbering from its reserved range.
+    assert_eq!(post(&mut alice, "open", 2).await, [2, 3]);
+}

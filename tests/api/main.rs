@@ -18,6 +18,7 @@ mod helpers;
 mod history;
 mod hostile_db;
 mod hostile_graphql;
+mod hostile_grpc;
 mod hostile_history;
 mod hostile_rooms;
 mod hostile_ws;

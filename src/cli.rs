@@ -196,6 +196,14 @@ pub struct SettingsArgs {
         value_name = "N"
     )]
     pub grpc_stream_buffer: Option<usize>,
+    /// Concurrent StreamUsers calls one client (token subject) may hold [default: 16].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_GRPC_MAX_STREAMS_PER_CLIENT",
+        global = true,
+        value_name = "N"
+    )]
+    pub grpc_max_streams_per_client: Option<usize>,
     /// Largest incoming gRPC message, in bytes [default: 4194304].
     #[arg(
         long,
@@ -265,6 +273,7 @@ impl SettingsArgs {
             jwt_secret: self.jwt_secret.clone(),
             shutdown_timeout: self.shutdown_timeout.clone(),
             grpc_stream_buffer: self.grpc_stream_buffer,
+            grpc_max_streams_per_client: self.grpc_max_streams_per_client,
             grpc_max_message_size: self.grpc_max_message_size,
             health_interval: self.health_interval.clone(),
             rate_limit_per_second: self.rate_limit,

@@ -39,6 +39,8 @@ pub struct Settings {
     /// New users a `StreamUsers` call may hold for a client that does not read before
     /// the call ends with `RESOURCE_EXHAUSTED`.
     pub grpc_stream_buffer: usize,
+    /// `StreamUsers` calls one client (token subject) may hold at once.
+    pub grpc_max_streams_per_client: usize,
     /// Largest incoming gRPC message, in bytes.
     pub grpc_max_message_size: usize,
     /// How often the health monitor pings the database.
@@ -69,6 +71,7 @@ impl Default for Settings {
             shutdown_timeout: Duration::from_secs(10),
             websocket: WsSettings::default(),
             grpc_stream_buffer: crate::grpc::users::DEFAULT_STREAM_BUFFER,
+            grpc_max_streams_per_client: 16,
             grpc_max_message_size: 4 * 1024 * 1024,
             health_interval: Duration::from_secs(5),
             graphql: GraphqlSettings::default(),
@@ -195,6 +198,8 @@ pub struct SettingsLayer {
     pub shutdown_timeout: Option<String>,
     /// See [`Settings::grpc_stream_buffer`].
     pub grpc_stream_buffer: Option<usize>,
+    /// See [`Settings::grpc_max_streams_per_client`].
+    pub grpc_max_streams_per_client: Option<usize>,
     /// See [`Settings::grpc_max_message_size`].
     pub grpc_max_message_size: Option<usize>,
     /// See [`Settings::health_interval`] (e.g. `"5s"`).
@@ -267,6 +272,9 @@ impl Settings {
         }
         if let Some(buffer) = layer.grpc_stream_buffer {
             self.grpc_stream_buffer = at_least("grpc stream buffer", buffer, 1)?;
+        }
+        if let Some(streams) = layer.grpc_max_streams_per_client {
+            self.grpc_max_streams_per_client = at_least("grpc max streams per client", streams, 1)?;
         }
         if let Some(size) = layer.grpc_max_message_size {
             self.grpc_max_message_size = at_least("grpc max message size", size, 1024)?;

@@ -281,6 +281,7 @@ impl Application {
                 database.clone(),
                 events.clone(),
                 settings.grpc_stream_buffer,
+                settings.grpc_max_streams_per_client,
             ),
             grpc::ServeOptions {
                 metrics,

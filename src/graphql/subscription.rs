@@ -66,9 +66,12 @@ impl Subscription {
             .send(Subscribe {
                 filter: String::new(),
                 buffer: SUBSCRIPTION_BUFFER,
+                // A GraphQL connection is capped by its own operation limit.
+                client: None,
             })
             .await
-            .map_err(|_| unavailable())?;
+            .map_err(|_| unavailable())?
+            .map_err(|error| errors::coded(error, errors::code::BUSY))?;
         Ok(live(subscription.users, subscription.overflowed, |user| {
             UserObject::single((*user).clone())
         }))

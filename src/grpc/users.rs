@@ -1,10 +1,10 @@
 //! The `userservice.UserService` implementation.
 
-use std::{collections::HashSet, pin::Pin};
+use std::{collections::HashSet, pin::Pin, sync::Arc, time::Duration};
 
 use actix::Addr;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
@@ -12,7 +12,11 @@ use super::{
     pb::{self, user_service_server::UserService},
 };
 use crate::{
-    actors::events::{Events, Subscribe, Subscription, Unsubscribe},
+    actors::{
+        events::{Events, Subscribe, Subscription, Unsubscribe},
+        rate_limit::{address_key, subject_key},
+    },
+    auth::Claims,
     db::{Database, DbError, PageCursor, MAX_PAGE_SIZE},
     domain::{NewUser, SearchFilter, User, UserId},
 };
@@ -28,21 +32,38 @@ pub const DEFAULT_STREAM_BUFFER: usize = 1024;
 /// Users handed to tonic ahead of the client (between the feeder task and the wire).
 const WIRE_BUFFER: usize = 64;
 
+/// A `StreamUsers` page that finds the pool busy is tried again this many times.
+const BUSY_RETRIES: u32 = 8;
+
 /// The service: thin, turning protobuf into repository calls and back.
 #[derive(Clone)]
 pub struct Users {
     db: Database,
     events: Addr<Events>,
     stream_buffer: usize,
+    /// `StreamUsers` calls one client may hold at once.
+    max_streams_per_client: usize,
+    /// Snapshot page reads of all `StreamUsers` calls take turns here (first come, first
+    /// served), holding at most half the pool, so many streams cannot starve other calls
+    /// of connections nor time out waiting for one.
+    snapshot_reads: Arc<Semaphore>,
 }
 
 impl Users {
     /// A service over `db`, streaming new users from `events`.
-    pub fn new(db: Database, events: Addr<Events>, stream_buffer: usize) -> Self {
+    pub fn new(
+        db: Database,
+        events: Addr<Events>,
+        stream_buffer: usize,
+        max_streams_per_client: usize,
+    ) -> Self {
+        let readers = (db.pool_status().max_connections as usize / 2).max(1);
         Self {
             db,
             events,
             stream_buffer,
+            max_streams_per_client,
+            snapshot_reads: Arc::new(Semaphore::new(readers)),
         }
     }
 
@@ -173,6 +194,7 @@ impl UserService for Users {
         &self,
         request: Request<pb::StreamUsersRequest>,
     ) -> Result<Response<Self::StreamUsersStream>, Status> {
+        let client = client_key(&request);
         let filter = SearchFilter::parse(&request.into_inner().filter)
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
         // Subscribe before reading the snapshot: a user committed in between is in both,
@@ -182,12 +204,15 @@ impl UserService for Users {
             .send(Subscribe {
                 filter: filter.as_str().to_owned(),
                 buffer: self.stream_buffer,
+                client: Some((client, self.max_streams_per_client)),
             })
             .await
-            .map_err(|_| Status::unavailable("the event service is not running"))?;
+            .map_err(|_| Status::unavailable("the event service is not running"))?
+            .map_err(|error| Status::resource_exhausted(error.to_string()))?;
         let (wire, mut out) = mpsc::channel(WIRE_BUFFER);
         let feeder = Feeder {
             db: self.db.clone(),
+            snapshot_reads: self.snapshot_reads.clone(),
             events: self.events.clone(),
             filter,
             buffer: self.stream_buffer,
@@ -235,6 +260,7 @@ impl UserService for Users {
 /// Feeds one `StreamUsers` call: the snapshot page by page, then live users.
 struct Feeder {
     db: Database,
+    snapshot_reads: Arc<Semaphore>,
     events: Addr<Events>,
     filter: SearchFilter,
     buffer: usize,
@@ -253,11 +279,7 @@ impl Feeder {
         let mut seen: HashSet<UserId> = HashSet::new();
         let mut cursor: Option<PageCursor> = None;
         loop {
-            let page = match self
-                .db
-                .list_users(&self.filter, MAX_PAGE_SIZE, cursor.as_ref())
-                .await
-            {
+            let page = match self.read_page(cursor.as_ref()).await? {
                 Ok(page) => page,
                 Err(error) => return self.send(Err(error.into())).await,
             };
@@ -296,4 +318,43 @@ impl Feeder {
     async fn send(&self, item: Result<pb::User, Status>) -> Result<(), ()> {
         self.wire.send(item).await.map_err(|_| ())
     }
+
+    /// One snapshot page, read in turn with the other streams' pages; a busy pool is
+    /// waited out with growing pauses. `Err(())`: the client went away meanwhile.
+    async fn read_page(
+        &self,
+        after: Option<&PageCursor>,
+    ) -> Result<Result<crate::db::UserPage, DbError>, ()> {
+        let mut pause = Duration::from_millis(25);
+        for attempt in 0.. {
+            let permit = tokio::select! {
+                () = self.wire.closed() => return Err(()),
+                permit = self.snapshot_reads.acquire() => permit,
+            };
+            let page = self.db.list_users(&self.filter, MAX_PAGE_SIZE, after).await;
+            drop(permit);
+            match page {
+                Err(DbError::Busy { .. }) if attempt < BUSY_RETRIES => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                page => return Ok(page),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+}
+
+/// Who a call counts against: its token's subject (the layer left the claims), else the
+/// peer's IP — the same keys as rate limiting.
+fn client_key<T>(request: &Request<T>) -> Arc<str> {
+    let key = match request.extensions().get::<Claims>() {
+        Some(claims) => subject_key(&claims.sub),
+        None => address_key(
+            request
+                .remote_addr()
+                .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string()),
+        ),
+    };
+    key.into()
 }

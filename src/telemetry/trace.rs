@@ -15,7 +15,8 @@ pub struct TraceContext {
     pub parent_id: Option<String>,
     /// Trace flags (bit 0: sampled).
     pub flags: u8,
-    /// The caller's `tracestate`, passed on unchanged.
+    /// The caller's `tracestate` when it follows the W3C grammar (normalised: empty
+    /// members and the spaces around commas dropped); otherwise none at all.
     pub tracestate: Option<String>,
 }
 
@@ -50,10 +51,7 @@ impl TraceContext {
                 span_id,
                 parent_id: Some(parent_id),
                 flags,
-                tracestate: tracestate
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty() && s.len() <= 512)
-                    .map(str::to_owned),
+                tracestate: tracestate.and_then(parse_tracestate),
             };
         }
         let seed_trace = x_trace_id
@@ -114,6 +112,67 @@ impl TraceContext {
             self.span_id = exported.span_id().to_string();
         }
     }
+}
+
+/// Most list members a `tracestate` may carry.
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+/// Longest `tracestate` passed on.
+const MAX_TRACESTATE_LEN: usize = 512;
+
+/// A `tracestate` per W3C Trace Context: up to 32 `key=value` members, keys unique and
+/// either `simple-key` or `tenant@system`, values of printable ASCII without `,` and `=`
+/// (not ending in a space), at most 512 characters in all. A header that breaks the
+/// grammar is dropped whole, as the spec asks (never passed on in part, never reflected).
+fn parse_tracestate(raw: &str) -> Option<String> {
+    let mut members: Vec<(&str, &str)> = Vec::new();
+    for member in raw.split(',') {
+        let member = member.trim_matches([' ', '\t']);
+        if member.is_empty() {
+            continue;
+        }
+        let (key, value) = member.split_once('=')?;
+        if !valid_key(key) || !valid_value(value) || members.iter().any(|(k, _)| *k == key) {
+            return None;
+        }
+        members.push((key, value));
+    }
+    if members.is_empty() || members.len() > MAX_TRACESTATE_MEMBERS {
+        return None;
+    }
+    let normalised = members
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (normalised.len() <= MAX_TRACESTATE_LEN).then_some(normalised)
+}
+
+fn key_char(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
+}
+
+fn valid_key(key: &str) -> bool {
+    let simple = |key: &str, max: usize, first_digit: bool| {
+        let bytes = key.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= max
+            && (bytes[0].is_ascii_lowercase() || first_digit && bytes[0].is_ascii_digit())
+            && bytes.iter().all(|b| key_char(*b))
+    };
+    match key.split_once('@') {
+        None => simple(key, 256, false),
+        Some((tenant, system)) => simple(tenant, 241, true) && simple(system, 14, false),
+    }
+}
+
+fn valid_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 256
+        && bytes.last() != Some(&b' ')
+        && bytes
+            .iter()
+            .all(|b| (0x20..=0x7E).contains(b) && *b != b',' && *b != b'=')
 }
 
 /// `version-traceid-parentid-flags`; version 00 exactly, later versions by their prefix.
@@ -186,5 +245,51 @@ mod tests {
         );
         assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(ctx.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+    }
+
+    #[test]
+    fn tracestate_follows_the_w3c_grammar_or_is_dropped() {
+        let cases: [(&str, Option<&str>); 15] = [
+            ("congo=t61rcWkgMzE", Some("congo=t61rcWkgMzE")),
+            (
+                " rojo=00f067aa0ba902b7 ,, congo=t61rcWkgMzE ",
+                Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+            ),
+            (
+                "tenant@system=x,a-b*c/d_1=y",
+                Some("tenant@system=x,a-b*c/d_1=y"),
+            ),
+            ("1tenant@sys=v", Some("1tenant@sys=v")),
+            ("", None),
+            ("Upper=x", None),
+            ("1abc=x", None),
+            ("a=x,a=y", None),
+            ("a=", None),
+            ("a=x y ", Some("a=x y")),
+            ("a= x", Some("a= x")),
+            ("a=b=c", None),
+            ("a=\u{7f}", None),
+            ("noequals", None),
+            ("t@toolongsystemid=x", None),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(parse_tracestate(raw).as_deref(), expected, "{raw:?}");
+        }
+        let many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(parse_tracestate(&many.join(",")), None, "33 members");
+        assert!(
+            parse_tracestate(&many[..32].join(",")).is_some(),
+            "32 members"
+        );
+        let long = format!("a={}", "x".repeat(255));
+        let big: Vec<String> = (0..3)
+            .map(|i| format!("k{i}={}", "x".repeat(200)))
+            .collect();
+        assert!(parse_tracestate(&long).is_some());
+        assert_eq!(
+            parse_tracestate(&big.join(",")),
+            None,
+            "over 512 characters"
+        );
     }
 }

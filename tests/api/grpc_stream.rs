@@ -16,7 +16,7 @@ use crate::{
     on_both_backends,
 };
 
-fn new_user(name: &str) -> NewUser {
+pub(crate) fn new_user(name: &str) -> NewUser {
     NewUser {
         name: UserName::parse(name).unwrap(),
         email: Email::parse(&format!("{}@example.com", name.replace(' ', "."))).unwrap(),

@@ -22,7 +22,7 @@ pub type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + 
 pub type Client = UserServiceClient<InterceptedService<Channel, AddToken>>;
 
 /// A client that sends `authorization` (when given) with every call.
-async fn client_with(app: &TestApp, authorization: Option<String>) -> Client {
+pub async fn client_with(app: &TestApp, authorization: Option<String>) -> Client {
     let channel = grpc_channel(app.grpc_addr).await;
     let add_token: AddToken = Box::new(move |mut request: Request<()>| {
         if let Some(value) = &authorization {

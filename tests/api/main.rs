@@ -17,6 +17,7 @@ mod health;
 mod helpers;
 mod history;
 mod hostile_db;
+mod hostile_edges;
 mod hostile_graphql;
 mod hostile_grpc;
 mod hostile_history;

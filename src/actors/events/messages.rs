@@ -18,12 +18,22 @@ pub struct UsersCreated {
 
 /// Subscribe to new users whose name or email contains `filter` (case-insensitively).
 #[derive(Debug, Message)]
-#[rtype(result = "Subscription")]
+#[rtype(result = "Result<Subscription, TooManySubscriptions>")]
 pub struct Subscribe {
     /// Substring filter; empty for every user.
     pub filter: String,
     /// Events that may wait for the subscriber before it counts as too slow.
     pub buffer: usize,
+    /// Who asks, with how many live subscriptions they may hold; `None`: no cap.
+    pub client: Option<(Arc<str>, usize)>,
+}
+
+/// The client holds as many live subscriptions as it may.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("too many live streams for this client (at most {limit}); end one first")]
+pub struct TooManySubscriptions {
+    /// The cap.
+    pub limit: usize,
 }
 
 /// A live subscription. Dropping `users` (or sending [`Unsubscribe`]) ends it.

@@ -26,6 +26,8 @@ pub struct Events {
     post_subscribers: Vec<PostSubscriber>,
     /// The next subscription id.
     next_id: u64,
+    /// Live capped subscriptions per client.
+    per_client: HashMap<Arc<str>, usize>,
     /// Counters.
     stats: EventStats,
 }
@@ -38,6 +40,8 @@ struct PostSubscriber {
 struct Subscriber {
     /// Lower-cased substring of name or email; empty matches everyone.
     filter: String,
+    /// The client it counts against, when capped.
+    client: Option<Arc<str>>,
     users: mpsc::Sender<Arc<User>>,
     overflowed: oneshot::Sender<()>,
 }
@@ -60,10 +64,53 @@ impl Actor for Events {
     type Context = Context<Self>;
 }
 
+impl Events {
+    /// Ends a user subscription, freeing its client's place.
+    fn remove(&mut self, id: u64) -> Option<Subscriber> {
+        let subscriber = self.subscribers.remove(&id)?;
+        if let Some(client) = &subscriber.client {
+            if let Some(count) = self.per_client.get_mut(client) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_client.remove(client);
+                }
+            }
+        }
+        Some(subscriber)
+    }
+
+    /// Forgets `client`'s subscriptions whose receiver is gone (ended without
+    /// `Unsubscribe`), so they stop counting against it.
+    fn sweep_closed(&mut self, client: &str) {
+        let closed: Vec<u64> = self
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.client.as_deref() == Some(client) && s.users.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in closed {
+            self.remove(id);
+        }
+    }
+}
+
 impl Handler<Subscribe> for Events {
-    type Result = MessageResult<Subscribe>;
+    type Result = Result<Subscription, TooManySubscriptions>;
 
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) -> Self::Result {
+        let client = match msg.client {
+            Some((client, limit)) => {
+                if self.per_client.get(&client).copied().unwrap_or(0) >= limit {
+                    self.sweep_closed(&client);
+                    if self.per_client.get(&client).copied().unwrap_or(0) >= limit {
+                        return Err(TooManySubscriptions { limit });
+                    }
+                }
+                *self.per_client.entry(client.clone()).or_insert(0) += 1;
+                Some(client)
+            }
+            None => None,
+        };
         let (users, receiver) = mpsc::channel(msg.buffer.max(1));
         let (overflowed, overflow_rx) = oneshot::channel();
         self.next_id += 1;
@@ -72,11 +119,12 @@ impl Handler<Subscribe> for Events {
             id,
             Subscriber {
                 filter: msg.filter.trim().to_lowercase(),
+                client,
                 users,
                 overflowed,
             },
         );
-        MessageResult(Subscription {
+        Ok(Subscription {
             id,
             users: receiver,
             overflowed: overflow_rx,
@@ -88,7 +136,7 @@ impl Handler<Unsubscribe> for Events {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) {
-        self.subscribers.remove(&msg.id);
+        self.remove(msg.id);
     }
 }
 
@@ -118,7 +166,7 @@ impl Handler<UsersCreated> for Events {
             }
         }
         for id in ended {
-            if let Some(subscriber) = self.subscribers.remove(&id) {
+            if let Some(subscriber) = self.remove(id) {
                 // Only an overflow is reported; a closed receiver has nobody to tell.
                 if !subscriber.users.is_closed() {
                     let _ = subscriber.overflowed.send(());
@@ -180,6 +228,7 @@ impl Handler<CloseAll> for Events {
 
     fn handle(&mut self, _msg: CloseAll, _ctx: &mut Self::Context) {
         self.subscribers.clear();
+        self.per_client.clear();
         self.post_subscribers.clear();
     }
 }

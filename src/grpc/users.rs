@@ -326,7 +326,8 @@ impl Feeder {
         after: Option<&PageCursor>,
     ) -> Result<Result<crate::db::UserPage, DbError>, ()> {
         let mut pause = Duration::from_millis(25);
-        for attempt in 0.. {
+        let mut retries = 0;
+        loop {
             let permit = tokio::select! {
                 () = self.wire.closed() => return Err(()),
                 permit = self.snapshot_reads.acquire() => permit,
@@ -334,14 +335,14 @@ impl Feeder {
             let page = self.db.list_users(&self.filter, MAX_PAGE_SIZE, after).await;
             drop(permit);
             match page {
-                Err(DbError::Busy { .. }) if attempt < BUSY_RETRIES => {
+                Err(DbError::Busy { .. }) if retries < BUSY_RETRIES => {
+                    retries += 1;
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
                 page => return Ok(page),
             }
         }
-        unreachable!("the loop returns")
     }
 }
 

@@ -224,14 +224,16 @@ impl Hub {
         false
     }
 
-    /// Numbers `post` and relays it, or holds it until the room's next range arrives.
+    /// Numbers `post`, or holds it until the room's next range arrives (`None`). One
+    /// lookup on the way of every message; the next range is asked for when due.
     pub(super) fn number(&mut self, session: SessionId, post: Post) -> Option<(u64, Post)> {
-        let Some(sequence) = self.numbering.rooms.get_mut(&post.room) else {
+        let Numbering {
+            db, rooms, queue, ..
+        } = &mut self.numbering;
+        let Some(sequence) = rooms.get_mut(&post.room) else {
             // Cannot happen: a room with members has numbering. Refuse rather than guess.
-            self.error(
-                session,
-                format!("room `{}` is not open; join it again", post.room),
-            );
+            let room = post.room;
+            self.error(session, format!("room `{room}` is not open; join it again"));
             return None;
         };
         let offset = if sequence.held.is_empty() {
@@ -239,7 +241,7 @@ impl Hub {
         } else {
             None
         };
-        let Some(offset) = offset else {
+        if offset.is_none() {
             if sequence.held.len() >= MAX_HELD {
                 let room = post.room;
                 self.error(
@@ -252,27 +254,17 @@ impl Hub {
                 // Ran out before the next range arrived: ask for more next time.
                 sequence.chunk = (sequence.chunk * 2).min(MAX_RESERVATION);
             }
-            let room = post.room.clone();
-            sequence.held.push_back((session, post));
-            self.extend(&room);
-            return None;
-        };
-        let room = post.room.clone();
-        self.extend(&room);
-        Some((offset, post))
-    }
-
-    /// Queues the room's next reservation if it is due.
-    fn extend(&mut self, room: &RoomId) {
-        let Some(sequence) = self.numbering.rooms.get_mut(room) else {
-            return;
-        };
-        if self.numbering.db.is_some() && sequence.wants_more() {
+        }
+        if db.is_some() && sequence.wants_more() {
             sequence.extending = true;
-            let chunk = sequence.chunk;
-            self.numbering
-                .queue
-                .push_back(Statement::Extend(room.clone(), chunk));
+            queue.push_back(Statement::Extend(post.room.clone(), sequence.chunk));
+        }
+        match offset {
+            Some(offset) => Some((offset, post)),
+            None => {
+                sequence.held.push_back((session, post));
+                None
+            }
         }
     }
 

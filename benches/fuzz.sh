@@ -37,7 +37,8 @@ seed chat_command history '{"type":"history","room_id":"r","metadata":{"limit":5
 seed graphql_cost users '{ users(limit: 100) { id posts { title author { name } } } }'
 seed graphql_cost fragments 'query Q($n: Int) { users(limit: $n) { ...F } } fragment F on User { id ... on User { posts { id } } }'
 seed graphql_cost cycle '{ user(id:"x") { ...F } } fragment F on User { id ...F ...F }'
-seed ws_frame_limit frames "$(printf '\x40\x03\x05\x81\x85\x01\x02\x03\x04hello\x81\xfe\x01\x00')"
+mkdir -p benches/fuzz/corpus/ws_frame_limit # limit, cut points, then frames
+printf '\x40\x03\x05\x81\x85\x01\x02\x03\x04hello\x81\xfe\x01\x00' >benches/fuzz/corpus/ws_frame_limit/seed-frames
 
 "${fuzz[@]}" build --fuzz-dir benches/fuzz -O "${sanitizer[@]}"
 for target in "${targets[@]}"; do

@@ -7,7 +7,7 @@
 # Usage: benches/ws_compare.sh [fanout|rooms|memory|history|overload|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SB="$PWD/target/release/switchboard"
+SB="${SB:-$PWD/target/release/switchboard}"   # another build to compare: SB=path/to/switchboard
 PEERS="${PEERS:-$PWD/../shared/peers}"
 DUR="${DUR:-8s}"
 WORK="$(mktemp -d)"

@@ -295,3 +295,36 @@ async fn a_room_cannot_open_without_the_database_but_open_rooms_go_on() {
     // The open room keeps numbering from its reserved range.
     assert_eq!(post(&mut alice, "open", 2).await, [2, 3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_may_join_post_and_leave_without_waiting_for_answers() {
+    let db = TestDb::sqlite();
+    let settings = settings_with(&db, |_| {});
+    let app = spawn_app_with(db, settings).await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    // The room's first join waits for its numbering; the requests after it wait too.
+    for room in ["fresh-1", "fresh-2"] {
+        alice.send(json!({"type": "join", "room_id": room})).await;
+        alice
+            .send(json!({"type": "message", "room_id": room, "content": "hi"}))
+            .await;
+        alice.send(json!({"type": "leave", "room_id": room})).await;
+    }
+    for room in ["fresh-1", "fresh-2"] {
+        let joined = alice.recv().await;
+        assert_eq!(
+            (joined["type"].as_str(), joined["room_id"].as_str()),
+            (Some("join"), Some(room)),
+            "{joined}"
+        );
+        let ack = alice.recv().await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        assert_eq!(ack["offset"], 1, "{ack}");
+        let left = alice.recv().await;
+        assert_eq!(
+            (left["type"].as_str(), left["room_id"].as_str()),
+            (Some("leave"), Some(room)),
+            "{left}"
+        );
+    }
+}

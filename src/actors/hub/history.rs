@@ -8,9 +8,7 @@
 
 use std::collections::VecDeque;
 
-use actix::{
-    prelude::SendError, ActorFutureExt, AsyncContext, Context, Handler, MailboxError, WrapFuture,
-};
+use actix::{prelude::SendError, ActorFutureExt, AsyncContext, Context, MailboxError, WrapFuture};
 use bytestring::ByteString;
 use serde_json::{json, Value};
 
@@ -264,17 +262,15 @@ impl Hub {
     }
 }
 
-impl Handler<History> for Hub {
-    type Result = ();
-
-    fn handle(
+impl Hub {
+    pub(super) fn history(
         &mut self,
         History {
             session,
             room,
             limit,
         }: History,
-        ctx: &mut Self::Context,
+        ctx: &mut Context<Self>,
     ) {
         if self.member_of(session, &room).is_none() {
             return self.settle();

@@ -9,6 +9,7 @@
 
 mod history;
 pub mod messages;
+mod requests;
 mod sequence;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -58,6 +59,8 @@ pub struct Hub {
     numbering: Numbering,
     /// Tells one recovery's replay from another's.
     next_join: u64,
+    /// Requests of sessions whose join waits for a room's numbering to open, in order.
+    waiting: HashMap<SessionId, std::collections::VecDeque<requests::Request>>,
     /// Where relayed messages are stored; `None` when history is off.
     history: Option<Addr<HistoryWriter>>,
     /// Store private messages too.
@@ -111,6 +114,7 @@ impl Hub {
             shutting_down: false,
             numbering: Numbering::volatile(),
             next_join: 0,
+            waiting: HashMap::new(),
             history: None,
             persist_private: false,
             recovery_buffer: DEFAULT_RECOVERY_BUFFER,
@@ -351,29 +355,31 @@ impl Handler<Disconnect> for Hub {
 
     fn handle(&mut self, msg: Disconnect, ctx: &mut Self::Context) {
         tracing::debug!(session = %msg.session, "session disconnected");
+        self.waiting.remove(&msg.session);
         self.remove(msg.session);
         self.run_statements(ctx);
         self.settle();
     }
 }
 
-impl Handler<Join> for Hub {
-    type Result = ();
-
-    fn handle(&mut self, join: Join, ctx: &mut Self::Context) {
-        // A room's first join waits for its numbering to open.
-        if self.sessions.contains_key(&join.session) && self.numbering_ready(&join) {
-            self.join_now(join, ctx);
+impl Hub {
+    /// A join: at once when the room's numbering is open; otherwise the session's
+    /// requests wait until it has opened (see [`requests`]).
+    pub(super) fn join(&mut self, join: Join, ctx: &mut Context<Self>) {
+        if !self.sessions.contains_key(&join.session) {
+            return;
         }
-        self.run_statements(ctx);
-        self.settle();
+        let session = join.session;
+        if self.numbering_ready(&join) {
+            self.join_now(join, ctx);
+        } else {
+            self.waiting.entry(session).or_default();
+        }
     }
 }
 
-impl Handler<Leave> for Hub {
-    type Result = ();
-
-    fn handle(&mut self, Leave { session, room }: Leave, ctx: &mut Self::Context) {
+impl Hub {
+    pub(super) fn leave(&mut self, Leave { session, room }: Leave, ctx: &mut Context<Self>) {
         let Some(member) = self.sessions.get_mut(&session) else {
             return;
         };
@@ -395,20 +401,10 @@ impl Handler<Leave> for Hub {
     }
 }
 
-impl Handler<RoomMessage> for Hub {
-    type Result = ();
-
-    fn handle(&mut self, RoomMessage { session, post }: RoomMessage, ctx: &mut Self::Context) {
-        self.post(session, post, ctx);
-        self.run_statements(ctx);
-        self.settle();
-    }
-}
-
 impl Hub {
     /// Numbers, relays, acknowledges and stores one room message (or holds it until the
     /// room's next range of offsets arrives).
-    fn post(&mut self, session: SessionId, post: Post, _ctx: &mut Context<Self>) {
+    pub(super) fn post(&mut self, session: SessionId, post: Post) {
         let Some(user) = self.member_of(session, &post.room) else {
             return;
         };
@@ -446,10 +442,8 @@ impl Hub {
     }
 }
 
-impl Handler<Typing> for Hub {
-    type Result = ();
-
-    fn handle(&mut self, msg: Typing, _ctx: &mut Self::Context) {
+impl Hub {
+    pub(super) fn typing(&mut self, msg: Typing) {
         if let Some(user) = self.member_of(msg.session, &msg.room) {
             self.stats.messages_in += 1;
             let frame = Frame::new("typing", &*user)
@@ -462,10 +456,8 @@ impl Handler<Typing> for Hub {
     }
 }
 
-impl Handler<Private> for Hub {
-    type Result = ();
-
-    fn handle(&mut self, msg: Private, _ctx: &mut Self::Context) {
+impl Hub {
+    pub(super) fn private(&mut self, msg: Private) {
         let Some(sender) = self.sessions.get(&msg.session) else {
             return;
         };
@@ -513,10 +505,8 @@ impl Handler<Private> for Hub {
     }
 }
 
-impl Handler<Broadcast> for Hub {
-    type Result = ();
-
-    fn handle(&mut self, msg: Broadcast, _ctx: &mut Self::Context) {
+impl Hub {
+    pub(super) fn broadcast(&mut self, msg: Broadcast) {
         let Some(sender) = self.sessions.get(&msg.session) else {
             return;
         };
@@ -538,10 +528,8 @@ impl Handler<Broadcast> for Hub {
     }
 }
 
-impl Handler<ListMembers> for Hub {
-    type Result = ();
-
-    fn handle(&mut self, ListMembers { session, room }: ListMembers, _ctx: &mut Self::Context) {
+impl Hub {
+    pub(super) fn list_members(&mut self, ListMembers { session, room }: ListMembers) {
         if self.member_of(session, &room).is_some() {
             let subscribed = &self.rooms[&room];
             let sessions = subscribed

@@ -40,6 +40,19 @@ pub const MAX_IDLE_ROOMS: usize = 10_000;
 const MAX_STATEMENTS: usize = 2;
 /// Messages one room holds while waiting for its next reservation, at most.
 const MAX_HELD: usize = 10_000;
+/// A reservation that takes longer counts as failed (its joins and messages are told).
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reserves `count` offsets of `room`, bounded by [`STATEMENT_TIMEOUT`].
+async fn reserve(db: Database, room: RoomId, count: u64) -> Result<Reservation, DbError> {
+    tokio::time::timeout(STATEMENT_TIMEOUT, db.reserve_offsets(&room, count))
+        .await
+        .unwrap_or_else(|_| {
+            Err(DbError::Unavailable(format!(
+                "reserving offsets took longer than {STATEMENT_TIMEOUT:?}"
+            )))
+        })
+}
 
 /// One room's numbering.
 pub(super) struct Sequence {
@@ -382,24 +395,18 @@ impl Hub {
             let db = db.clone();
             match statement {
                 Statement::Open(room) => {
-                    let reserve = {
-                        let room = room.clone();
-                        async move { db.reserve_offsets(&room, FIRST_RESERVATION).await }
-                    };
-                    ctx.spawn(reserve.into_actor(self).map(move |result, hub, ctx| {
+                    let reserving = reserve(db, room.clone(), FIRST_RESERVATION);
+                    ctx.spawn(reserving.into_actor(self).map(move |result, hub, ctx| {
                         hub.numbering.running -= 1;
                         hub.opened(room, result, ctx);
                         hub.after_statement(ctx);
                     }));
                 }
                 Statement::Extend(room, chunk) => {
-                    let reserve = {
-                        let room = room.clone();
-                        async move { db.reserve_offsets(&room, chunk).await }
-                    };
-                    ctx.spawn(reserve.into_actor(self).map(move |result, hub, ctx| {
+                    let reserving = reserve(db, room.clone(), chunk);
+                    ctx.spawn(reserving.into_actor(self).map(move |result, hub, ctx| {
                         hub.numbering.running -= 1;
-                        hub.extended(&room, result, ctx);
+                        hub.extended(&room, result);
                         hub.after_statement(ctx);
                     }));
                 }
@@ -447,7 +454,9 @@ impl Hub {
                     .rooms
                     .insert(room.clone(), Sequence::opened(range));
                 for join in joins {
+                    let session = join.session;
                     self.join_now(join, ctx);
+                    self.resume(session, ctx);
                 }
                 if !self.rooms.contains_key(&room) {
                     // Everyone who asked left meanwhile.
@@ -461,6 +470,7 @@ impl Hub {
                         join.session,
                         format!("cannot join `{room}` right now ({error}); try again"),
                     );
+                    self.resume(join.session, ctx);
                 }
             }
         }
@@ -468,12 +478,7 @@ impl Hub {
 
     /// A room's next range arrived (or could not be reserved): held messages go ahead (or
     /// are refused, each sender told).
-    fn extended(
-        &mut self,
-        room: &RoomId,
-        result: Result<Reservation, DbError>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn extended(&mut self, room: &RoomId, result: Result<Reservation, DbError>) {
         let Some(sequence) = self.numbering.rooms.get_mut(room) else {
             return; // forgotten meanwhile; the range is skipped
         };
@@ -483,7 +488,7 @@ impl Hub {
             Ok(range) => {
                 sequence.spare = Some(range);
                 for (session, post) in held {
-                    self.post(session, post, ctx);
+                    self.post(session, post);
                 }
                 if self.numbering.draining {
                     if let Some(sequence) = self.numbering.rooms.remove(room) {

@@ -197,17 +197,14 @@ pub(crate) async fn initialised_socket(app: &TestApp, protocol: &str, payload: V
 }
 
 async fn create_over_graphql(app: &TestApp, name: &str) {
+    let body = json!({
+        "query": "mutation($i: UserInput!) { createUser(input: $i) { id } }",
+        "variables": { "i": { "name": name, "email": format!("{name}@example.com") } },
+    });
+    let writer = token("writer", None);
     let response: Value = app
-        .http
-        .post(app.url("/graphql"))
-        .bearer_auth(token("writer", None))
-        .json(&json!({
-            "query": "mutation($i: UserInput!) { createUser(input: $i) { id } }",
-            "variables": { "i": { "name": name, "email": format!("{name}@example.com") } },
-        }))
-        .send()
+        .post_graphql(Some(&writer), &body)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -219,6 +219,20 @@ impl TestApp {
         self.get(path).await.text().await.expect("a text body")
     }
 
+    /// `POST /graphql` with a JSON `body`, and `Authorization: Bearer <token>` when given
+    /// (whatever the status).
+    pub async fn post_graphql(
+        &self,
+        token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        let mut request = self.http.post(self.url("/graphql")).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("the server answers")
+    }
+
     /// `GET path`, parsed as JSON (whatever the status).
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.get(path).await.json().await.expect("a JSON body")

@@ -40,17 +40,11 @@ fn create(name: &str) -> CreateUserRequest {
 
 /// `createUser` over GraphQL: the status, and the first error's code (if any).
 async fn graphql_create(app: &TestApp, name: &str) -> (u16, Option<String>, bool) {
-    let response = app
-        .http
-        .post(app.url("/graphql"))
-        .bearer_auth(token("writer", None))
-        .json(&json!({
-            "query": "mutation($input: UserInput!) { createUser(input: $input) { id } }",
-            "variables": { "input": { "name": name, "email": format!("{name}@example.com") } },
-        }))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({
+        "query": "mutation($input: UserInput!) { createUser(input: $input) { id } }",
+        "variables": { "input": { "name": name, "email": format!("{name}@example.com") } },
+    });
+    let response = app.post_graphql(Some(&token("writer", None)), &body).await;
     let status = response.status().as_u16();
     let retry_after = response.headers().contains_key("retry-after");
     let body: Value = response.json().await.unwrap();
@@ -171,19 +165,11 @@ async fn filters_the_database_would_choke_on_are_invalid_input_and_never_open_th
                 .expect_err("the filter is refused");
             assert_eq!(status.code(), Code::InvalidArgument);
 
-            let response: Value = app
-                .http
-                .post(app.url("/graphql"))
-                .json(&json!({
-                    "query": "query($f: String!) { users(filter: $f) { id } }",
-                    "variables": { "f": filter },
-                }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let body = json!({
+                "query": "query($f: String!) { users(filter: $f) { id } }",
+                "variables": { "f": filter },
+            });
+            let response: Value = app.post_graphql(None, &body).await.json().await.unwrap();
             assert_eq!(
                 response["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
                 "{response}"

@@ -32,16 +32,12 @@ fn signed(claims: &Claims) -> String {
 }
 
 async fn create_over_graphql(app: &TestApp, token: &str, email: &str) -> Value {
-    app.http
-        .post(app.url("/graphql"))
-        .bearer_auth(token)
-        .json(&json!({
-            "query": "mutation($input: UserInput!) { createUser(input: $input) { email } }",
-            "variables": { "input": { "name": "Edge", "email": email } },
-        }))
-        .send()
+    let body = json!({
+        "query": "mutation($input: UserInput!) { createUser(input: $input) { email } }",
+        "variables": { "input": { "name": "Edge", "email": email } },
+    });
+    app.post_graphql(Some(token), &body)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap()

@@ -13,13 +13,7 @@ use crate::{
 };
 
 async fn post_json(app: &TestApp, body: &Value) -> (u16, Value) {
-    let response = app
-        .http
-        .post(app.url("/graphql"))
-        .json(body)
-        .send()
-        .await
-        .expect("the server answers");
+    let response = app.post_graphql(None, body).await;
     let status = response.status().as_u16();
     (status, response.json().await.expect("a JSON body"))
 }

@@ -258,8 +258,11 @@ trait Dialect {
     fn ends_something(message: &Self::In) -> bool;
     /// The message the client's close frame stands for.
     fn terminate() -> Self::In;
-    /// An operation's error message carrying `error`.
-    fn error(id: &str, error: Value) -> String;
+    /// An operation's error message carrying `error` (the same shape in both protocols:
+    /// `payload` is a list of GraphQL errors, as juniper sends them).
+    fn error(id: &str, error: Value) -> String {
+        json!({ "type": "error", "id": id, "payload": [error] }).to_string()
+    }
     /// Encodes juniper's output.
     fn reply(output: Self::Out) -> Reply;
 }
@@ -307,10 +310,6 @@ impl Dialect for TransportWs {
 
     fn terminate() -> Self::In {
         graphql_transport_ws::Input::Close
-    }
-
-    fn error(id: &str, error: Value) -> String {
-        json!({ "type": "error", "id": id, "payload": [error] }).to_string()
     }
 
     fn reply(output: Self::Out) -> Reply {
@@ -363,10 +362,6 @@ impl Dialect for LegacyWs {
 
     fn terminate() -> Self::In {
         graphql_ws::ClientMessage::ConnectionTerminate
-    }
-
-    fn error(id: &str, error: Value) -> String {
-        json!({ "type": "error", "id": id, "payload": [error] }).to_string()
     }
 
     fn reply(output: Self::Out) -> Reply {

@@ -14,10 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix::{Actor, Addr, Arbiter, Context, Handler};
+use actix::{Actor, Addr, Arbiter, AsyncContext, Context, Handler};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use switchboard::{
-    actors::hub::{Connect, GetStats, Hub, Join, RoomMessage, ToSession},
+    actors::hub::{Connect, GetStats, Hub, Join, Outbox, RoomMessage, ToSession},
     chat::{command::Post, Identity, SessionId},
     domain::RoomId,
 };
@@ -36,8 +36,8 @@ struct Delivered {
     reached: Notify,
 }
 
-/// A member that counts every frame.
-struct Sink(Arc<Delivered>);
+/// A member that counts every frame (and takes it off its outbox, as a session does).
+struct Sink(Arc<Delivered>, Arc<Outbox>);
 
 impl Actor for Sink {
     type Context = Context<Self>;
@@ -46,7 +46,10 @@ impl Actor for Sink {
 impl Handler<ToSession> for Sink {
     type Result = ();
 
-    fn handle(&mut self, _msg: ToSession, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: ToSession, _ctx: &mut Self::Context) {
+        if let ToSession::Frame(frame) = &msg {
+            self.1.taken(1, frame.len());
+        }
         let count = self.0.count.fetch_add(1, Ordering::AcqRel) + 1;
         if count == self.0.target.load(Ordering::Acquire) {
             self.0.reached.notify_one();
@@ -68,14 +71,18 @@ async fn room_of(
     for i in 0..=members {
         let session = if i == 0 { sender } else { SessionId::new() };
         let delivered = delivered.clone();
-        let sink = Sink::start_in_arbiter(&arbiters.1.handle(), move |ctx| {
+        let (outbox_tx, outbox_rx) = std::sync::mpsc::channel();
+        Sink::start_in_arbiter(&arbiters.1.handle(), move |ctx| {
             ctx.set_mailbox_capacity(4 * CHUNK as usize);
-            Sink(delivered)
+            let outbox = Arc::new(Outbox::new(ctx.address().recipient()));
+            let _ = outbox_tx.send(outbox.clone());
+            Sink(delivered, outbox)
         });
+        let outbox = outbox_rx.recv().expect("the sink starts");
         hub.send(Connect {
             session,
             identity: Identity::user(if i == 0 { "sender" } else { "member" }, false),
-            addr: sink.recipient(),
+            addr: outbox,
         })
         .await
         .unwrap()
@@ -125,6 +132,7 @@ fn fanout(c: &mut Criterion) {
                         let chunk = left.min(CHUNK);
                         for _ in 0..chunk {
                             hub.do_send(RoomMessage {
+                                sent: std::time::Instant::now(),
                                 session: sender,
                                 post: Post {
                                     kind: "message".into(),

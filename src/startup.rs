@@ -106,6 +106,16 @@ impl Application {
     /// `System` (the HTTP server's workers are actix arbiters).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let http_listener = bind("HTTP", settings.http_addr)?;
+        // Accepted sockets inherit this: a peer that acknowledges nothing (a client that
+        // stopped reading keeps a zero window) for as long as a silent client may stay is
+        // cut off by the kernel, even while its session waits behind frames it cannot write.
+        socket2::SockRef::from(&http_listener)
+            .set_tcp_user_timeout(Some(settings.websocket.pong_timeout))
+            .map_err(|source| StartupError::Bind {
+                protocol: "HTTP",
+                addr: settings.http_addr,
+                source,
+            })?;
         let grpc_listener = bind("gRPC", settings.grpc_addr)?;
         let http_addr = local_addr("HTTP", &http_listener, settings.http_addr)?;
         let grpc_addr = local_addr("gRPC", &grpc_listener, settings.grpc_addr)?;
@@ -160,7 +170,12 @@ impl Application {
         let singletons = Arbiter::new();
         let max_sessions = settings.websocket.max_sessions_per_user;
         let recovery_buffer = settings.websocket.outbound_queue;
+        let outbound = hub::Limits {
+            frames: u32::try_from(settings.websocket.outbound_queue).unwrap_or(u32::MAX),
+            bytes: u32::try_from(settings.websocket.outbound_bytes).unwrap_or(u32::MAX),
+        };
         let mut hub = Hub::new(max_sessions)
+            .with_outbound_limits(outbound)
             .with_recovery_buffer(recovery_buffer)
             .with_pulse(Session::heartbeat_tick(&settings.websocket))
             .with_numbering(database.clone(), settings.history.room_idle);
@@ -255,6 +270,9 @@ impl Application {
         // Frames are small and latency matters: without this, Nagle holds a frame written
         // while an earlier one is unacknowledged until the client's delayed ACK (~40 ms).
         .tcp_nodelay(true)
+        // A closing connection (a session that ended, a slow consumer's close) gets this
+        // long to flush to its client, then it is dropped.
+        .client_disconnect_timeout(settings.websocket.close_timeout)
         .listen(http_listener)
         .map_err(|source| StartupError::Runtime {
             what: "the HTTP server",

@@ -25,6 +25,12 @@ pub struct WsSettings {
     pub rate_burst: u32,
     /// Frames that may wait for a slow client before it is disconnected (close 1008).
     pub outbound_queue: usize,
+    /// Bytes that may wait for a client (relays, replies, history) before it is
+    /// disconnected as a slow consumer (close 1008).
+    pub outbound_bytes: usize,
+    /// How long a closing connection may take to deliver what is queued (and the close
+    /// frame) before it is dropped.
+    pub close_timeout: Duration,
     /// How often the server pings each client.
     pub ping_interval: Duration,
     /// A client silent (no pong or other frame) this long is disconnected.
@@ -42,6 +48,8 @@ impl Default for WsSettings {
             rate_per_second: 20.0,
             rate_burst: 40,
             outbound_queue: 1024,
+            outbound_bytes: 1024 * 1024,
+            close_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(54),
             pong_timeout: Duration::from_secs(60),
         }
@@ -135,6 +143,10 @@ pub struct WsLayer {
     pub rate_burst: Option<u32>,
     /// See [`WsSettings::outbound_queue`].
     pub outbound_queue: Option<usize>,
+    /// See [`WsSettings::outbound_bytes`].
+    pub outbound_bytes: Option<usize>,
+    /// See [`WsSettings::close_timeout`] (e.g. `"5s"`).
+    pub close_timeout: Option<String>,
     /// See [`WsSettings::ping_interval`] (e.g. `"54s"`).
     pub ping_interval: Option<String>,
     /// See [`WsSettings::pong_timeout`] (e.g. `"60s"`).
@@ -173,6 +185,30 @@ impl WsSettings {
         }
         if let Some(queue) = layer.outbound_queue {
             self.outbound_queue = at_least("websocket outbound queue", queue, 1)?;
+        }
+        if let Some(bytes) = layer.outbound_bytes {
+            // At least one largest message fits; at most 1 GiB (the counters are 32-bit).
+            let bytes = at_least("websocket outbound bytes", bytes, 4096)?;
+            if bytes > 1 << 30 {
+                return Err(ConfigError::invalid(
+                    "websocket outbound bytes",
+                    "it must be at most 1073741824 (1 GiB)",
+                ));
+            }
+            self.outbound_bytes = bytes;
+        }
+        if self.outbound_bytes < 8 * self.max_message_size {
+            // A relay of the largest message (escaped in JSON, up to 6× its size) must fit.
+            return Err(ConfigError::invalid(
+                "websocket outbound bytes",
+                format!(
+                    "it must be at least 8 × the max message size ({} bytes)",
+                    8 * self.max_message_size
+                ),
+            ));
+        }
+        if let Some(raw) = layer.close_timeout {
+            self.close_timeout = positive("websocket close timeout", &raw)?;
         }
         if let Some(raw) = layer.ping_interval {
             self.ping_interval = positive("websocket ping interval", &raw)?;
@@ -244,6 +280,22 @@ pub struct WsArgs {
         value_name = "N"
     )]
     pub ws_outbound_queue: Option<usize>,
+    /// Bytes queued for a slow client before it is disconnected [default: 1048576].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_OUTBOUND_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub ws_outbound_bytes: Option<usize>,
+    /// How long a closing connection may take to flush before it is dropped [default: 5s].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_CLOSE_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub ws_close_timeout: Option<String>,
     /// Server ping interval [default: 54s].
     #[arg(
         long,
@@ -274,6 +326,8 @@ impl WsArgs {
             rate_per_second: self.ws_rate,
             rate_burst: self.ws_burst,
             outbound_queue: self.ws_outbound_queue,
+            outbound_bytes: self.ws_outbound_bytes,
+            close_timeout: self.ws_close_timeout.clone(),
             ping_interval: self.ws_ping_interval.clone(),
             pong_timeout: self.ws_pong_timeout.clone(),
         }

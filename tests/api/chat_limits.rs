@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard::config::{OriginPolicy, Settings, WsSettings};
 use tokio_tungstenite::tungstenite::{
@@ -175,31 +175,42 @@ async fn a_user_may_only_hold_so_many_sessions() {
     WsClient::user(&app, "bob").await; // the limit is per user
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_is_closed_after_the_pong_timeout() {
+    // Margins that hold on a busy machine: the lively client only has to be read once
+    // in two seconds; the silent one is given thirty to be found out.
     let app = spawn_chat(|ws| {
-        ws.ping_interval = Duration::from_millis(100);
-        ws.pong_timeout = Duration::from_millis(400);
+        ws.ping_interval = Duration::from_millis(200);
+        ws.pong_timeout = Duration::from_secs(2);
+        ws.close_timeout = Duration::from_millis(500);
     })
     .await;
     let silent = WsClient::user(&app, "silent").await;
-    let mut lively = WsClient::user(&app, "lively").await;
+    let lively = WsClient::user(&app, "lively").await;
 
-    // The lively client keeps reading, so its library answers every ping.
-    lively.assert_silent(Duration::from_millis(1200)).await;
-    // The silent one read nothing meanwhile, so it never answered.
-    let (code, reason) = raw_close(silent).await;
+    // The lively client reads all along, on a task of its own, so its library answers
+    // every ping.
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let lively = tokio::spawn(lively.keep_reading_until(stopped));
+    // The silent one reads nothing, so it never answers.
+    let (code, reason) = tokio::time::timeout(Duration::from_secs(30), raw_close(silent))
+        .await
+        .expect("the silent client is closed in time");
     assert_eq!(code, 1008);
     assert!(reason.contains("heartbeat"), "{reason}");
 
+    let _ = stop.send(());
+    let mut lively = lively.await.unwrap();
     lively.join("still-here").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_disconnected_and_a_fast_member_gets_everything() {
-    const MESSAGES: usize = 3000;
+    const MESSAGES: u64 = 3000;
     let app = spawn_chat(|ws| {
         ws.outbound_queue = 256;
+        // Frames, not bytes, bound the queues here (the byte bound has its own test).
+        ws.outbound_bytes = 1 << 30;
         ws.rate_per_second = 1e6;
         ws.rate_burst = 1_000_000;
     })
@@ -211,37 +222,88 @@ async fn a_slow_consumer_is_disconnected_and_a_fast_member_gets_everything() {
     fast.join("firehose").await;
     sender.join("firehose").await;
 
+    // The fast member reads everything relayed until the closing message.
     let fast_reader = tokio::spawn(async move {
-        let mut next = 0;
-        while next < MESSAGES {
+        let mut seen = Vec::new();
+        loop {
             let frame = fast.recv_kind("message").await;
-            let n: usize = frame["metadata"]["n"].as_u64().unwrap() as usize;
-            assert_eq!(n, next, "the fast member gets every message in order");
-            next += 1;
+            let n = frame["metadata"]["n"].as_u64().unwrap();
+            if n == MESSAGES {
+                return seen;
+            }
+            seen.push(n);
         }
-        fast
     });
+    // The sender fires as fast as it can; a publish the server refuses for overload is
+    // answered with an `overloaded` error instead of an ack, and is not relayed.
+    let (mut to_server, mut from_server) = sender.stream.split();
     let padding = "p".repeat(16 * 1024);
-    let send_all = tokio::spawn(async move {
-        for n in 0..MESSAGES {
-            sender
-                .send(json!({"type": "message", "room_id": "firehose", "content": padding, "metadata": {"n": n}}))
-                .await;
+    let answers = tokio::spawn(async move {
+        let (mut acked, mut refused) = (0, 0);
+        while acked + refused < MESSAGES {
+            let frame = from_server.next().await.expect("a frame").unwrap();
+            let Message::Text(text) = frame else { continue };
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            match frame["type"].as_str() {
+                Some("ack") => acked += 1,
+                Some("error") => {
+                    assert_eq!(frame["metadata"]["code"], "overloaded", "{frame}");
+                    refused += 1;
+                }
+                _ => {}
+            }
         }
-        sender
+        (acked, refused, from_server)
     });
-    // The slow member reads nothing until everything has been sent and received.
-    let _sender = send_all.await.unwrap();
-    let _fast = fast_reader.await.unwrap();
+    for n in 0..MESSAGES {
+        let frame = json!({"type": "message", "room_id": "firehose", "content": padding, "metadata": {"n": n}});
+        to_server
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+    let (acked, refused, mut from_server) = answers.await.unwrap();
+    // The closing message, retried until the server takes it.
+    loop {
+        let done = json!({"type": "message", "room_id": "firehose", "content": "done", "metadata": {"n": MESSAGES}});
+        to_server
+            .send(Message::text(done.to_string()))
+            .await
+            .unwrap();
+        let answer = loop {
+            let Message::Text(text) = from_server.next().await.unwrap().unwrap() else {
+                continue;
+            };
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            if matches!(frame["type"].as_str(), Some("ack" | "error")) {
+                break frame;
+            }
+        };
+        if answer["type"] == "ack" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let relayed = fast_reader.await.unwrap();
+    assert_eq!(
+        relayed.len() as u64,
+        acked,
+        "every acked message reached the fast member ({refused} refused)"
+    );
+    assert!(
+        relayed.windows(2).all(|w| w[0] < w[1]),
+        "in order, once each"
+    );
 
-    let mut received = 0;
+    // The slow member read nothing meanwhile: it was cut off after a prefix of what was
+    // relayed, with nothing skipped before the close.
+    let mut received = Vec::new();
     let close = loop {
         match slow.stream.next().await.expect("a frame or close").unwrap() {
             Message::Text(text) => {
                 let frame: Value = serde_json::from_str(&text).unwrap();
                 if frame["type"] == "message" {
-                    assert_eq!(frame["metadata"]["n"], received, "no gaps before the close");
-                    received += 1;
+                    received.push(frame["metadata"]["n"].as_u64().unwrap());
                 }
             }
             Message::Close(frame) => break frame.expect("a close code"),
@@ -251,8 +313,13 @@ async fn a_slow_consumer_is_disconnected_and_a_fast_member_gets_everything() {
     assert_eq!(close.code, CloseCode::Policy);
     assert!(close.reason.contains("slow consumer"), "{}", close.reason);
     assert!(
-        received < MESSAGES,
-        "the slow member was cut off, not served everything"
+        received.len() < relayed.len(),
+        "the slow member was cut off"
+    );
+    assert_eq!(
+        received,
+        relayed[..received.len()],
+        "no gaps before the close"
     );
 
     let health: Value = app.get_json("/health").await;

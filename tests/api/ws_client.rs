@@ -160,6 +160,24 @@ impl WsClient {
         }
     }
 
+    /// Reads (and drops) every frame until `stop` fires, so the client library keeps
+    /// answering the server's pings; panics if the server closes meanwhile.
+    pub async fn keep_reading_until(
+        mut self,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> Self {
+        loop {
+            tokio::select! {
+                _ = &mut stop => return self,
+                frame = self.stream.next() => match frame {
+                    Some(Ok(Message::Close(frame))) => panic!("closed while reading: {frame:?}"),
+                    Some(Ok(_)) => {}
+                    other => panic!("the connection failed while reading: {other:?}"),
+                },
+            }
+        }
+    }
+
     /// Reads (discarding text frames) until the server's close frame, and returns it.
     pub async fn closed(&mut self) -> CloseFrame {
         read_until_close(&mut self.stream).await

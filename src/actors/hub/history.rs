@@ -8,11 +8,11 @@
 
 use std::collections::VecDeque;
 
-use actix::{prelude::SendError, ActorFutureExt, AsyncContext, Context, MailboxError, WrapFuture};
+use actix::{ActorFutureExt, AsyncContext, Context, MailboxError, WrapFuture};
 use bytestring::ByteString;
 use serde_json::{json, Value};
 
-use super::{presence_event, Failure, History, Hub, Join, Outbox, ToSession};
+use super::{presence_event, Failure, History, Hub, Join, Mailbox, Refused, ToSession};
 use crate::{
     actors::history::{LastMessages, Replay},
     chat::{Frame, SessionId},
@@ -23,7 +23,7 @@ use crate::{
 /// A session with joins of a room waiting for their replays.
 pub(super) struct Recovering {
     /// Where its frames go.
-    pub(super) addr: Outbox,
+    pub(super) addr: Mailbox,
     /// Its joins, oldest first.
     joins: VecDeque<PendingJoin>,
     /// Live frames held in all of them.
@@ -240,11 +240,14 @@ impl Hub {
             frames.push(self.joined(room_id, join.top, recovery).encode());
             frames.extend(replay.iter().map(|m| Frame::stored(m).encode()));
             frames.extend(join.held);
-            let count = frames.len() as u64;
-            match addr.try_send(ToSession::Frames(frames)) {
-                Ok(()) => self.stats.frames_out += count,
-                Err(SendError::Full(_)) => self.failed.push((session, Failure::Slow)),
-                Err(SendError::Closed(_)) => self.failed.push((session, Failure::Closed)),
+            let count = frames.len();
+            let bytes = frames.iter().map(|f| f.len()).sum::<usize>();
+            let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+            let batch = ToSession::Frames(frames);
+            match addr.push(batch, count as u32, bytes, self.limits) {
+                Ok(()) => self.stats.frames_out += count as u64,
+                Err(Refused::Full) => self.failed.push((session, Failure::Slow)),
+                Err(Refused::Closed) => self.failed.push((session, Failure::Closed)),
             }
         }
         let Some(room) = self.rooms.get_mut(room_id) else {
@@ -292,16 +295,15 @@ impl Hub {
                 .map(move |answer, hub, _ctx| {
                     match answer {
                         Ok(Ok(messages)) => {
-                            let listed: Vec<Value> = messages
-                                .iter()
-                                .filter_map(|m| serde_json::to_value(Frame::stored(m)).ok())
-                                .collect();
+                            let budget = (hub.limits.bytes / 2) as usize;
+                            let (listed, truncated) = newest_within(&messages, budget);
                             let frame = Frame::system("history")
                                 .room(room)
                                 .content(format!("{} messages", listed.len()))
                                 .details(json!({
                                     "offset": top,
                                     "count": listed.len(),
+                                    "truncated": truncated,
                                     "messages": listed,
                                 }));
                             hub.reply(session, &frame);
@@ -316,4 +318,25 @@ impl Hub {
                 }),
         );
     }
+}
+
+/// The newest of `messages` (oldest first) whose frames fit in `budget` bytes, oldest
+/// first, and whether older ones were left out: a `history` answer counts against its
+/// connection's outbound bytes like everything else, so it is kept to half of them.
+fn newest_within(messages: &[StoredMessage], budget: usize) -> (Vec<Value>, bool) {
+    let mut kept = Vec::new();
+    let mut used = 0;
+    for message in messages.iter().rev() {
+        let Ok(value) = serde_json::to_value(Frame::stored(message)) else {
+            continue;
+        };
+        used += value.to_string().len() + 1;
+        if used > budget && !kept.is_empty() {
+            kept.reverse();
+            return (kept, true);
+        }
+        kept.push(value);
+    }
+    kept.reverse();
+    (kept, false)
 }

@@ -1,6 +1,6 @@
 //! Messages the [`Hub`](super::Hub) handles, and the one it sends to sessions.
 
-use actix::{Message, Recipient};
+use actix::Message;
 use actix_web_actors::ws::CloseReason;
 use bytestring::ByteString;
 use serde::Serialize;
@@ -34,8 +34,9 @@ pub struct Connect {
     pub session: SessionId,
     /// Who it is.
     pub identity: Identity,
-    /// Where its frames go.
-    pub addr: Recipient<ToSession>,
+    /// Where its frames go (the session keeps the same outbox, to take off what it
+    /// writes).
+    pub addr: std::sync::Arc<super::outbox::Outbox>,
 }
 
 /// Why a session was not registered.
@@ -104,6 +105,8 @@ pub struct RoomMessage {
     pub session: SessionId,
     /// What to relay.
     pub post: Post,
+    /// When the session sent it (how long it waited tells whether the hub is behind).
+    pub sent: std::time::Instant,
 }
 
 /// Relay a typing indicator to a room's other members (no ack, never stored).
@@ -196,6 +199,14 @@ pub struct HubStats {
     pub refused_sessions: u64,
     /// Room messages not stored because the history writer was too far behind.
     pub history_dropped: u64,
+    /// Rooms refusing publishes because most of their members are behind.
+    pub overloaded_rooms: usize,
+    /// Whether the hub itself is behind (publishes refused everywhere).
+    pub lagging: bool,
+    /// How long the last publish waited for the hub, in microseconds.
+    pub lag_us: u64,
+    /// Publishes refused (overloaded), each answered with an `overloaded` error.
+    pub publishes_refused: u64,
     /// Joins with `since_offset`, and how many of them recovered every missed message.
     pub recoveries: u64,
     /// See `recoveries`.

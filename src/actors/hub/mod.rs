@@ -9,14 +9,19 @@
 
 mod history;
 pub mod messages;
+pub mod outbox;
+mod overload;
 mod requests;
 mod sequence;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use actix::{
-    prelude::SendError, Actor, Addr, AsyncContext, Context, Handler, MessageResult, Recipient,
-    ResponseActFuture, WrapFuture,
+    Actor, Addr, AsyncContext, Context, Handler, MessageResult, ResponseActFuture, WrapFuture,
 };
 use actix_web_actors::ws::{CloseCode, CloseReason};
 use bytestring::ByteString;
@@ -25,6 +30,8 @@ use serde_json::json;
 
 use history::Recovering;
 pub use messages::*;
+use outbox::Refused;
+pub use outbox::{Limits, Outbox};
 use sequence::Numbering;
 pub use sequence::{FIRST_RESERVATION, MAX_IDLE_ROOMS};
 
@@ -69,28 +76,34 @@ pub struct Hub {
     recovery_buffer: usize,
     /// How often every session gets a [`ToSession::Pulse`]; `None`: never.
     pulse: Option<Duration>,
+    /// How much may wait for one session.
+    limits: Limits,
+    /// How far behind the hub itself is (see [`overload`]).
+    lag: overload::Lag,
 }
 
-/// A session's mailbox, shared by its entry and every room it is in (a `Recipient`
+/// A session's outbound queue, shared by its entry and every room it is in (a `Recipient`
 /// clone costs three allocations, this one none).
-type Outbox = Arc<Recipient<ToSession>>;
+type Mailbox = Arc<Outbox>;
 
 struct Member {
     identity: Identity,
-    addr: Outbox,
+    addr: Mailbox,
     rooms: RoomSet,
 }
 
 #[derive(Default)]
 struct Room {
     /// Subscribed sessions and where their frames go.
-    members: HashMap<SessionId, Outbox>,
+    members: HashMap<SessionId, Mailbox>,
     /// Sessions joined with `since_offset` whose missed messages are being read: live
     /// frames wait here and follow the replay, so nothing is missed or repeated.
     recovering: HashMap<SessionId, Recovering>,
     /// Users present, with how many of their sessions are subscribed (their names are
     /// in their sessions' identities, not repeated here).
     users: HashMap<Arc<str>, u32>,
+    /// How far behind its members are (see [`overload`]).
+    load: overload::Load,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +132,16 @@ impl Hub {
             persist_private: false,
             recovery_buffer: DEFAULT_RECOVERY_BUFFER,
             pulse: None,
+            limits: Limits::NONE,
+            lag: overload::Lag::default(),
         }
+    }
+
+    /// Bounds what may wait for one session, in frames (its mailbox's capacity) and in
+    /// bytes; a session past either is a slow consumer.
+    pub fn with_outbound_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Sends every session a [`ToSession::Pulse`] this often, driving their heartbeats.
@@ -153,7 +175,8 @@ impl Hub {
     fn reply(&mut self, session: SessionId, frame: &Frame) {
         if let Some(member) = self.sessions.get(&session) {
             let targets = [(session, &*member.addr)];
-            self.stats.frames_out += push_all(targets, &frame.encode(), &mut self.failed);
+            self.stats.frames_out +=
+                push_all(targets, &frame.encode(), self.limits, &mut self.failed);
         }
     }
 
@@ -167,12 +190,8 @@ impl Hub {
         let Some(room) = self.rooms.get_mut(room) else {
             return;
         };
-        let targets = room
-            .members
-            .iter()
-            .filter(|(session, _)| Some(**session) != except)
-            .map(|(session, addr)| (*session, &**addr));
-        self.stats.frames_out += push_all(targets, frame, &mut self.failed);
+        self.stats.frames_out +=
+            Hub::fanout_counted(room, except, frame, self.limits, &mut self.failed);
         for (session, recovering) in &mut room.recovering {
             if Some(*session) != except && !recovering.hold(frame, self.recovery_buffer) {
                 self.failed.push((*session, Failure::Slow));
@@ -195,7 +214,7 @@ impl Hub {
                     "slow consumer: outbound queue full, disconnecting"
                 );
                 // `do_send` ignores the mailbox bound: the close goes after the queued frames.
-                member.addr.do_send(ToSession::Close(CloseReason {
+                member.addr.push_control(ToSession::Close(CloseReason {
                     code: CloseCode::Policy,
                     description: Some("slow consumer: outbound queue overflowed".into()),
                 }));
@@ -277,19 +296,20 @@ fn ack(id: String, kind: &str, room: Option<RoomId>) -> Frame {
     ack
 }
 
-/// Hands `frame` to each target's bounded mailbox; returns how many took it and records
+/// Hands `frame` to each target's bounded queue; returns how many took it and records
 /// the rest in `failed`, to be settled once the handler is done.
 fn push_all<'a>(
-    targets: impl IntoIterator<Item = (SessionId, &'a Recipient<ToSession>)>,
+    targets: impl IntoIterator<Item = (SessionId, &'a Outbox)>,
     frame: &ByteString,
+    limits: Limits,
     failed: &mut Vec<(SessionId, Failure)>,
 ) -> u64 {
     let mut sent = 0;
-    for (session, addr) in targets {
-        match addr.try_send(ToSession::Frame(frame.clone())) {
+    for (session, outbox) in targets {
+        match outbox.push_frame(frame, limits) {
             Ok(()) => sent += 1,
-            Err(SendError::Full(_)) => failed.push((session, Failure::Slow)),
-            Err(SendError::Closed(_)) => failed.push((session, Failure::Closed)),
+            Err(Refused::Full) => failed.push((session, Failure::Slow)),
+            Err(Refused::Closed) => failed.push((session, Failure::Closed)),
         }
     }
     sent
@@ -312,7 +332,7 @@ impl Actor for Hub {
             ctx.run_interval(every, |hub, _| {
                 for member in hub.sessions.values() {
                     // `do_send`: a full mailbox is a slow consumer, dealt with on delivery.
-                    member.addr.do_send(ToSession::Pulse);
+                    member.addr.push_control(ToSession::Pulse);
                 }
             });
         }
@@ -342,7 +362,7 @@ impl Handler<Connect> for Hub {
             msg.session,
             Box::new(Member {
                 identity: msg.identity,
-                addr: Arc::new(msg.addr),
+                addr: msg.addr,
                 rooms: RoomSet::default(),
             }),
         );
@@ -404,10 +424,16 @@ impl Hub {
 impl Hub {
     /// Numbers, relays, acknowledges and stores one room message (or holds it until the
     /// room's next range of offsets arrives).
-    pub(super) fn post(&mut self, session: SessionId, post: Post) {
+    pub(super) fn post(&mut self, session: SessionId, post: Post, sent: Option<Instant>) {
         let Some(user) = self.member_of(session, &post.room) else {
             return;
         };
+        // `None`: a message held for numbering, admitted already.
+        if let Some(sent) = sent {
+            if !self.admit_publish(session, &post.room, sent.elapsed()) {
+                return;
+            }
+        }
         let Some((offset, post)) = self.number(session, post) else {
             return;
         };
@@ -445,6 +471,15 @@ impl Hub {
 impl Hub {
     pub(super) fn typing(&mut self, msg: Typing) {
         if let Some(user) = self.member_of(msg.session, &msg.room) {
+            let overloaded = self.lag.lagging
+                || self
+                    .rooms
+                    .get(&msg.room)
+                    .is_some_and(|r| r.load.overloaded());
+            if overloaded {
+                // A typing indicator is ephemeral: under overload it is simply not relayed.
+                return self.settle();
+            }
             self.stats.messages_in += 1;
             let frame = Frame::new("typing", &*user)
                 .id(message_id())
@@ -498,7 +533,7 @@ impl Hub {
             let targets = targets
                 .iter()
                 .filter_map(|s| Some((*s, &*sessions.get(s)?.addr)));
-            self.stats.frames_out += push_all(targets, &frame, &mut self.failed);
+            self.stats.frames_out += push_all(targets, &frame, self.limits, &mut self.failed);
             self.ack(msg.session, id, "private", None);
         }
         self.settle();
@@ -522,7 +557,7 @@ impl Hub {
             .iter()
             .filter(|(s, _)| **s != msg.session)
             .map(|(s, m)| (*s, &*m.addr));
-        self.stats.frames_out += push_all(targets, &frame, &mut self.failed);
+        self.stats.frames_out += push_all(targets, &frame, self.limits, &mut self.failed);
         self.ack(msg.session, id, "broadcast", None);
         self.settle();
     }
@@ -590,6 +625,9 @@ impl Handler<GetStats> for Hub {
             users: self.users.len(),
             rooms: self.rooms.len(),
             numbered_rooms: self.numbering.len(),
+            overloaded_rooms: self.rooms.values().filter(|r| r.load.overloaded()).count(),
+            lagging: self.lag.lagging,
+            lag_us: u64::try_from(self.lag.last.as_micros()).unwrap_or(u64::MAX),
             ..self.stats.clone()
         })
     }
@@ -601,7 +639,7 @@ impl Handler<Shutdown> for Hub {
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> usize {
         self.shutting_down = true;
         for member in self.sessions.values() {
-            member.addr.do_send(ToSession::Close(CloseReason {
+            member.addr.push_control(ToSession::Close(CloseReason {
                 code: CloseCode::Away,
                 description: Some("server shutting down".into()),
             }));

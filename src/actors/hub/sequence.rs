@@ -488,7 +488,7 @@ impl Hub {
             Ok(range) => {
                 sequence.spare = Some(range);
                 for (session, post) in held {
-                    self.post(session, post);
+                    self.post(session, post, None);
                 }
                 if self.numbering.draining {
                     if let Some(sequence) = self.numbering.rooms.remove(room) {

@@ -25,7 +25,7 @@ use serde_json::json;
 pub use protocol::{Outcome, Protocol};
 
 use crate::{
-    actors::hub::{self, ConnectError, Hub, ToSession},
+    actors::hub::{self, ConnectError, Hub, Outbox, ToSession},
     chat::{Command, Frame, SessionId},
     config::WsSettings,
 };
@@ -44,6 +44,9 @@ pub struct Session {
     last_ping: Instant,
     /// The rate limiter's pending answer for this connection's upgrade, awaited in `started`.
     admission: Option<Admission>,
+    /// This connection's outbound queue as the hub sees it (set in `started`): frames
+    /// written are taken off it.
+    outbox: Option<Arc<Outbox>>,
 }
 
 /// The rate limiter's answer to a WebSocket upgrade: `Err` holds how long the client
@@ -67,6 +70,7 @@ impl Session {
             last_heard: now,
             last_ping: now,
             admission,
+            outbox: None,
         }
     }
 
@@ -147,6 +151,13 @@ impl Session {
         }
     }
 
+    /// Takes written frames off the outbox the hub counts against.
+    fn taken(&self, frames: usize, bytes: usize) {
+        if let Some(outbox) = &self.outbox {
+            outbox.taken(frames, bytes);
+        }
+    }
+
     /// Sends a command to the hub. `do_send` keeps the order in which the client sent them.
     fn dispatch(&self, command: Command) {
         let session = self.id;
@@ -162,7 +173,11 @@ impl Session {
                 limit,
             }),
             Command::Leave(room) => self.hub.do_send(hub::Leave { session, room }),
-            Command::Post(post) => self.hub.do_send(hub::RoomMessage { session, post }),
+            Command::Post(post) => self.hub.do_send(hub::RoomMessage {
+                session,
+                post,
+                sent: Instant::now(),
+            }),
             Command::Typing { room, metadata } => self.hub.do_send(hub::Typing {
                 session,
                 room,
@@ -193,10 +208,12 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.protocol.settings().outbound_queue);
+        let outbox = Arc::new(Outbox::new(ctx.address().recipient()));
+        self.outbox = Some(outbox.clone());
         let connect = hub::Connect {
             session: self.id,
             identity: self.protocol.identity().clone(),
-            addr: ctx.address().recipient(),
+            addr: outbox,
         };
         let (admission, hub) = (self.admission.take(), self.hub.clone());
         let answer = async move {
@@ -238,8 +255,15 @@ impl Handler<ToSession> for Session {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
-            ToSession::Frame(text) => ctx.text(text),
-            ToSession::Frames(texts) => texts.into_iter().for_each(|text| ctx.text(text)),
+            ToSession::Frame(text) => {
+                self.taken(1, text.len());
+                ctx.text(text);
+            }
+            ToSession::Frames(texts) => {
+                let bytes = texts.iter().map(|t| t.len()).sum();
+                self.taken(texts.len(), bytes);
+                texts.into_iter().for_each(|text| ctx.text(text));
+            }
             ToSession::Close(reason) => self.close_with(ctx, reason),
             ToSession::Pulse => self.on_pulse(ctx),
         }

@@ -1,0 +1,131 @@
+//! [`Outbox`]: a session's outbound queue as the hub sees it.
+//!
+//! A session's mailbox is its connection's outbound queue. The mailbox bounds the number of
+//! frames; the outbox also counts what they weigh, so one connection cannot make the server
+//! hold more than `--ws-outbound-bytes` for it (twenty large `history` answers a client
+//! never reads, say). The hub adds a frame's size when it queues the frame and the session
+//! takes it off when it hands the frame to its connection — like a channel's length, these
+//! counters are plumbing of the queue, not state of the chat; nobody else reads them.
+
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+use actix::{prelude::SendError, Recipient};
+use bytestring::ByteString;
+
+use super::ToSession;
+
+/// Where a session's frames go, and how much waits there.
+#[derive(Debug)]
+pub struct Outbox {
+    recipient: Recipient<ToSession>,
+    /// Frames queued and not yet taken off by the session.
+    frames: AtomicU32,
+    /// Their bytes.
+    bytes: AtomicU32,
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue is full (in frames or bytes): the client is not keeping up.
+    Full,
+    /// The session is gone.
+    Closed,
+}
+
+/// How full a queue may get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Frames (the mailbox's capacity).
+    pub frames: u32,
+    /// Bytes.
+    pub bytes: u32,
+}
+
+impl Limits {
+    /// No limits (a hub whose sessions set their own mailbox bounds, e.g. in benchmarks).
+    pub const NONE: Limits = Limits {
+        frames: u32::MAX,
+        bytes: u32::MAX,
+    };
+}
+
+impl Outbox {
+    /// The outbox of the session reached through `recipient`.
+    pub fn new(recipient: Recipient<ToSession>) -> Self {
+        Self {
+            recipient,
+            frames: AtomicU32::new(0),
+            bytes: AtomicU32::new(0),
+        }
+    }
+
+    /// Queues frames weighing `bytes` in all, unless that would pass `limits`.
+    pub(super) fn push(
+        &self,
+        message: ToSession,
+        frames: u32,
+        bytes: u32,
+        limits: Limits,
+    ) -> Result<(), Refused> {
+        if self.bytes.load(Relaxed).saturating_add(bytes) > limits.bytes {
+            return Err(Refused::Full);
+        }
+        // Counted first, so the session can never take off more than was added.
+        self.frames.fetch_add(frames, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+        match self.recipient.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.frames.fetch_sub(frames, Relaxed);
+                self.bytes.fetch_sub(bytes, Relaxed);
+                Err(match error {
+                    SendError::Full(_) => Refused::Full,
+                    SendError::Closed(_) => Refused::Closed,
+                })
+            }
+        }
+    }
+
+    /// Queues one frame.
+    pub(super) fn push_frame(&self, frame: &ByteString, limits: Limits) -> Result<(), Refused> {
+        let bytes = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        self.push(ToSession::Frame(frame.clone()), 1, bytes, limits)
+    }
+
+    /// Queues one frame past the mailbox's bound (an overloaded room's member, while
+    /// publishes are refused), unless that would hold more than twice the byte limit.
+    pub(super) fn force_frame(&self, frame: &ByteString, limits: Limits) -> bool {
+        let bytes = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        if self.bytes.load(Relaxed).saturating_add(bytes) > limits.bytes.saturating_mul(2) {
+            return false;
+        }
+        self.frames.fetch_add(1, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+        self.recipient.do_send(ToSession::Frame(frame.clone()));
+        true
+    }
+
+    /// Queues a control message (pulse, close) whatever the limits: it must get through.
+    pub(super) fn push_control(&self, message: ToSession) {
+        self.recipient.do_send(message);
+    }
+
+    /// The session handed `frames` frames weighing `bytes` to its connection.
+    pub fn taken(&self, frames: usize, bytes: usize) {
+        let frames = u32::try_from(frames).unwrap_or(u32::MAX);
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        self.frames.fetch_sub(frames, Relaxed);
+        self.bytes.fetch_sub(bytes, Relaxed);
+    }
+
+    /// Whether more than half of what `limits` allow is waiting: the client is behind.
+    pub(super) fn behind(&self, limits: Limits) -> bool {
+        self.frames.load(Relaxed) > limits.frames / 2 || self.bytes.load(Relaxed) > limits.bytes / 2
+    }
+
+    /// Frames and bytes waiting.
+    pub fn queued(&self) -> (u32, u32) {
+        (self.frames.load(Relaxed), self.bytes.load(Relaxed))
+    }
+}

@@ -1,0 +1,191 @@
+//! Overload: load shed at the door instead of at the subscribers.
+//!
+//! A *slow consumer* is one member behind while the room's others keep up: it is closed
+//! (1008), as ever. *Overload* is the server itself behind: most of a room's members are
+//! behind at once (their queues more than half full), or the hub's own mailbox is backing
+//! up (a message reaches the hub more than [`LAG_HIGH`] after its session sent it). Then
+//! closing members would turn an overload into a reconnect storm; instead publishes are
+//! refused — the publisher gets an `error` frame with `metadata.code: "overloaded"` and a
+//! `retry_after_ms`, no ack, and nothing is relayed — until the queues have drained
+//! (a quarter or fewer of the members behind, the hub's lag under [`LAG_LOW`]). Members
+//! whose queue is full while their room is overloaded get the frame all the same (their
+//! queue may briefly hold more than its bound: the refusals stop it growing), so nothing is
+//! skipped. A room that stays overloaded for [`STUCK_AFTER`] without draining has members
+//! that do not read at all: those are closed as slow consumers, so nobody can stall a room
+//! by joining it and never reading.
+
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use serde_json::json;
+
+use super::{Failure, Hub, Room};
+use crate::{
+    chat::{Frame, SessionId},
+    domain::RoomId,
+};
+
+/// Rooms smaller than this are never "overloaded": their slow members are slow consumers.
+pub const MIN_MEMBERS: usize = 8;
+/// A hub lag that starts refusing publishes everywhere.
+pub const LAG_HIGH: Duration = Duration::from_millis(100);
+/// The lag under which publishes are taken again.
+pub const LAG_LOW: Duration = Duration::from_millis(25);
+/// What publishers are told to wait.
+pub const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// How often an overloaded room's members are counted again while publishes are refused.
+const RECOUNT_EVERY: Duration = Duration::from_millis(5);
+/// An overloaded room that has not drained for this long has members that do not read.
+pub const STUCK_AFTER: Duration = Duration::from_secs(3);
+
+/// A room's load, as its last fanout (or a recount) found it.
+#[derive(Debug, Default)]
+pub(super) struct Load {
+    /// Members whose queue was more than half full.
+    behind: usize,
+    /// Since when publishes to the room have been refused.
+    overloaded_since: Option<Instant>,
+    /// When `behind` was counted.
+    counted: Option<Instant>,
+}
+
+impl Load {
+    /// Whether the room is refusing publishes.
+    pub(super) fn overloaded(&self) -> bool {
+        self.overloaded_since.is_some()
+    }
+}
+
+/// The hub's own lag, from the age of the messages it handles.
+#[derive(Debug, Default)]
+pub(super) struct Lag {
+    /// Publishes are refused everywhere.
+    pub(super) lagging: bool,
+    /// The age of the last publish handled.
+    pub(super) last: Duration,
+}
+
+impl Lag {
+    /// Notes the age of a publish; answers whether the hub is too far behind to take it.
+    fn observe(&mut self, age: Duration) -> bool {
+        self.last = age;
+        self.lagging = if self.lagging {
+            age > LAG_LOW
+        } else {
+            age > LAG_HIGH
+        };
+        self.lagging
+    }
+}
+
+impl Hub {
+    /// Whether a publish into `room_id`, sent `age` ago, may go ahead; if not, the
+    /// publisher is told to retry later.
+    pub(super) fn admit_publish(
+        &mut self,
+        session: SessionId,
+        room_id: &RoomId,
+        age: Duration,
+    ) -> bool {
+        let now = Instant::now();
+        let mut overloaded = self.lag.observe(age);
+        if !overloaded {
+            overloaded = self.room_overloaded(room_id, now);
+        }
+        if overloaded {
+            self.stats.publishes_refused += 1;
+            let retry = RETRY_AFTER.as_millis() as u64;
+            let refusal = Frame::error(format!(
+                "the server is overloaded: message not relayed; retry in {retry} ms"
+            ))
+            .room(room_id.clone())
+            .details(json!({ "code": "overloaded", "retry_after_ms": retry }));
+            self.reply(session, &refusal);
+        }
+        !overloaded
+    }
+
+    /// Whether `room_id` refuses publishes now (recounting its members while it does).
+    fn room_overloaded(&mut self, room_id: &RoomId, now: Instant) -> bool {
+        let limits = self.limits;
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return false;
+        };
+        let members = room.members.len();
+        let Some(since) = room.load.overloaded_since else {
+            return false;
+        };
+        let due = room
+            .load
+            .counted
+            .is_none_or(|at| now.duration_since(at) >= RECOUNT_EVERY);
+        if due {
+            room.load.behind = room.members.values().filter(|m| m.behind(limits)).count();
+            room.load.counted = Some(now);
+        }
+        if members < MIN_MEMBERS || room.load.behind * 4 <= members {
+            room.load.overloaded_since = None;
+            return false;
+        }
+        if now.duration_since(since) >= STUCK_AFTER {
+            // Not draining: whoever is still behind does not read at all.
+            let stuck: Vec<SessionId> = room
+                .members
+                .iter()
+                .filter(|(_, m)| m.behind(limits))
+                .map(|(session, _)| *session)
+                .collect();
+            room.load = Load::default();
+            self.failed
+                .extend(stuck.into_iter().map(|session| (session, Failure::Slow)));
+            return false;
+        }
+        true
+    }
+
+    /// Sends `frame` to every member of `room` except `except`, counting who is behind:
+    /// when most are, the room is overloaded and a member with a full queue gets the frame
+    /// anyway; otherwise a full queue is a slow consumer.
+    pub(super) fn fanout_counted(
+        room: &mut Room,
+        except: Option<SessionId>,
+        frame: &ByteString,
+        limits: super::Limits,
+        failed: &mut Vec<(SessionId, Failure)>,
+    ) -> u64 {
+        let mut sent = 0;
+        let mut behind = 0;
+        let mut full = Vec::new();
+        for (session, outbox) in &room.members {
+            if Some(*session) == except {
+                continue;
+            }
+            match outbox.push_frame(frame, limits) {
+                Ok(()) => {
+                    sent += 1;
+                    behind += usize::from(outbox.behind(limits));
+                }
+                Err(super::Refused::Full) => {
+                    behind += 1;
+                    full.push(*session);
+                }
+                Err(super::Refused::Closed) => failed.push((*session, Failure::Closed)),
+            }
+        }
+        let members = room.members.len();
+        room.load.behind = behind;
+        room.load.counted = Some(Instant::now());
+        if members >= MIN_MEMBERS && behind * 2 > members {
+            room.load.overloaded_since.get_or_insert_with(Instant::now);
+        }
+        for session in full {
+            let outbox = &room.members[&session];
+            if room.load.overloaded() && outbox.force_frame(frame, limits) {
+                sent += 1;
+            } else {
+                failed.push((session, Failure::Slow));
+            }
+        }
+        sent
+    }
+}

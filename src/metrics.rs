@@ -175,6 +175,27 @@ impl Scrape {
             );
             metric(
                 out,
+                "switchboard_chat_overloaded",
+                "gauge",
+                "1 while publishes are refused for overload (a room mostly behind, or the hub lagging).",
+                u8::from(hub.overloaded_rooms > 0 || hub.lagging),
+            );
+            metric(
+                out,
+                "switchboard_chat_overloaded_rooms",
+                "gauge",
+                "Rooms refusing publishes because most of their members are behind.",
+                hub.overloaded_rooms,
+            );
+            metric(
+                out,
+                "switchboard_chat_publishes_refused_total",
+                "counter",
+                "Publishes refused for overload (answered with an `overloaded` error).",
+                hub.publishes_refused,
+            );
+            metric(
+                out,
                 "switchboard_ws_refused_sessions_total",
                 "counter",
                 "Sessions refused at connect.",

@@ -26,6 +26,7 @@ mod hostile_ws;
 mod loadtool;
 mod metrics;
 mod migrations;
+mod overload;
 mod private_pg;
 mod process;
 mod rate_limit;

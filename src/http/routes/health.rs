@@ -75,6 +75,11 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
     database["queries"] = json!(state.db.stats());
 
     let hub = match state.chat.hub.send(GetStats).timeout(ASK_TIMEOUT).await {
+        Ok(stats) if stats.overloaded_rooms > 0 || stats.lagging => json!({
+            "status": "warn",
+            "output": "overloaded: publishes are being refused",
+            "stats": stats,
+        }),
         Ok(stats) => json!({ "status": "pass", "stats": stats }),
         Err(_) => json!({ "status": "fail", "output": "chat hub unavailable" }),
     };

@@ -31,6 +31,9 @@ pub struct WsSettings {
     /// How long a closing connection may take to deliver what is queued (and the close
     /// frame) before it is dropped.
     pub close_timeout: Duration,
+    /// A client that is behind (frames waiting for it) and takes none for this long is
+    /// disconnected as a slow consumer, even while its room is overloaded.
+    pub stall_timeout: Duration,
     /// How often the server pings each client.
     pub ping_interval: Duration,
     /// A client silent (no pong or other frame) this long is disconnected.
@@ -50,6 +53,7 @@ impl Default for WsSettings {
             outbound_queue: 1024,
             outbound_bytes: 1024 * 1024,
             close_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(54),
             pong_timeout: Duration::from_secs(60),
         }
@@ -147,6 +151,8 @@ pub struct WsLayer {
     pub outbound_bytes: Option<usize>,
     /// See [`WsSettings::close_timeout`] (e.g. `"5s"`).
     pub close_timeout: Option<String>,
+    /// See [`WsSettings::stall_timeout`] (e.g. `"5s"`).
+    pub stall_timeout: Option<String>,
     /// See [`WsSettings::ping_interval`] (e.g. `"54s"`).
     pub ping_interval: Option<String>,
     /// See [`WsSettings::pong_timeout`] (e.g. `"60s"`).
@@ -209,6 +215,9 @@ impl WsSettings {
         }
         if let Some(raw) = layer.close_timeout {
             self.close_timeout = positive("websocket close timeout", &raw)?;
+        }
+        if let Some(raw) = layer.stall_timeout {
+            self.stall_timeout = positive("websocket stall timeout", &raw)?;
         }
         if let Some(raw) = layer.ping_interval {
             self.ping_interval = positive("websocket ping interval", &raw)?;
@@ -296,6 +305,14 @@ pub struct WsArgs {
         value_name = "DURATION"
     )]
     pub ws_close_timeout: Option<String>,
+    /// Disconnect a client that is behind and takes nothing for this long [default: 5s].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_STALL_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub ws_stall_timeout: Option<String>,
     /// Server ping interval [default: 54s].
     #[arg(
         long,
@@ -328,6 +345,7 @@ impl WsArgs {
             outbound_queue: self.ws_outbound_queue,
             outbound_bytes: self.ws_outbound_bytes,
             close_timeout: self.ws_close_timeout.clone(),
+            stall_timeout: self.ws_stall_timeout.clone(),
             ping_interval: self.ws_ping_interval.clone(),
             pong_timeout: self.ws_pong_timeout.clone(),
         }

@@ -51,6 +51,11 @@ pub struct WsBenchArgs {
     /// Publishing connections (one room each, round-robin); 0 holds idle connections.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
+    /// Extra subscribers that join (round-robin) and then never read: the server should
+    /// close them as slow consumers while the others lose nothing. Not counted in the
+    /// deliveries; reported as `stalled_closed`.
+    #[arg(long, default_value_t = 0)]
+    pub stalled: usize,
     /// Messages per second over all publishers.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
@@ -69,8 +74,8 @@ pub struct WsBenchArgs {
     /// A JWT passed as `?token=`; guests otherwise.
     #[arg(long)]
     pub token: Option<String>,
-    /// Connections opened at once.
-    #[arg(long, default_value_t = 128)]
+    /// Handshakes in flight at once while connecting (as common load tools do).
+    #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
     /// Prefix of the room names.
     #[arg(long, default_value = "bench")]
@@ -95,8 +100,8 @@ impl WsBenchArgs {
         if self.rooms == 0 || self.rooms > self.clients {
             bail!("--rooms must be from 1 to --clients ({})", self.clients);
         }
-        if self.publishers > 10_000 {
-            bail!("--publishers must be at most 10000");
+        if self.publishers > 10_000 || self.stalled > 10_000 {
+            bail!("--publishers and --stalled must be at most 10000");
         }
         if self.publishers > 0 && !(self.rate.is_finite() && self.rate > 0.0 && self.rate <= 1e7) {
             bail!("--rate must be above 0 and at most 10000000 messages per second");
@@ -144,7 +149,7 @@ struct Received {
 /// Runs the benchmark and prints its summary and JSON line.
 pub fn run(args: WsBenchArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let connections = (args.clients + args.publishers) as u64;
+    let connections = (args.clients + args.publishers + args.stalled) as u64;
     let limit = rlimit::increase_nofile_limit(connections + 256)
         .context("cannot raise the open-file limit")?;
     if limit < connections + 64 {
@@ -221,6 +226,16 @@ async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
         }
     }
     drop(opened);
+    let mut stalled = Vec::new();
+    for s in 0..args.stalled {
+        match open(&url, &args.room(s), wait).await {
+            Ok((ws, _)) => stalled.push(ws),
+            Err(error) => {
+                connect_errors += 1;
+                first_connect_error.get_or_insert_with(|| format!("{error:#}"));
+            }
+        }
+    }
     let mut publishers = Vec::new();
     for p in 0..args.publishers {
         let room_index = p % args.rooms;
@@ -261,26 +276,49 @@ async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
                 size: args.size,
             };
             let stop = stop_rx.clone();
-            tokio::spawn(async move { (room_index, publish(ws, plan, shared, stop).await) })
+            let refused = Arc::new(AtomicU64::new(0));
+            let counted = refused.clone();
+            let task = tokio::spawn(async move {
+                (room_index, publish(ws, plan, shared, counted, stop).await)
+            });
+            (task, refused)
         })
         .collect();
     let timeline_task = tokio::spawn(sample(shared.clone(), stop_rx.clone(), args.duration));
     let mut sent = 0;
-    let mut expected = 0;
-    for task in publish_tasks {
+    // Per publisher: its room's subscribers, what it sent, and what the server refused
+    // for overload (told to the publisher, never relayed: not expected, not lost).
+    let mut published = Vec::new();
+    for (task, refused) in publish_tasks {
         let (room_index, count) = task.await?;
         sent += count;
-        expected += count * per_room[room_index];
+        published.push((per_room[room_index], count, refused));
     }
+    let expected_now = |published: &[(u64, u64, Arc<AtomicU64>)]| {
+        published
+            .iter()
+            .map(|(members, count, refused)| {
+                count.saturating_sub(refused.load(Ordering::Relaxed)) * members
+            })
+            .sum::<u64>()
+    };
     let publish_time = base
         .elapsed()
         .min(args.duration.max(Duration::from_millis(1)));
     let drain_until = Instant::now() + args.drain;
-    while shared.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
+    while shared.delivered.load(Ordering::Relaxed) < expected_now(&published)
+        && Instant::now() < drain_until
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let expected = expected_now(&published);
+    let refused = published
+        .iter()
+        .map(|(_, _, refused)| refused.load(Ordering::Relaxed))
+        .sum();
     let _ = stop_tx.send(true);
     let timeline = timeline_task.await?;
+    let stalled_closed = count_closed(stalled).await;
 
     let mut latency = latency_histogram();
     let mut delivered = 0;
@@ -300,6 +338,8 @@ async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
         first_connect_error,
         joins_confirmed,
         sent,
+        refused,
+        stalled_closed,
         expected,
         delivered,
         publish_time,
@@ -381,7 +421,13 @@ struct Plan {
 
 /// Publishes at the planned rate for the planned time (catching up in bursts when the
 /// timer is late); returns how many messages were sent.
-async fn publish(ws: Ws, plan: Plan, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> u64 {
+async fn publish(
+    ws: Ws,
+    plan: Plan,
+    shared: Arc<Shared>,
+    refused: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) -> u64 {
     let base = *BASE.get_or_init(Instant::now);
     let (mut sink, mut source) = ws.split();
     let reader_shared = shared.clone();
@@ -390,7 +436,12 @@ async fn publish(ws: Ws, plan: Plan, shared: Arc<Shared>, mut stop: watch::Recei
         while let Some(Ok(message)) = source.next().await {
             if let Message::Text(text) = message {
                 if text.contains("\"type\":\"error\"") {
-                    reader_shared.error(&text);
+                    // Switchboard's push-back under overload: not relayed, not acked.
+                    if text.contains("\"code\":\"overloaded\"") {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        reader_shared.error(&text);
+                    }
                 }
             }
         }
@@ -436,6 +487,26 @@ async fn publish(ws: Ws, plan: Plan, shared: Arc<Shared>, mut stop: watch::Recei
         reader.abort();
     });
     sent
+}
+
+/// How many of the stalled connections the server has closed: each is read now, and one
+/// that ends (a close frame, or the connection dropped) within two seconds of reading
+/// whatever had queued counts.
+async fn count_closed(stalled: Vec<Ws>) -> u64 {
+    let checks = stalled.into_iter().map(|mut ws| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Err(_) => return 0u64,
+                Ok(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => return 1,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    });
+    futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .sum()
 }
 
 /// Deliveries per interval from the start of publishing until the run stops.

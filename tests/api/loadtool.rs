@@ -90,6 +90,11 @@ async fn bench_ws_reports_consistent_fanout_figures_and_an_html_report() {
         u(&json, "delivered"),
     );
     assert!(sent > 0, "{json}");
+    assert_eq!(
+        u(&json, "refused"),
+        0,
+        "a light load is never refused: {json}"
+    );
     assert_eq!(expected, sent * 10, "each room has 10 subscribers: {json}");
     assert!(delivered <= expected, "{json}");
     assert_eq!(u(&json, "lost"), expected - delivered);

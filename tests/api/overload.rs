@@ -199,10 +199,12 @@ async fn publish(sender: &mut WsClient, room: &str, n: u64, content: &str) -> Va
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_most_of_a_room_is_behind_publishers_are_told_to_retry_and_nobody_is_closed() {
-    // Small queues so that members fall behind quickly once their sockets are full.
+    // Small queues so that members fall behind quickly once their sockets are full; they
+    // may take their time to start reading without being taken for stalled.
     let app = spawn_chat(|ws| {
         ws.outbound_queue = 64;
         ws.outbound_bytes = 8 << 20;
+        ws.stall_timeout = Duration::from_secs(120);
     })
     .await;
     let mut members = Vec::new();
@@ -280,6 +282,7 @@ async fn members_that_never_read_are_closed_even_in_an_overloaded_room() {
     let app = spawn_chat(|ws| {
         ws.outbound_queue = 64;
         ws.outbound_bytes = 8 << 20;
+        ws.stall_timeout = Duration::from_secs(2);
     })
     .await;
     let mut stuck = Vec::new();

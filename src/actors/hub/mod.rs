@@ -80,6 +80,8 @@ pub struct Hub {
     limits: Limits,
     /// How far behind the hub itself is (see [`overload`]).
     lag: overload::Lag,
+    /// A member behind that takes nothing for this long is a slow consumer.
+    stall_timeout: Duration,
 }
 
 /// A session's outbound queue, shared by its entry and every room it is in (a `Recipient`
@@ -90,6 +92,10 @@ struct Member {
     identity: Identity,
     addr: Mailbox,
     rooms: RoomSet,
+    /// Frames it had taken at the last progress check.
+    progress: u32,
+    /// Progress checks in a row that found it behind and not taking frames.
+    still: u8,
 }
 
 #[derive(Default)]
@@ -134,6 +140,7 @@ impl Hub {
             pulse: None,
             limits: Limits::NONE,
             lag: overload::Lag::default(),
+            stall_timeout: Duration::from_secs(5),
         }
     }
 
@@ -141,6 +148,12 @@ impl Hub {
     /// bytes; a session past either is a slow consumer.
     pub fn with_outbound_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Closes a member that is behind and takes no frame for `timeout`.
+    pub fn with_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
         self
     }
 
@@ -328,6 +341,7 @@ impl Actor for Hub {
     fn started(&mut self, ctx: &mut Self::Context) {
         tracing::debug!("hub started");
         ctx.run_interval(self.numbering.sweep_every(), Self::sweep);
+        ctx.run_interval(overload::PROGRESS_EVERY, |hub, _| hub.check_progress());
         if let Some(every) = self.pulse {
             ctx.run_interval(every, |hub, _| {
                 for member in hub.sessions.values() {
@@ -364,6 +378,8 @@ impl Handler<Connect> for Hub {
                 identity: msg.identity,
                 addr: msg.addr,
                 rooms: RoomSet::default(),
+                progress: 0,
+                still: 0,
             }),
         );
         Ok(())

@@ -22,6 +22,9 @@ pub struct Outbox {
     frames: AtomicU32,
     /// Their bytes.
     bytes: AtomicU32,
+    /// Frames the session has taken off since it started (wrapping): a member whose
+    /// count does not move is not reading at all.
+    taken: AtomicU32,
 }
 
 /// Why a frame could not be queued.
@@ -57,6 +60,7 @@ impl Outbox {
             recipient,
             frames: AtomicU32::new(0),
             bytes: AtomicU32::new(0),
+            taken: AtomicU32::new(0),
         }
     }
 
@@ -117,11 +121,18 @@ impl Outbox {
         let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
         self.frames.fetch_sub(frames, Relaxed);
         self.bytes.fetch_sub(bytes, Relaxed);
+        self.taken.fetch_add(frames, Relaxed);
     }
 
-    /// Whether more than half of what `limits` allow is waiting: the client is behind.
+    /// Whether more than an eighth of what `limits` allow is waiting: the client is
+    /// behind (a slow consumer is closed only when its queue is full).
     pub(super) fn behind(&self, limits: Limits) -> bool {
-        self.frames.load(Relaxed) > limits.frames / 2 || self.bytes.load(Relaxed) > limits.bytes / 2
+        self.frames.load(Relaxed) > limits.frames / 8 || self.bytes.load(Relaxed) > limits.bytes / 8
+    }
+
+    /// Frames taken off since the session started (wrapping).
+    pub(super) fn taken_so_far(&self) -> u32 {
+        self.taken.load(Relaxed)
     }
 
     /// Frames and bytes waiting.

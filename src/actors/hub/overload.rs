@@ -1,18 +1,19 @@
 //! Overload: load shed at the door instead of at the subscribers.
 //!
 //! A *slow consumer* is one member behind while the room's others keep up: it is closed
-//! (1008), as ever. *Overload* is the server itself behind: most of a room's members are
-//! behind at once (their queues more than half full), or the hub's own mailbox is backing
-//! up (a message reaches the hub more than [`LAG_HIGH`] after its session sent it). Then
-//! closing members would turn an overload into a reconnect storm; instead publishes are
-//! refused — the publisher gets an `error` frame with `metadata.code: "overloaded"` and a
-//! `retry_after_ms`, no ack, and nothing is relayed — until the queues have drained
-//! (a quarter or fewer of the members behind, the hub's lag under [`LAG_LOW`]). Members
-//! whose queue is full while their room is overloaded get the frame all the same (their
-//! queue may briefly hold more than its bound: the refusals stop it growing), so nothing is
-//! skipped. A room that stays overloaded for [`STUCK_AFTER`] without draining has members
-//! that do not read at all: those are closed as slow consumers, so nobody can stall a room
-//! by joining it and never reading.
+//! (1008) when its queue is full, as ever. *Overload* is the server itself behind: more
+//! than a tenth of a room's members are behind at once (their queues more than an eighth
+//! full), or the hub's own mailbox is backing up (a message reaches the hub more than
+//! [`LAG_HIGH`] after its session sent it). Then closing members would turn an overload
+//! into a reconnect storm; instead publishes are refused — the publisher gets an `error`
+//! frame with `metadata.code: "overloaded"` and a `retry_after_ms`, no ack, and nothing is
+//! relayed — until the queues have drained (a fiftieth or fewer of the members behind, the
+//! hub's lag under [`LAG_LOW`]). Members whose queue is full while their room is overloaded
+//! get the frame all the same (their queue may briefly hold more than its bound: the
+//! refusals stop it growing), so nothing is skipped. A member that is behind and has not
+//! taken a single frame for `--ws-stall-timeout` does not read at all, overload or not: it
+//! is closed as a slow consumer ([`Hub::check_progress`], once a second), so nobody can
+//! stall a room by joining it and never reading.
 
 use std::time::{Duration, Instant};
 
@@ -28,20 +29,30 @@ use crate::{
 /// Rooms smaller than this are never "overloaded": their slow members are slow consumers.
 pub const MIN_MEMBERS: usize = 8;
 /// A hub lag that starts refusing publishes everywhere.
-pub const LAG_HIGH: Duration = Duration::from_millis(100);
+pub const LAG_HIGH: Duration = Duration::from_millis(50);
 /// The lag under which publishes are taken again.
-pub const LAG_LOW: Duration = Duration::from_millis(25);
+pub const LAG_LOW: Duration = Duration::from_millis(10);
 /// What publishers are told to wait.
 pub const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// How often an overloaded room's members are counted again while publishes are refused.
 const RECOUNT_EVERY: Duration = Duration::from_millis(5);
-/// An overloaded room that has not drained for this long has members that do not read.
-pub const STUCK_AFTER: Duration = Duration::from_secs(3);
+/// How often members' progress is checked.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// More than this share of a room behind is overload (not a few slow consumers).
+fn overloaded(behind: usize, members: usize) -> bool {
+    members >= MIN_MEMBERS && behind * 10 > members
+}
+
+/// At most this share behind, the room has drained.
+fn drained(behind: usize, members: usize) -> bool {
+    members < MIN_MEMBERS || behind * 50 <= members
+}
 
 /// A room's load, as its last fanout (or a recount) found it.
 #[derive(Debug, Default)]
 pub(super) struct Load {
-    /// Members whose queue was more than half full.
+    /// Members whose queue was more than an eighth full.
     behind: usize,
     /// Since when publishes to the room have been refused.
     overloaded_since: Option<Instant>,
@@ -112,9 +123,9 @@ impl Hub {
             return false;
         };
         let members = room.members.len();
-        let Some(since) = room.load.overloaded_since else {
+        if room.load.overloaded_since.is_none() {
             return false;
-        };
+        }
         let due = room
             .load
             .counted
@@ -123,24 +134,31 @@ impl Hub {
             room.load.behind = room.members.values().filter(|m| m.behind(limits)).count();
             room.load.counted = Some(now);
         }
-        if members < MIN_MEMBERS || room.load.behind * 4 <= members {
+        if drained(room.load.behind, members) {
             room.load.overloaded_since = None;
-            return false;
         }
-        if now.duration_since(since) >= STUCK_AFTER {
-            // Not draining: whoever is still behind does not read at all.
-            let stuck: Vec<SessionId> = room
-                .members
-                .iter()
-                .filter(|(_, m)| m.behind(limits))
-                .map(|(session, _)| *session)
-                .collect();
-            room.load = Load::default();
-            self.failed
-                .extend(stuck.into_iter().map(|session| (session, Failure::Slow)));
-            return false;
+        room.load.overloaded()
+    }
+
+    /// Once a second: a member that is behind and has taken no frame for the stall
+    /// timeout is a slow consumer, even in an overloaded room.
+    pub(super) fn check_progress(&mut self) {
+        let limits = self.limits;
+        let checks = (self.stall_timeout.as_millis() / PROGRESS_EVERY.as_millis())
+            .clamp(1, u128::from(u8::MAX)) as u8;
+        for (session, member) in &mut self.sessions {
+            let taken = member.addr.taken_so_far();
+            if taken != member.progress || !member.addr.behind(limits) {
+                member.progress = taken;
+                member.still = 0;
+                continue;
+            }
+            member.still = member.still.saturating_add(1);
+            if member.still >= checks {
+                self.failed.push((*session, Failure::Slow));
+            }
         }
-        true
+        self.settle();
     }
 
     /// Sends `frame` to every member of `room` except `except`, counting who is behind:
@@ -175,8 +193,8 @@ impl Hub {
         let members = room.members.len();
         room.load.behind = behind;
         room.load.counted = Some(Instant::now());
-        if members >= MIN_MEMBERS && behind * 2 > members {
-            room.load.overloaded_since.get_or_insert_with(Instant::now);
+        if room.load.overloaded_since.is_none() && overloaded(behind, members) {
+            room.load.overloaded_since = Some(Instant::now());
         }
         for session in full {
             let outbox = &room.members[&session];

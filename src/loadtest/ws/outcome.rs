@@ -19,6 +19,10 @@ pub(super) struct Outcome {
     pub(super) first_connect_error: Option<String>,
     pub(super) joins_confirmed: bool,
     pub(super) sent: u64,
+    /// Publishes the server refused for overload (told to the publisher, not relayed).
+    pub(super) refused: u64,
+    /// Stalled subscribers the server closed.
+    pub(super) stalled_closed: u64,
     pub(super) expected: u64,
     pub(super) delivered: u64,
     pub(super) publish_time: Duration,
@@ -50,6 +54,9 @@ impl Outcome {
         json.insert("size".into(), (args.size as u64).into());
         json.insert("duration_s".into(), args.duration.as_secs_f64().into());
         json.insert("sent".into(), self.sent.into());
+        json.insert("refused".into(), self.refused.into());
+        json.insert("stalled".into(), (args.stalled as u64).into());
+        json.insert("stalled_closed".into(), self.stalled_closed.into());
         json.insert("expected_deliveries".into(), self.expected.into());
         json.insert("delivered".into(), self.delivered.into());
         json.insert("lost".into(), lost.into());
@@ -75,6 +82,20 @@ impl Outcome {
                 format!(
                     "{} messages of {} B at {}/s for {:.1} s",
                     self.sent, args.size, args.rate, seconds
+                ),
+            ),
+            (
+                "refused".into(),
+                format!(
+                    "{} publishes refused for overload (not relayed)",
+                    self.refused
+                ),
+            ),
+            (
+                "stalled".into(),
+                format!(
+                    "{} of {} non-reading subscribers closed by the server",
+                    self.stalled_closed, args.stalled
                 ),
             ),
             ("expected".into(), self.expected.to_string()),

@@ -217,7 +217,15 @@ impl WsSettings {
             self.close_timeout = positive("websocket close timeout", &raw)?;
         }
         if let Some(raw) = layer.stall_timeout {
-            self.stall_timeout = positive("websocket stall timeout", &raw)?;
+            let timeout = positive("websocket stall timeout", &raw)?;
+            // Checked once a second, at most 15 checks in a row.
+            if timeout > Duration::from_secs(15) {
+                return Err(ConfigError::invalid(
+                    "websocket stall timeout",
+                    "it must be at most 15s",
+                ));
+            }
+            self.stall_timeout = timeout;
         }
         if let Some(raw) = layer.ping_interval {
             self.ping_interval = positive("websocket ping interval", &raw)?;

@@ -18,27 +18,23 @@ use actix_http::error::PayloadError;
 use bytes::Bytes;
 use futures_util::Stream;
 
-/// Longest frame header: 2 bytes, an 8-byte extended length and a 4-byte mask.
-const MAX_HEADER: usize = 14;
-
 /// Where the reader is in the incoming byte stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Position {
-    /// Inside a frame header; `have` of its bytes are in `header`.
-    Header { header: [u8; MAX_HEADER], have: u8 },
-    /// Inside a payload, with this many bytes to go.
-    Payload { remaining: u64 },
+enum State {
+    /// The next byte starts a frame header.
+    First,
+    /// The next byte is the header's second (mask bit and 7-bit length).
+    Second,
+    /// Inside the extended length; `left` bytes to go, `count` holds what came so far.
+    Length,
+    /// Inside the masking key; `left` bytes to go.
+    Mask,
+    /// Inside a payload; `count` bytes to go.
+    Payload,
     /// An oversize header was found; the error is due at the next poll.
     Refusing,
     /// The error has been given; the stream is over.
     Done,
-}
-
-impl Position {
-    const START: Self = Position::Header {
-        header: [0; MAX_HEADER],
-        have: 0,
-    };
 }
 
 /// The outcome of scanning one chunk.
@@ -51,18 +47,32 @@ enum Scan {
     Oversize { header_start: usize },
 }
 
-/// Follows frame boundaries in a WebSocket byte stream (see the module docs).
+/// Follows frame boundaries in a WebSocket byte stream, one byte of header at a time
+/// (see the module docs). Sixteen bytes: it lives as long as the connection.
 #[derive(Debug, Clone, Copy)]
 struct Tracker {
-    position: Position,
-    max_payload: u64,
+    /// The payload bytes still to skip, or the length being read.
+    count: u64,
+    /// The largest payload accepted.
+    max_payload: u32,
+    state: State,
+    /// Header bytes still to read in the current part (extended length or mask).
+    left: u8,
+    /// Header bytes of the current frame seen so far.
+    seen: u8,
+    /// Whether the current frame has a masking key.
+    masked: bool,
 }
 
 impl Tracker {
     fn new(max_payload: usize) -> Self {
         Self {
-            position: Position::START,
-            max_payload: u64::try_from(max_payload).unwrap_or(u64::MAX),
+            count: 0,
+            max_payload: u32::try_from(max_payload).unwrap_or(u32::MAX),
+            state: State::First,
+            left: 0,
+            seen: 0,
+            masked: false,
         }
     }
 
@@ -70,62 +80,77 @@ impl Tracker {
     fn scan(&mut self, chunk: &[u8]) -> Scan {
         let mut at = 0;
         while at < chunk.len() {
-            match &mut self.position {
-                Position::Payload { remaining } => {
-                    let skip = (*remaining).min((chunk.len() - at) as u64);
-                    *remaining -= skip;
-                    at += skip as usize;
-                    if *remaining == 0 {
-                        self.position = Position::START;
-                    }
+            if self.state == State::Payload {
+                let skip = self.count.min((chunk.len() - at) as u64);
+                self.count -= skip;
+                at += skip as usize;
+                if self.count == 0 {
+                    self.state = State::First;
                 }
-                Position::Header { header, have } => {
-                    let start = at.saturating_sub(usize::from(*have));
-                    header[usize::from(*have)] = chunk[at];
-                    *have += 1;
-                    at += 1;
-                    let Some(length) = announced_length(&header[..usize::from(*have)]) else {
+                continue;
+            }
+            let byte = chunk[at];
+            at += 1;
+            match self.state {
+                State::First => {
+                    self.seen = 1;
+                    self.state = State::Second;
+                    continue;
+                }
+                State::Second => {
+                    self.seen = 2;
+                    self.masked = byte & 0x80 != 0;
+                    self.count = 0;
+                    match byte & 0x7F {
+                        126 => (self.left, self.state) = (2, State::Length),
+                        127 => (self.left, self.state) = (8, State::Length),
+                        short => self.count = u64::from(short),
+                    }
+                    if self.state == State::Length {
                         continue;
-                    };
-                    if length > self.max_payload {
-                        self.position = Position::Refusing;
-                        return Scan::Oversize {
-                            header_start: start,
-                        };
                     }
-                    self.position = if length == 0 {
-                        Position::START
-                    } else {
-                        Position::Payload { remaining: length }
-                    };
                 }
-                Position::Refusing | Position::Done => return Scan::Fine,
+                State::Length => {
+                    self.seen += 1;
+                    self.count = (self.count << 8) | u64::from(byte);
+                    self.left -= 1;
+                    if self.left > 0 {
+                        continue;
+                    }
+                }
+                State::Mask => {
+                    self.seen += 1;
+                    self.left -= 1;
+                    if self.left == 0 {
+                        self.start_payload();
+                    }
+                    continue;
+                }
+                State::Payload | State::Refusing | State::Done => return Scan::Fine,
+            }
+            // The length is known.
+            if self.count > u64::from(self.max_payload) {
+                self.state = State::Refusing;
+                return Scan::Oversize {
+                    header_start: at.saturating_sub(usize::from(self.seen)),
+                };
+            }
+            if self.masked {
+                (self.left, self.state) = (4, State::Mask);
+            } else {
+                self.start_payload();
             }
         }
         Scan::Fine
     }
-}
 
-/// The payload length a complete header announces, or `None` while it is incomplete.
-fn announced_length(header: &[u8]) -> Option<u64> {
-    let [_, second, rest @ ..] = header else {
-        return None;
-    };
-    let mask = if second & 0x80 != 0 { 4 } else { 0 };
-    let (extended, length) = match second & 0x7F {
-        126 => (
-            2,
-            rest.get(..2)
-                .map(|b| u64::from(u16::from_be_bytes([b[0], b[1]]))),
-        ),
-        127 => (
-            8,
-            rest.get(..8)
-                .map(|b| u64::from_be_bytes(b.try_into().expect("eight bytes"))),
-        ),
-        short => (0, Some(u64::from(short))),
-    };
-    (rest.len() >= extended + mask).then_some(length).flatten()
+    fn start_payload(&mut self) {
+        self.state = if self.count == 0 {
+            State::First
+        } else {
+            State::Payload
+        };
+    }
 }
 
 /// A byte stream cut off at the first WebSocket frame header announcing more than the limit.
@@ -152,13 +177,13 @@ where
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.tracker.position {
-            Position::Refusing => {
-                self.tracker.position = Position::Done;
+        match self.tracker.state {
+            State::Refusing => {
+                self.tracker.state = State::Done;
                 return Poll::Ready(Some(Err(PayloadError::Overflow)));
             }
-            Position::Done => return Poll::Ready(None),
-            Position::Header { .. } | Position::Payload { .. } => {}
+            State::Done => return Poll::Ready(None),
+            _ => {}
         }
         let chunk = match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => chunk,
@@ -171,7 +196,7 @@ where
                 Poll::Ready(Some(Ok(chunk.slice(..header_start))))
             }
             Scan::Oversize { .. } => {
-                self.tracker.position = Position::Done;
+                self.tracker.state = State::Done;
                 Poll::Ready(Some(Err(PayloadError::Overflow)))
             }
         }
@@ -279,9 +304,10 @@ mod tests {
                 let (passed, refused) = run(&bytes, &[cut], 125);
                 assert!(refused, "announced {announced}, cut at {cut}");
                 // The earlier frame whole, and never a byte of the oversize frame's payload
-                // (only the part of its header that arrived with an earlier chunk).
-                let header_len = header(announced).len();
-                let expected = if cut > good && cut < good + header_len {
+                // (only the part of its header up to the length, if that arrived with an
+                // earlier chunk: the refusal comes as soon as the length is known).
+                let length_end = good + header(announced).len() - 4; // before the mask
+                let expected = if cut > good && cut < length_end {
                     cut
                 } else {
                     good
@@ -293,6 +319,11 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_tracker_stays_small() {
+        assert_eq!(std::mem::size_of::<Tracker>(), 16);
     }
 
     #[test]

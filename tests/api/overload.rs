@@ -204,7 +204,7 @@ async fn when_most_of_a_room_is_behind_publishers_are_told_to_retry_and_nobody_i
     let app = spawn_chat(|ws| {
         ws.outbound_queue = 64;
         ws.outbound_bytes = 8 << 20;
-        ws.stall_timeout = Duration::from_secs(120);
+        ws.stall_timeout = Duration::from_secs(15);
     })
     .await;
     let mut members = Vec::new();

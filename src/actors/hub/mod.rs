@@ -53,7 +53,7 @@ pub struct Hub {
     /// Connected sessions (boxed: the table has ~1.6 buckets per session, each a pointer).
     sessions: HashMap<SessionId, Box<Member>>,
     /// Sessions of each connected user.
-    users: HashMap<Arc<str>, Vec<SessionId>>,
+    users: HashMap<Arc<str>, UserSessions>,
     /// Rooms with at least one member.
     rooms: HashMap<RoomId, Room>,
     /// Counters (the gauges are computed when asked).
@@ -84,6 +84,54 @@ pub struct Hub {
     stall_timeout: Duration,
 }
 
+/// The sessions of one connected user: almost always one, kept inline (no allocation).
+#[derive(Debug)]
+enum UserSessions {
+    One(SessionId),
+    Many(Vec<SessionId>),
+}
+
+impl UserSessions {
+    fn len(&self) -> usize {
+        match self {
+            UserSessions::One(_) => 1,
+            UserSessions::Many(sessions) => sessions.len(),
+        }
+    }
+
+    fn as_slice(&self) -> &[SessionId] {
+        match self {
+            UserSessions::One(session) => std::slice::from_ref(session),
+            UserSessions::Many(sessions) => sessions,
+        }
+    }
+
+    fn push(&mut self, session: SessionId) {
+        match self {
+            UserSessions::One(first) => *self = UserSessions::Many(vec![*first, session]),
+            UserSessions::Many(sessions) => sessions.push(session),
+        }
+    }
+
+    /// Forgets `session`; `true` when none is left.
+    fn remove(&mut self, session: SessionId) -> bool {
+        match self {
+            UserSessions::One(only) => *only == session,
+            UserSessions::Many(sessions) => {
+                sessions.retain(|s| *s != session);
+                match sessions.as_slice() {
+                    [] => true,
+                    [last] => {
+                        *self = UserSessions::One(*last);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
 /// A session's outbound queue, shared by its entry and every room it is in (a `Recipient`
 /// clone costs three allocations, this one none).
 type Mailbox = Arc<Outbox>;
@@ -92,10 +140,6 @@ struct Member {
     identity: Identity,
     addr: Mailbox,
     rooms: RoomSet,
-    /// Frames it had taken at the last progress check.
-    progress: u32,
-    /// Progress checks in a row that found it behind and not taking frames.
-    still: u8,
 }
 
 #[derive(Default)]
@@ -245,8 +289,7 @@ impl Hub {
             self.unsubscribe(session, &member.identity, &room);
         }
         if let Some(sessions) = self.users.get_mut(&member.identity.user_id) {
-            sessions.retain(|s| *s != session);
-            if sessions.is_empty() {
+            if sessions.remove(session) {
                 self.users.remove(&member.identity.user_id);
             }
         }
@@ -362,15 +405,18 @@ impl Handler<Connect> for Hub {
             return Err(ConnectError::ShuttingDown);
         }
         let user = msg.identity.user_id.clone();
-        if self.users.get(&user).map_or(0, Vec::len) >= self.max_sessions_per_user {
+        if self.users.get(&user).map_or(0, UserSessions::len) >= self.max_sessions_per_user {
             self.stats.refused_sessions += 1;
             return Err(ConnectError::TooManySessions {
                 limit: self.max_sessions_per_user,
             });
         }
-        let sessions = self.users.entry(user).or_default();
-        sessions.reserve_exact(1); // most users hold one session: no spare room
-        sessions.push(msg.session);
+        match self.users.get_mut(&user) {
+            Some(sessions) => sessions.push(msg.session),
+            None => {
+                self.users.insert(user, UserSessions::One(msg.session));
+            }
+        }
         tracing::debug!(session = %msg.session, user = %msg.identity.user_id, "session connected");
         self.sessions.insert(
             msg.session,
@@ -378,8 +424,6 @@ impl Handler<Connect> for Hub {
                 identity: msg.identity,
                 addr: msg.addr,
                 rooms: RoomSet::default(),
-                progress: 0,
-                still: 0,
             }),
         );
         Ok(())
@@ -516,8 +560,9 @@ impl Hub {
         let targets: Vec<SessionId> = self
             .users
             .get(msg.to.as_str())
-            .into_iter()
-            .flatten()
+            .map(UserSessions::as_slice)
+            .unwrap_or_default()
+            .iter()
             .copied()
             .filter(|s| *s != msg.session)
             .collect();

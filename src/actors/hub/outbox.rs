@@ -25,6 +25,10 @@ pub struct Outbox {
     /// Frames the session has taken off since it started (wrapping): a member whose
     /// count does not move is not reading at all.
     taken: AtomicU32,
+    /// The hub's own note at its last progress check: `taken` then (low 28 bits) and how
+    /// many checks in a row found no progress while behind (high 4 bits). Kept here, not
+    /// in the hub's member entry, so that entry stays in a smaller allocation.
+    watch: AtomicU32,
 }
 
 /// Why a frame could not be queued.
@@ -61,6 +65,7 @@ impl Outbox {
             frames: AtomicU32::new(0),
             bytes: AtomicU32::new(0),
             taken: AtomicU32::new(0),
+            watch: AtomicU32::new(0),
         }
     }
 
@@ -130,9 +135,19 @@ impl Outbox {
         self.frames.load(Relaxed) > limits.frames / 8 || self.bytes.load(Relaxed) > limits.bytes / 8
     }
 
-    /// Frames taken off since the session started (wrapping).
-    pub(super) fn taken_so_far(&self) -> u32 {
-        self.taken.load(Relaxed)
+    /// The hub's progress check: how many checks in a row (this one included) found the
+    /// session behind without having taken a frame since the last (0 when it moved).
+    pub(super) fn stalled_checks(&self, limits: Limits) -> u32 {
+        const TAKEN: u32 = (1 << 28) - 1;
+        let taken = self.taken.load(Relaxed) & TAKEN;
+        let watch = self.watch.load(Relaxed);
+        let stalled = if watch & TAKEN == taken && self.behind(limits) {
+            ((watch >> 28) + 1).min(15)
+        } else {
+            0
+        };
+        self.watch.store((stalled << 28) | taken, Relaxed);
+        stalled
     }
 
     /// Frames and bytes waiting.

@@ -144,17 +144,9 @@ impl Hub {
     /// timeout is a slow consumer, even in an overloaded room.
     pub(super) fn check_progress(&mut self) {
         let limits = self.limits;
-        let checks = (self.stall_timeout.as_millis() / PROGRESS_EVERY.as_millis())
-            .clamp(1, u128::from(u8::MAX)) as u8;
-        for (session, member) in &mut self.sessions {
-            let taken = member.addr.taken_so_far();
-            if taken != member.progress || !member.addr.behind(limits) {
-                member.progress = taken;
-                member.still = 0;
-                continue;
-            }
-            member.still = member.still.saturating_add(1);
-            if member.still >= checks {
+        let checks = (self.stall_timeout.as_millis() / PROGRESS_EVERY.as_millis()).clamp(1, 15);
+        for (session, member) in &self.sessions {
+            if u128::from(member.addr.stalled_checks(limits)) >= checks {
                 self.failed.push((*session, Failure::Slow));
             }
         }

@@ -177,6 +177,7 @@ impl Application {
         let mut hub = Hub::new(max_sessions)
             .with_outbound_limits(outbound)
             .with_stall_timeout(settings.websocket.stall_timeout)
+            .with_overload_lag(settings.websocket.overload_lag)
             .with_recovery_buffer(recovery_buffer)
             .with_pulse(Session::heartbeat_tick(&settings.websocket))
             .with_numbering(database.clone(), settings.history.room_idle);

@@ -34,6 +34,9 @@ pub struct WsSettings {
     /// A client that is behind (frames waiting for it) and takes none for this long is
     /// disconnected as a slow consumer, even while its room is overloaded.
     pub stall_timeout: Duration,
+    /// Publishes are refused as `overloaded` everywhere while messages reach the hub
+    /// later than this after their session sent them (until they take under a fifth).
+    pub overload_lag: Duration,
     /// How often the server pings each client.
     pub ping_interval: Duration,
     /// A client silent (no pong or other frame) this long is disconnected.
@@ -54,6 +57,7 @@ impl Default for WsSettings {
             outbound_bytes: 1024 * 1024,
             close_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(5),
+            overload_lag: Duration::from_millis(50),
             ping_interval: Duration::from_secs(54),
             pong_timeout: Duration::from_secs(60),
         }
@@ -153,6 +157,8 @@ pub struct WsLayer {
     pub close_timeout: Option<String>,
     /// See [`WsSettings::stall_timeout`] (e.g. `"5s"`).
     pub stall_timeout: Option<String>,
+    /// See [`WsSettings::overload_lag`] (e.g. `"50ms"`).
+    pub overload_lag: Option<String>,
     /// See [`WsSettings::ping_interval`] (e.g. `"54s"`).
     pub ping_interval: Option<String>,
     /// See [`WsSettings::pong_timeout`] (e.g. `"60s"`).
@@ -226,6 +232,16 @@ impl WsSettings {
                 ));
             }
             self.stall_timeout = timeout;
+        }
+        if let Some(raw) = layer.overload_lag {
+            let lag = positive("websocket overload lag", &raw)?;
+            if lag < Duration::from_millis(1) {
+                return Err(ConfigError::invalid(
+                    "websocket overload lag",
+                    "it must be at least 1ms",
+                ));
+            }
+            self.overload_lag = lag;
         }
         if let Some(raw) = layer.ping_interval {
             self.ping_interval = positive("websocket ping interval", &raw)?;
@@ -321,6 +337,14 @@ pub struct WsArgs {
         value_name = "DURATION"
     )]
     pub ws_stall_timeout: Option<String>,
+    /// Refuse publishes while the hub is this far behind [default: 50ms].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_OVERLOAD_LAG",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub ws_overload_lag: Option<String>,
     /// Server ping interval [default: 54s].
     #[arg(
         long,
@@ -354,6 +378,7 @@ impl WsArgs {
             outbound_bytes: self.ws_outbound_bytes,
             close_timeout: self.ws_close_timeout.clone(),
             stall_timeout: self.ws_stall_timeout.clone(),
+            overload_lag: self.ws_overload_lag.clone(),
             ping_interval: self.ws_ping_interval.clone(),
             pong_timeout: self.ws_pong_timeout.clone(),
         }

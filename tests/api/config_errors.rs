@@ -172,6 +172,16 @@ fn bad_websocket_settings_are_named() {
         &[("SWITCHBOARD_WS_PONG_TIMEOUT", "0s")],
         "invalid websocket pong timeout",
     );
+    assert_refuses_to_start(
+        &["--ws-overload-lag", "500us"],
+        &[],
+        "invalid websocket overload lag",
+    );
+    assert_refuses_to_start(
+        &["--ws-stall-timeout", "1m"],
+        &[],
+        "invalid websocket stall timeout",
+    );
 }
 
 #[test]

@@ -335,3 +335,42 @@ async fn members_that_never_read_are_closed_even_in_an_overloaded_room() {
     assert!(refused > 0, "the room was overloaded for a while");
     drop(stuck);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_hub_is_behind_publishes_are_refused_not_acked() {
+    // Every message reaches the hub some time after its session sent it; a limit of one
+    // nanosecond makes the hub count itself behind on every publish.
+    let app = spawn_chat(|ws| ws.overload_lag = Duration::from_nanos(1)).await;
+    let mut reader = WsClient::user(&app, "reader").await;
+    reader.join("lagging").await;
+    let mut sender = WsClient::user(&app, "sender").await;
+    sender.join("lagging").await;
+    let joined = reader.recv().await;
+    assert_eq!(
+        (&joined["type"], &joined["content"]),
+        (&json!("presence"), &json!("join")),
+        "{joined}"
+    );
+
+    let answer = publish(&mut sender, "lagging", 1, "hello").await;
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert_eq!(answer["metadata"]["code"], "overloaded", "{answer}");
+    assert_eq!(answer["metadata"]["retry_after_ms"], 200, "{answer}");
+    let hub = &app.get_json("/health").await["checks"]["hub"];
+    assert_eq!(hub["status"], "warn", "{hub}");
+    assert_eq!(hub["stats"]["lagging"], true, "{hub}");
+    assert_eq!(hub["stats"]["publishes_refused"], 1, "{hub}");
+    assert_eq!(
+        hub["stats"]["overloaded_rooms"], 0,
+        "no room is behind: {hub}"
+    );
+    // Nothing was relayed: the reader's next frame is the answer to its own request.
+    reader
+        .send(json!({"type": "presence", "room_id": "lagging"}))
+        .await;
+    let next = reader.recv().await;
+    assert_eq!(
+        next["content"], "members",
+        "nothing relayed before it: {next}"
+    );
+}

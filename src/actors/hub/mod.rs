@@ -201,6 +201,13 @@ impl Hub {
         self
     }
 
+    /// Refuses publishes everywhere while messages reach the hub later than `lag` after
+    /// their session sent them (see [`overload`]).
+    pub fn with_overload_lag(mut self, lag: Duration) -> Self {
+        self.lag = overload::Lag::new(lag);
+        self
+    }
+
     /// Sends every session a [`ToSession::Pulse`] this often, driving their heartbeats.
     pub fn with_pulse(mut self, every: Duration) -> Self {
         self.pulse = Some(every);

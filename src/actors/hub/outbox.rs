@@ -155,3 +155,136 @@ impl Outbox {
         (self.frames.load(Relaxed), self.bytes.load(Relaxed))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix::{Actor, AsyncContext, Context, Handler};
+
+    use super::*;
+
+    /// A session that is never started: what is queued for it stays queued.
+    struct Parked;
+
+    impl Actor for Parked {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<ToSession> for Parked {
+        type Result = ();
+
+        fn handle(&mut self, _: ToSession, _: &mut Context<Self>) {}
+    }
+
+    fn parked_outbox() -> (Outbox, Context<Parked>) {
+        let mut ctx = Context::<Parked>::new();
+        ctx.set_mailbox_capacity(64);
+        let outbox = Outbox::new(ctx.address().recipient());
+        (outbox, ctx)
+    }
+
+    const LIMITS: Limits = Limits {
+        frames: 1000,
+        bytes: 800,
+    };
+
+    fn frame(len: usize) -> ByteString {
+        ByteString::from("x".repeat(len))
+    }
+
+    #[actix_rt::test]
+    async fn what_waits_is_bounded_in_bytes_and_a_refusal_changes_nothing() {
+        let (outbox, _ctx) = parked_outbox();
+        for _ in 0..7 {
+            outbox.push_frame(&frame(100), LIMITS).unwrap();
+        }
+        assert_eq!(outbox.queued(), (7, 700));
+        assert_eq!(outbox.push_frame(&frame(101), LIMITS), Err(Refused::Full));
+        assert_eq!(outbox.queued(), (7, 700), "a refused frame is not counted");
+        outbox.push_frame(&frame(100), LIMITS).unwrap();
+        assert_eq!(outbox.queued(), (8, 800), "exactly the limit is allowed");
+
+        outbox.taken(3, 300);
+        assert_eq!(outbox.queued(), (5, 500));
+        outbox.push_frame(&frame(300), LIMITS).unwrap();
+        assert_eq!(outbox.queued(), (6, 800));
+    }
+
+    #[actix_rt::test]
+    async fn an_overloaded_rooms_frame_may_pass_the_bound_up_to_twice_the_bytes() {
+        let (outbox, _ctx) = parked_outbox();
+        for _ in 0..8 {
+            outbox.push_frame(&frame(100), LIMITS).unwrap();
+        }
+        assert_eq!(outbox.push_frame(&frame(100), LIMITS), Err(Refused::Full));
+        for _ in 0..8 {
+            assert!(outbox.force_frame(&frame(100), LIMITS));
+        }
+        assert!(
+            !outbox.force_frame(&frame(1), LIMITS),
+            "never past twice the bytes"
+        );
+        assert_eq!(outbox.queued(), (16, 1600));
+    }
+
+    #[actix_rt::test]
+    async fn behind_means_more_than_an_eighth_waiting_in_frames_or_bytes() {
+        let (outbox, _ctx) = parked_outbox();
+        outbox.push_frame(&frame(100), LIMITS).unwrap();
+        assert!(!outbox.behind(LIMITS), "100 bytes is exactly an eighth");
+        outbox.push_frame(&frame(1), LIMITS).unwrap();
+        assert!(outbox.behind(LIMITS), "past an eighth of the bytes");
+        outbox.taken(2, 101);
+        assert!(!outbox.behind(LIMITS));
+
+        let few_frames = Limits {
+            frames: 16,
+            bytes: u32::MAX,
+        };
+        for _ in 0..2 {
+            outbox.push_frame(&frame(1), few_frames).unwrap();
+        }
+        assert!(!outbox.behind(few_frames), "2 of 16 frames is an eighth");
+        outbox.push_frame(&frame(1), few_frames).unwrap();
+        assert!(outbox.behind(few_frames), "3 of 16 frames is more");
+    }
+
+    #[actix_rt::test]
+    async fn a_member_behind_that_takes_nothing_counts_stalled_checks_until_it_moves() {
+        let (outbox, _ctx) = parked_outbox();
+        assert_eq!(
+            outbox.stalled_checks(LIMITS),
+            0,
+            "nothing waiting: not stalled"
+        );
+        for _ in 0..2 {
+            outbox.push_frame(&frame(100), LIMITS).unwrap();
+        }
+        assert_eq!(
+            outbox.stalled_checks(LIMITS),
+            1,
+            "behind, and nothing taken since"
+        );
+        assert_eq!(outbox.stalled_checks(LIMITS), 2);
+        outbox.taken(1, 100);
+        outbox.push_frame(&frame(100), LIMITS).unwrap();
+        assert_eq!(
+            outbox.stalled_checks(LIMITS),
+            0,
+            "it took a frame: progress"
+        );
+        for expected in 1..=15 {
+            assert_eq!(outbox.stalled_checks(LIMITS), expected);
+        }
+        assert_eq!(outbox.stalled_checks(LIMITS), 15, "the count saturates");
+        outbox.taken(2, 200);
+        assert_eq!(outbox.stalled_checks(LIMITS), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_gone_session_is_reported_closed_and_nothing_stays_counted() {
+        let (outbox, ctx) = parked_outbox();
+        drop(ctx);
+        assert_eq!(outbox.push_frame(&frame(10), LIMITS), Err(Refused::Closed));
+        assert_eq!(outbox.queued(), (0, 0));
+    }
+}

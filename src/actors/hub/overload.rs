@@ -4,11 +4,11 @@
 //! (1008) when its queue is full, as ever. *Overload* is the server itself behind: more
 //! than a tenth of a room's members are behind at once (their queues more than an eighth
 //! full), or the hub's own mailbox is backing up (a message reaches the hub more than
-//! [`LAG_HIGH`] after its session sent it). Then closing members would turn an overload
+//! `--ws-overload-lag`, [`LAG_HIGH`] by default, after its session sent it). Then closing members would turn an overload
 //! into a reconnect storm; instead publishes are refused — the publisher gets an `error`
 //! frame with `metadata.code: "overloaded"` and a `retry_after_ms`, no ack, and nothing is
 //! relayed — until the queues have drained (a fiftieth or fewer of the members behind, the
-//! hub's lag under [`LAG_LOW`]). Members whose queue is full while their room is overloaded
+//! hub's lag under a fifth of its limit). Members whose queue is full while their room is overloaded
 //! get the frame all the same (their queue may briefly hold more than its bound: the
 //! refusals stop it growing), so nothing is skipped. A member that is behind and has not
 //! taken a single frame for `--ws-stall-timeout` does not read at all, overload or not: it
@@ -28,10 +28,9 @@ use crate::{
 
 /// Rooms smaller than this are never "overloaded": their slow members are slow consumers.
 pub const MIN_MEMBERS: usize = 8;
-/// A hub lag that starts refusing publishes everywhere.
+/// The default hub lag that starts refusing publishes everywhere (`--ws-overload-lag`);
+/// they are taken again once the lag is under a fifth of it.
 pub const LAG_HIGH: Duration = Duration::from_millis(50);
-/// The lag under which publishes are taken again.
-pub const LAG_LOW: Duration = Duration::from_millis(10);
 /// What publishers are told to wait.
 pub const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// How often an overloaded room's members are counted again while publishes are refused.
@@ -68,22 +67,39 @@ impl Load {
 }
 
 /// The hub's own lag, from the age of the messages it handles.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Lag {
     /// Publishes are refused everywhere.
     pub(super) lagging: bool,
     /// The age of the last publish handled.
     pub(super) last: Duration,
+    /// The age that starts refusals.
+    high: Duration,
+}
+
+impl Default for Lag {
+    fn default() -> Self {
+        Self::new(LAG_HIGH)
+    }
 }
 
 impl Lag {
+    /// Refusals from a lag of `high`, until it is under a fifth of that.
+    pub(super) fn new(high: Duration) -> Self {
+        Self {
+            lagging: false,
+            last: Duration::ZERO,
+            high,
+        }
+    }
+
     /// Notes the age of a publish; answers whether the hub is too far behind to take it.
     fn observe(&mut self, age: Duration) -> bool {
         self.last = age;
         self.lagging = if self.lagging {
-            age > LAG_LOW
+            age > self.high / 5
         } else {
-            age > LAG_HIGH
+            age > self.high
         };
         self.lagging
     }
@@ -197,5 +213,47 @@ impl Hub {
             }
         }
         sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_than_a_tenth_of_a_room_behind_is_overload() {
+        assert!(!overloaded(10, 100));
+        assert!(overloaded(11, 100));
+        assert!(overloaded(1, 8), "one of eight is more than a tenth");
+        assert!(!overloaded(0, 8));
+    }
+
+    #[test]
+    fn small_rooms_have_slow_consumers_never_overload() {
+        assert!(!overloaded(7, 7));
+        assert!(drained(7, 7));
+    }
+
+    #[test]
+    fn an_overloaded_room_drains_only_at_a_fiftieth_behind() {
+        assert!(drained(2, 100));
+        assert!(!drained(3, 100));
+        assert!(drained(0, 8));
+        assert!(!drained(1, 8));
+        // Between the two thresholds a room keeps the state it is in.
+        assert!(!overloaded(5, 100) && !drained(5, 100));
+    }
+
+    #[test]
+    fn the_hubs_lag_refuses_above_the_high_mark_until_under_the_low_one() {
+        let ms = Duration::from_millis;
+        let mut lag = Lag::default();
+        assert!(!lag.observe(ms(40)), "under the high mark: taken");
+        assert!(lag.observe(ms(51)), "past it: refused");
+        assert!(lag.observe(ms(30)), "still above the low mark: refused");
+        assert!(lag.observe(ms(11)));
+        assert!(!lag.observe(ms(10)), "at the low mark: taken again");
+        assert!(!lag.observe(ms(49)));
+        assert_eq!(lag.last, ms(49));
     }
 }

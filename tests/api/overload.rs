@@ -250,6 +250,16 @@ async fn when_most_of_a_room_is_behind_publishers_are_told_to_retry_and_nobody_i
         .into_iter()
         .map(|m| tokio::spawn(m.read_until(LAST)))
         .collect();
+    // Nobody publishes meanwhile: the room is not left marked overloaded.
+    until_hub(
+        &app,
+        Duration::from_secs(30),
+        "the drained room is no longer overloaded",
+        |s| s["overloaded_rooms"] == 0,
+    )
+    .await;
+    let health = app.get_json("/health").await;
+    assert_eq!(health["checks"]["hub"]["status"], "pass", "{health}");
     let mut n = *acked.last().unwrap() + 1;
     loop {
         let answer = publish(&mut sender, "busy", n, "after").await;
@@ -372,5 +382,17 @@ async fn while_the_hub_is_behind_publishes_are_refused_not_acked() {
     assert_eq!(
         next["content"], "members",
         "nothing relayed before it: {next}"
+    );
+    // With nobody publishing there is no backlog to shed: the hub is not left lagging.
+    until_hub(
+        &app,
+        Duration::from_secs(30),
+        "the hub stops counting itself behind",
+        |s| s["lagging"] == false,
+    )
+    .await;
+    assert_eq!(
+        app.get_json("/health").await["checks"]["hub"]["status"],
+        "pass"
     );
 }

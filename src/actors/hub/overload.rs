@@ -75,6 +75,8 @@ pub(super) struct Lag {
     pub(super) last: Duration,
     /// The age that starts refusals.
     high: Duration,
+    /// A publish was handled since the last progress check.
+    observed: bool,
 }
 
 impl Default for Lag {
@@ -90,18 +92,29 @@ impl Lag {
             lagging: false,
             last: Duration::ZERO,
             high,
+            observed: false,
         }
     }
 
     /// Notes the age of a publish; answers whether the hub is too far behind to take it.
     fn observe(&mut self, age: Duration) -> bool {
         self.last = age;
+        self.observed = true;
         self.lagging = if self.lagging {
             age > self.high / 5
         } else {
             age > self.high
         };
         self.lagging
+    }
+
+    /// At a progress check: with no publish since the last one there is no backlog to
+    /// shed (the check itself ran), so the hub is not behind any more.
+    fn check(&mut self) {
+        if !self.observed {
+            self.lagging = false;
+        }
+        self.observed = false;
     }
 }
 
@@ -157,9 +170,20 @@ impl Hub {
     }
 
     /// Once a second: a member that is behind and has taken no frame for the stall
-    /// timeout is a slow consumer, even in an overloaded room.
+    /// timeout is a slow consumer, even in an overloaded room. Overloaded rooms are
+    /// counted again (and the hub's lag forgotten when nobody published), so a room whose
+    /// queues drained while nobody published does not stay marked overloaded.
     pub(super) fn check_progress(&mut self) {
         let limits = self.limits;
+        self.lag.check();
+        let now = Instant::now();
+        for room in self.rooms.values_mut().filter(|r| r.load.overloaded()) {
+            room.load.behind = room.members.values().filter(|m| m.behind(limits)).count();
+            room.load.counted = Some(now);
+            if drained(room.load.behind, room.members.len()) {
+                room.load.overloaded_since = None;
+            }
+        }
         let checks = (self.stall_timeout.as_millis() / PROGRESS_EVERY.as_millis()).clamp(1, 15);
         for (session, member) in &self.sessions {
             if u128::from(member.addr.stalled_checks(limits)) >= checks {
@@ -255,5 +279,14 @@ mod tests {
         assert!(!lag.observe(ms(10)), "at the low mark: taken again");
         assert!(!lag.observe(ms(49)));
         assert_eq!(lag.last, ms(49));
+
+        assert!(lag.observe(ms(60)));
+        lag.check();
+        assert!(
+            lag.lagging,
+            "a publish came since the last check: still behind"
+        );
+        lag.check();
+        assert!(!lag.lagging, "nobody published since: no backlog to shed");
     }
 }

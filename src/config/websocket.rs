@@ -57,7 +57,7 @@ impl Default for WsSettings {
             outbound_bytes: 1024 * 1024,
             close_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(5),
-            overload_lag: Duration::from_millis(50),
+            overload_lag: Duration::from_millis(100),
             ping_interval: Duration::from_secs(54),
             pong_timeout: Duration::from_secs(60),
         }
@@ -157,7 +157,7 @@ pub struct WsLayer {
     pub close_timeout: Option<String>,
     /// See [`WsSettings::stall_timeout`] (e.g. `"5s"`).
     pub stall_timeout: Option<String>,
-    /// See [`WsSettings::overload_lag`] (e.g. `"50ms"`).
+    /// See [`WsSettings::overload_lag`] (e.g. `"100ms"`).
     pub overload_lag: Option<String>,
     /// See [`WsSettings::ping_interval`] (e.g. `"54s"`).
     pub ping_interval: Option<String>,
@@ -337,7 +337,7 @@ pub struct WsArgs {
         value_name = "DURATION"
     )]
     pub ws_stall_timeout: Option<String>,
-    /// Refuse publishes while the hub is this far behind [default: 50ms].
+    /// Refuse publishes while the hub is this far behind [default: 100ms].
     #[arg(
         long,
         env = "SWITCHBOARD_WS_OVERLOAD_LAG",

@@ -171,7 +171,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
         ..Default::default()
     };
     // The suite runs in parallel on a busy 2-core machine, where the hub's thread may be
-    // descheduled for longer than the default 50 ms: a test that is not about the hub's
+    // descheduled for longer than the default 100 ms: a test that is not about the hub's
     // lag must not see its publishes refused as overloaded. The lag test sets its own.
     settings.websocket.overload_lag = Duration::from_secs(30);
     settings

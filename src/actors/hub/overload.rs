@@ -30,7 +30,7 @@ use crate::{
 pub const MIN_MEMBERS: usize = 8;
 /// The default hub lag that starts refusing publishes everywhere (`--ws-overload-lag`);
 /// they are taken again once the lag is under a fifth of it.
-pub const LAG_HIGH: Duration = Duration::from_millis(50);
+pub const LAG_HIGH: Duration = Duration::from_millis(100);
 /// What publishers are told to wait.
 pub const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// How often an overloaded room's members are counted again while publishes are refused.
@@ -271,7 +271,7 @@ mod tests {
     #[test]
     fn the_hubs_lag_refuses_above_the_high_mark_until_under_the_low_one() {
         let ms = Duration::from_millis;
-        let mut lag = Lag::default();
+        let mut lag = Lag::new(ms(50));
         assert!(!lag.observe(ms(40)), "under the high mark: taken");
         assert!(lag.observe(ms(51)), "past it: refused");
         assert!(lag.observe(ms(30)), "still above the low mark: refused");

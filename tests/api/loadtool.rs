@@ -166,6 +166,52 @@ async fn bench_grpc_measures_get_user_and_stream_users() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_ws_reports_a_member_that_never_reads_as_closed_and_the_others_lose_nothing() {
+    let db = TestDb::sqlite();
+    let mut settings = server_settings(&db);
+    settings.websocket.rate_per_second = 1e6;
+    settings.websocket.rate_burst = 1_000_000;
+    // A member that never reads never answers a ping either: it is closed after the pong
+    // timeout, however much of its traffic the kernel's socket buffers absorb. Readers
+    // answer a ping every half second; 5 s of silence holds on a busy machine.
+    settings.websocket.ping_interval = Duration::from_millis(500);
+    settings.websocket.pong_timeout = Duration::from_secs(5);
+    let app = spawn_app_with(db, settings).await;
+    let json = bench(
+        [
+            "bench",
+            "ws",
+            "--url",
+            &format!("ws://{}/ws", app.http_addr),
+            "--clients",
+            "8",
+            "--publishers",
+            "1",
+            "--stalled",
+            "1",
+            "--connect-concurrency",
+            "3",
+            "--rate",
+            "50",
+            "--duration",
+            "9s",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(u(&json, "connect_errors"), 0, "{json}");
+    assert_eq!(u(&json, "stalled_closed"), 1, "{json}");
+    assert_eq!(u(&json, "closed_by_server"), 0, "the readers stay: {json}");
+    assert_eq!(u(&json, "lost"), 0, "{json}");
+    assert_eq!(
+        u(&json, "expected_deliveries"),
+        u(&json, "sent") * 8,
+        "the stalled member is not counted: {json}"
+    );
+}
+
 #[tokio::test]
 async fn bench_ws_refuses_bad_options_and_unreachable_servers_clearly() {
     let bad = tokio::task::spawn_blocking(|| {
@@ -178,6 +224,24 @@ async fn bench_ws_refuses_bad_options_and_unreachable_servers_clearly() {
     .unwrap();
     assert!(!bad.status.success());
     assert!(bad.stderr.contains("ws:// or wss://"), "{}", bad.stderr);
+
+    let no_concurrency = tokio::task::spawn_blocking(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = switchboard(dir.path());
+        command.args(["bench", "ws", "--url", "ws://127.0.0.1:9/ws"]);
+        command.args(["--connect-concurrency", "0"]);
+        run_within(command, Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert!(!no_concurrency.status.success());
+    assert!(
+        no_concurrency
+            .stderr
+            .contains("--connect-concurrency must be at least 1"),
+        "{}",
+        no_concurrency.stderr
+    );
 
     let unreachable = tokio::task::spawn_blocking(|| {
         let dir = tempfile::tempdir().unwrap();

@@ -178,6 +178,7 @@ impl Application {
             .with_outbound_limits(outbound)
             .with_stall_timeout(settings.websocket.stall_timeout)
             .with_overload_lag(settings.websocket.overload_lag)
+            .with_presence_limit(settings.websocket.presence_limit)
             .with_recovery_buffer(recovery_buffer)
             .with_pulse(Session::heartbeat_tick(&settings.websocket))
             .with_numbering(database.clone(), settings.history.room_idle);

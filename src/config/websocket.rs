@@ -37,6 +37,9 @@ pub struct WsSettings {
     /// Publishes are refused as `overloaded` everywhere while messages reach the hub
     /// later than this after their session sent them (until they take under a fifth).
     pub overload_lag: Duration,
+    /// Joins and leaves are announced in rooms of at most this many users (0: never),
+    /// and a `presence` answer lists at most this many users.
+    pub presence_limit: usize,
     /// How often the server pings each client.
     pub ping_interval: Duration,
     /// A client silent (no pong or other frame) this long is disconnected.
@@ -58,6 +61,7 @@ impl Default for WsSettings {
             close_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(5),
             overload_lag: Duration::from_millis(100),
+            presence_limit: 1000,
             ping_interval: Duration::from_secs(54),
             pong_timeout: Duration::from_secs(60),
         }
@@ -159,6 +163,8 @@ pub struct WsLayer {
     pub stall_timeout: Option<String>,
     /// See [`WsSettings::overload_lag`] (e.g. `"100ms"`).
     pub overload_lag: Option<String>,
+    /// See [`WsSettings::presence_limit`].
+    pub presence_limit: Option<usize>,
     /// See [`WsSettings::ping_interval`] (e.g. `"54s"`).
     pub ping_interval: Option<String>,
     /// See [`WsSettings::pong_timeout`] (e.g. `"60s"`).
@@ -242,6 +248,9 @@ impl WsSettings {
                 ));
             }
             self.overload_lag = lag;
+        }
+        if let Some(limit) = layer.presence_limit {
+            self.presence_limit = limit;
         }
         if let Some(raw) = layer.ping_interval {
             self.ping_interval = positive("websocket ping interval", &raw)?;
@@ -345,6 +354,14 @@ pub struct WsArgs {
         value_name = "DURATION"
     )]
     pub ws_overload_lag: Option<String>,
+    /// Announce joins and leaves only in rooms of at most this many users [default: 1000].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_PRESENCE_LIMIT",
+        global = true,
+        value_name = "USERS"
+    )]
+    pub ws_presence_limit: Option<usize>,
     /// Server ping interval [default: 54s].
     #[arg(
         long,
@@ -379,6 +396,7 @@ impl WsArgs {
             close_timeout: self.ws_close_timeout.clone(),
             stall_timeout: self.ws_stall_timeout.clone(),
             overload_lag: self.ws_overload_lag.clone(),
+            presence_limit: self.ws_presence_limit,
             ping_interval: self.ws_ping_interval.clone(),
             pong_timeout: self.ws_pong_timeout.clone(),
         }

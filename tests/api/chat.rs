@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::{
-    helpers::spawn_app,
+    helpers::{spawn_app, spawn_app_with, test_settings, TestDb},
     ws_client::{token, WsClient},
 };
 
@@ -263,6 +263,66 @@ async fn presence_lists_the_current_members() {
         })
         .collect();
     assert_eq!(members, [("alice".into(), 1), ("bob".into(), 2)]);
+}
+
+#[tokio::test]
+async fn rooms_larger_than_the_presence_limit_announce_no_joins_or_leaves() {
+    let db = TestDb::sqlite();
+    let mut settings = test_settings(&db);
+    settings.websocket.presence_limit = 2;
+    let app = spawn_app_with(db, settings).await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    let mut bob = WsClient::user(&app, "bob").await;
+    let mut carol = WsClient::user(&app, "carol").await;
+    alice.join("big").await;
+    bob.join("big").await;
+    let arrived = alice.recv().await;
+    assert_eq!(
+        (&arrived["content"], &arrived["metadata"]["user_id"]),
+        (&json!("join"), &json!("bob")),
+        "two users: within the limit, announced"
+    );
+
+    // A third user: past the limit, nobody is told; the next frame is carol's message.
+    carol.join("big").await;
+    carol
+        .send(json!({"type": "message", "room_id": "big", "content": "hi"}))
+        .await;
+    for member in [&mut alice, &mut bob] {
+        let next = member.recv().await;
+        assert_eq!(
+            (&next["type"], &next["content"]),
+            (&json!("message"), &json!("hi")),
+            "{next}"
+        );
+    }
+
+    // The listing says how many there are and lists the limit's worth.
+    alice
+        .send(json!({"type": "presence", "room_id": "big"}))
+        .await;
+    let listing = alice.recv().await;
+    assert_eq!(listing["content"], "members", "{listing}");
+    assert_eq!(listing["metadata"]["count"], 3, "{listing}");
+    assert_eq!(listing["metadata"]["truncated"], true, "{listing}");
+    let listed: Vec<_> = listing["metadata"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, ["alice", "bob"], "the first users by id");
+
+    // Carol leaves a room of three: not announced; then bob leaves a room of two: announced.
+    carol.send(json!({"type": "leave", "room_id": "big"})).await;
+    assert_eq!(carol.recv_kind("leave").await["room_id"], "big");
+    bob.send(json!({"type": "leave", "room_id": "big"})).await;
+    let gone = alice.recv().await;
+    assert_eq!(
+        (&gone["content"], &gone["metadata"]["user_id"]),
+        (&json!("leave"), &json!("bob")),
+        "{gone}"
+    );
 }
 
 #[tokio::test]

@@ -85,7 +85,9 @@ impl Hub {
         if newly {
             let sessions = entry.users.entry(user.clone()).or_insert(0);
             *sessions += 1;
-            first_of_user = *sessions == 1;
+            // In rooms larger than the presence limit joins are not announced: a storm
+            // into one big room would otherwise cost each member a frame per arrival.
+            first_of_user = *sessions == 1 && entry.users.len() <= self.presence_limit;
         }
         let queued = replays || entry.recovering.contains_key(&session);
         if queued {

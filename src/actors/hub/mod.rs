@@ -44,6 +44,8 @@ use crate::{
 
 /// Live frames held for a session while its missed messages are read, by default.
 pub const DEFAULT_RECOVERY_BUFFER: usize = 1024;
+/// Rooms with more users than this announce no joins and leaves (`--ws-presence-limit`).
+pub const DEFAULT_PRESENCE_LIMIT: usize = 1000;
 
 /// Owns every session, user and room. Start one per server.
 pub struct Hub {
@@ -82,6 +84,8 @@ pub struct Hub {
     lag: overload::Lag,
     /// A member behind that takes nothing for this long is a slow consumer.
     stall_timeout: Duration,
+    /// Rooms with more users than this announce no joins and leaves, and list this many.
+    presence_limit: usize,
 }
 
 /// The sessions of one connected user: almost always one, kept inline (no allocation).
@@ -185,6 +189,7 @@ impl Hub {
             limits: Limits::NONE,
             lag: overload::Lag::default(),
             stall_timeout: Duration::from_secs(5),
+            presence_limit: DEFAULT_PRESENCE_LIMIT,
         }
     }
 
@@ -192,6 +197,13 @@ impl Hub {
     /// bytes; a session past either is a slow consumer.
     pub fn with_outbound_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Announces joins and leaves only in rooms of at most `limit` users, and lists at
+    /// most `limit` users in a `presence` answer (`metadata.truncated` when cut).
+    pub fn with_presence_limit(mut self, limit: usize) -> Self {
+        self.presence_limit = limit;
         self
     }
 
@@ -324,7 +336,8 @@ impl Hub {
             self.went_idle(room_id);
             return;
         }
-        if user_left {
+        // Announced if the room had at most the presence limit's users before the leave.
+        if user_left && room.users.len() < self.presence_limit {
             let event = presence_event(room_id, "leave", user, who.name.as_deref());
             self.fanout(room_id, None, &event.encode());
         }
@@ -650,16 +663,19 @@ impl Hub {
                     .or_insert((identity.name.as_deref(), 0));
                 entry.1 += 1;
             }
+            let count = present.len();
             let members: Vec<_> = present
                 .into_iter()
+                .take(self.presence_limit)
                 .map(|(user, (name, sessions))| {
                     json!({ "user_id": user, "name": name, "sessions": sessions })
                 })
                 .collect();
+            let truncated = members.len() < count;
             let listing = Frame::system("presence")
                 .room(room)
                 .content("members")
-                .details(json!({ "count": members.len(), "members": members }));
+                .details(json!({ "count": count, "members": members, "truncated": truncated }));
             self.reply(session, &listing);
         }
         self.settle();

@@ -69,7 +69,7 @@ build_storm() {
 # name url pid -> the storm client's line: RSS per connection at the storm's peak, then
 # idle (1 msg/s in one room) and light traffic (1 msg/s in each room), all 10k open
 storm_measure() {
-  "$STORM" -url "$2" -clients 10000 -rooms 100 -concurrency "${CONCURRENCY:-64}" -pid "$3" -settle "${SETTLE:-8s}" |
+  "$STORM" -url "$2" -clients 10000 -rooms "${ROOMS:-100}" -concurrency "${CONCURRENCY:-64}" -pid "$3" -settle "${SETTLE:-8s}" |
     python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"$1 storm: {d['connected']} open in {d['open_seconds']:.1f}s, KiB/conn peak={d['peak_kib_per_conn']:.2f} idle={d['idle_kib_per_conn']:.2f} light={d['light_kib_per_conn']:.2f} closed={d['closed_by_server']}\")" \
     || echo "$1 storm FAILED"
 }

@@ -142,3 +142,36 @@ async fn the_middleware_chain_can_be_switched_off_for_measurement() {
     assert!(response.headers().get("x-request-id").is_none());
     assert!(response.headers().get("traceparent").is_none());
 }
+
+#[tokio::test]
+async fn head_on_probes_and_the_page_answers_like_get_without_a_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    for path in ["/livez", "/readyz", "/health", "/"] {
+        let get = app.http.get(app.url(path)).send().await.unwrap();
+        let head = app.http.head(app.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), get.status(), "HEAD {path}");
+        assert_eq!(
+            head.headers()["content-type"],
+            get.headers()["content-type"],
+            "HEAD {path}"
+        );
+
+        // On the wire: the head of the response and nothing after it.
+        let mut socket = tokio::net::TcpStream::connect(app.http_addr).await.unwrap();
+        let request = format!("HEAD {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            socket.read_to_end(&mut answer),
+        )
+        .await
+        .expect("the server closes after answering")
+        .unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "HEAD {path}: {answer}");
+        let (_, body) = answer.split_once("\r\n\r\n").expect("a complete head");
+        assert_eq!(body, "", "HEAD {path} sends no body");
+    }
+}

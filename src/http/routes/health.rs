@@ -26,9 +26,9 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Registers the health routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/livez", web::get().to(livez))
-        .route("/readyz", web::get().to(readyz))
-        .route("/health", web::get().to(health));
+    cfg.route("/livez", super::get_or_head().to(livez))
+        .route("/readyz", super::get_or_head().to(readyz))
+        .route("/health", super::get_or_head().to(health));
 }
 
 /// The process is up and serving HTTP.

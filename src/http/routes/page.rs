@@ -11,7 +11,7 @@ const INDEX: &str = include_str!("../static/index.html");
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
+    cfg.route("/", super::get_or_head().to(index))
         .route("/stats", web::get().to(stats));
 }
 

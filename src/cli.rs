@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     auth::JwtAuth,
     config::{
-        parse_duration, DatabaseLayer, GraphqlArgs, HistoryArgs, LogFormat, LogLayer, Settings,
-        SettingsLayer, WsArgs,
+        parse_duration, DatabaseLayer, DatabaseUrl, GraphqlArgs, HistoryArgs, LogFormat, LogLayer,
+        Settings, SettingsLayer, WsArgs,
     },
     db::migrate,
     startup::Application,
@@ -362,6 +362,18 @@ fn migrate(settings: Settings, action: MigrateAction) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let db = settings.database;
+    if let (MigrateAction::Status | MigrateAction::Revert, DatabaseUrl::Sqlite(path)) =
+        (action, &db.url)
+    {
+        // Opening a SQLite file creates it: a typo'd path would report an empty new
+        // database instead of the one meant.
+        if !path.exists() {
+            anyhow::bail!(
+                "no SQLite database at {}: nothing to report or revert (`switchboard migrate run` or starting the server creates it)",
+                path.display()
+            );
+        }
+    }
     runtime.block_on(async move {
         match action {
             MigrateAction::Run => {

@@ -74,11 +74,19 @@ fn migrate_run_status_and_revert_work_from_the_command_line() {
         run.stdout
     };
 
-    let pending = migrate("status");
-    assert!(
-        pending.lines().all(|l| l.starts_with("pending")),
-        "{pending}"
-    );
+    // Before anything exists, status and revert say so, name the path and create nothing.
+    for action in ["status", "revert"] {
+        let mut command = switchboard(dir.path());
+        command.args(["migrate", action, "--database-url", "cli.db"]);
+        let run = run_within(command, LIMIT);
+        assert!(!run.status.success(), "migrate {action} on nothing");
+        assert!(
+            run.stderr.contains("no SQLite database at cli.db"),
+            "{}",
+            run.stderr
+        );
+        assert!(!dir.path().join("cli.db").exists(), "{action} created it");
+    }
     assert!(migrate("run").contains("applied"));
     assert!(
         dir.path().join("cli.db").exists(),

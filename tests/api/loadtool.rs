@@ -75,11 +75,24 @@ async fn bench_ws_reports_consistent_fanout_figures_and_an_html_report() {
             "1s",
             "--report",
             report.to_str().unwrap(),
+            "--server-pid",
+            &std::process::id().to_string(),
         ]
         .map(String::from)
         .to_vec(),
     )
     .await;
+    assert_eq!(
+        json["rss_per_connection_kib"],
+        Value::Null,
+        "22 connections cannot be measured: {json}"
+    );
+    assert!(
+        json["rss_not_measured"]
+            .as_str()
+            .is_some_and(|why| why.contains("too few")),
+        "{json}"
+    );
 
     assert_eq!(u(&json, "clients"), 20);
     assert_eq!(u(&json, "rooms"), 2);

@@ -32,6 +32,27 @@ pub(super) struct Outcome {
     pub(super) rss_kib: Option<(u64, u64)>,
 }
 
+/// Fewer connections than this cannot be told apart from the allocator's and the
+/// kernel's page-sized noise.
+pub const MIN_CONNECTIONS_FOR_RSS: usize = 1000;
+
+/// The server's memory per connection from its RSS before and with them open, or why it
+/// cannot be told.
+fn per_connection_kib(before: u64, held: u64, connections: usize) -> Result<f64, String> {
+    if connections < MIN_CONNECTIONS_FOR_RSS {
+        return Err(format!(
+            "{connections} connections are too few; use at least {MIN_CONNECTIONS_FOR_RSS}"
+        ));
+    }
+    if held <= before {
+        return Err(
+            "the server's memory did not grow (freed meanwhile, or not this server?)".into(),
+        );
+    }
+    let per = (held - before) as f64 / connections as f64;
+    Ok((per * 100.0).round() / 100.0)
+}
+
 /// Resident memory of process `pid`, in KiB (Linux).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -122,16 +143,21 @@ impl Outcome {
             ),
         ];
         if let Some((before, held)) = self.rss_kib {
-            let connections = (self.subscribers + args.publishers).max(1) as f64;
-            let per = (held.saturating_sub(before)) as f64 / connections;
-            let per = (per * 100.0).round() / 100.0;
+            let connections = self.subscribers + args.publishers + args.stalled;
             json.insert("rss_before_kib".into(), before.into());
             json.insert("rss_connected_kib".into(), held.into());
-            json.insert("rss_per_connection_kib".into(), per.into());
-            rows.push((
-                "server memory".into(),
-                format!("{before} KiB before, {held} KiB connected: {per} KiB per connection"),
-            ));
+            let line = match per_connection_kib(before, held, connections) {
+                Ok(per) => {
+                    json.insert("rss_per_connection_kib".into(), per.into());
+                    format!("{before} KiB before, {held} KiB connected: {per} KiB per connection")
+                }
+                Err(why) => {
+                    json.insert("rss_per_connection_kib".into(), serde_json::Value::Null);
+                    json.insert("rss_not_measured".into(), why.clone().into());
+                    format!("{before} KiB before, {held} KiB connected: per connection not measured ({why})")
+                }
+            };
+            rows.push(("server memory".into(), line));
         }
         if let Some(error) = &self.first_connect_error {
             rows.push(("first connect error".into(), error.clone()));
@@ -154,5 +180,19 @@ impl Outcome {
             unit: "deliveries",
         };
         report.finish(args.report.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_per_connection_is_given_only_when_it_can_be_told() {
+        assert_eq!(per_connection_kib(10_000, 130_000, 10_000), Ok(12.0));
+        let few = per_connection_kib(10_000, 10_100, 20).unwrap_err();
+        assert!(few.contains("20 connections are too few"), "{few}");
+        let shrunk = per_connection_kib(10_000, 9_000, 5_000).unwrap_err();
+        assert!(shrunk.contains("did not grow"), "{shrunk}");
     }
 }

@@ -118,7 +118,7 @@ impl CallLog {
 impl Drop for CallLog {
     fn drop(&mut self) {
         if !self.done {
-            self.record("1", "grpc call cancelled before it finished");
+            self.record("CANCELLED", "grpc call cancelled before it finished");
         }
     }
 }
@@ -240,7 +240,7 @@ where
             // A trailers-only answer (every error) has its status in the headers; otherwise
             // the status comes in the trailers at the end of the body.
             if let Some(code) = response.headers().get("grpc-status") {
-                log.finish(code.to_str().unwrap_or("?"));
+                log.finish(code_name(Some(code.as_bytes())));
                 return Ok(response);
             }
             Ok(response.map(|body| {
@@ -256,6 +256,31 @@ where
 /// What a call's status says about the database: only `UNAVAILABLE` says it could not be
 /// reached. `INTERNAL`, `RESOURCE_EXHAUSTED` (an overloaded pool) and `DEADLINE_EXCEEDED`
 /// say nothing either way; any other code (or a streaming answer's head) means the
+/// The canonical name of a `grpc-status` value (`OK`, `NOT_FOUND`, …), as metrics labels
+/// and logs show it; a missing or unreadable status is `UNKNOWN`, as clients take it.
+fn code_name(status: Option<&[u8]>) -> &'static str {
+    use tonic::Code;
+    match status.map_or(Code::Unknown, Code::from_bytes) {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// database answered.
 fn breaker_outcome(code: Option<&[u8]>) -> Outcome {
     match code {
@@ -336,8 +361,8 @@ impl HttpBody for Logged {
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(trailers) = frame.trailers_ref() {
                 if let Some(log) = self.log.take() {
-                    let code = trailers.get("grpc-status").and_then(|v| v.to_str().ok());
-                    log.finish(code.unwrap_or("?"));
+                    let code = trailers.get("grpc-status").map(|v| v.as_bytes());
+                    log.finish(code_name(code));
                 }
             }
         }
@@ -356,6 +381,16 @@ impl HttpBody for Logged {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_codes_are_named_as_grpc_names_them() {
+        assert_eq!(code_name(Some(b"0")), "OK");
+        assert_eq!(code_name(Some(b"5")), "NOT_FOUND");
+        assert_eq!(code_name(Some(b"8")), "RESOURCE_EXHAUSTED");
+        assert_eq!(code_name(Some(b"16")), "UNAUTHENTICATED");
+        assert_eq!(code_name(Some(b"99")), "UNKNOWN");
+        assert_eq!(code_name(None), "UNKNOWN");
+    }
 
     #[test]
     fn grpc_timeouts_parse() {

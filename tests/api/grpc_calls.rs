@@ -105,7 +105,7 @@ async fn every_call_is_logged_with_method_status_duration_and_peer() {
         fields["method"], "/userservice.UserService/GetUser",
         "{line}"
     );
-    assert_eq!(fields["grpc_status"], "5", "{line}");
+    assert_eq!(fields["grpc_status"], "NOT_FOUND", "{line}");
     assert!(fields["elapsed_ms"].as_f64().is_some(), "{line}");
     assert!(
         fields["peer"].as_str().unwrap().starts_with("127.0.0.1:"),

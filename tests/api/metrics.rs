@@ -60,7 +60,7 @@ async fn metrics_cover_http_grpc_chat_and_the_database() {
             "switchboard_grpc_calls_total",
             &[
                 ("method", "/userservice.UserService/GetUser"),
-                ("code", "5"),
+                ("code", "NOT_FOUND"),
             ],
             1.0,
         ),

@@ -88,6 +88,39 @@ impl Metrics {
             ),
             registry,
         }
+        .with_process_and_build_info()
+    }
+
+    /// The conventional `process_*` figures (CPU seconds, resident and virtual memory,
+    /// open and max file descriptors, start time) and `switchboard_build_info`.
+    fn with_process_and_build_info(self) -> Self {
+        #[cfg(target_os = "linux")]
+        self.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("registered once");
+        let build = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "switchboard_build_info",
+                "Always 1; the labels say which build is running.",
+            ),
+            &["version", "profile", "target"],
+        )
+        .expect("a valid metric");
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), profile, &target])
+            .set(1);
+        self.registry
+            .register(Box::new(build))
+            .expect("registered once");
+        self
     }
 
     /// The full exposition: counted metrics, then the scraped figures.

@@ -89,3 +89,27 @@ async fn metrics_cover_http_grpc_chat_and_the_database() {
     );
     assert!(value(&scrape, "switchboard_db_query_duration_seconds", &[]).is_some());
 }
+
+#[tokio::test]
+async fn process_figures_and_build_info_are_exported() {
+    let app = spawn_app().await;
+    let text = app.get_text("/metrics").await;
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid exposition");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        value(&scrape, "switchboard_build_info", &[("version", version)]),
+        Some(1.0),
+        "{text}"
+    );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        let figure = value(&scrape, name, &[]).unwrap_or_else(|| panic!("{name} missing"));
+        assert!(figure > 0.0, "{name} = {figure}");
+    }
+    assert!(value(&scrape, "process_cpu_seconds_total", &[]).is_some());
+}

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use juniper::{
     http::GraphQLRequest, parser::parse_document_source, DefaultScalarValue, Definition,
-    InputValue, ScalarValue as _, Selection, Variables,
+    InputValue, OperationType, ScalarValue as _, Selection, Variables,
 };
 
 use super::{query::MAX_USERS_LIMIT, Schema};
@@ -102,6 +102,24 @@ pub fn cost_of(
         highest = highest.max(Some(costed.cost));
     }
     Ok(highest)
+}
+
+/// Whether the operation `query` would run (the one named, or its only one) is a
+/// mutation. `false` when the document does not parse or names no such operation
+/// (execution then reports that error).
+pub fn runs_mutation(schema: &Schema, query: &str, operation_name: Option<&str>) -> bool {
+    let Ok(document) = parse_document_source::<DefaultScalarValue>(query, &schema.schema) else {
+        return false;
+    };
+    let mut operations = document.iter().filter_map(|definition| match definition {
+        Definition::Operation(op) => Some(&op.item),
+        Definition::Fragment(_) => None,
+    });
+    let chosen = match operation_name {
+        Some(name) => operations.find(|op| op.name.as_ref().map(|n| n.item) == Some(name)),
+        None => operations.next().filter(|_| operations.next().is_none()),
+    };
+    chosen.is_some_and(|op| op.operation_type == OperationType::Mutation)
 }
 
 /// Checks one request against `limit`, returning its cost (0 for a document that does not

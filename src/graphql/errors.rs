@@ -26,6 +26,8 @@ pub mod code {
     pub const COST_LIMIT_EXCEEDED: &str = "COST_LIMIT_EXCEEDED";
     /// A batched request carries more operations than allowed.
     pub const BATCH_LIMIT_EXCEEDED: &str = "BATCH_LIMIT_EXCEEDED";
+    /// A mutation sent with `GET` (405, `Allow: POST`).
+    pub const METHOD_NOT_ALLOWED: &str = "METHOD_NOT_ALLOWED";
 }
 
 /// An error with a code.

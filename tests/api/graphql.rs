@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use switchboard::domain::{NewPost, PostContent, PostTitle, Tags, UserId};
 
 use crate::{
-    helpers::{spawn_app_on, TestApp, TestDb},
+    helpers::{spawn_app, spawn_app_on, TestApp, TestDb},
     on_both_backends,
     ws_client::token,
 };
@@ -223,4 +223,38 @@ async fn nested_lists_cost_a_constant_number_of_queries(db: TestDb) {
         "queries do not grow with the list: {counts:?}"
     );
     assert!(counts[1] <= 3, "a handful of queries, got {}", counts[1]);
+}
+
+#[tokio::test]
+async fn get_never_runs_a_mutation() {
+    let app = spawn_app().await;
+    let mutation =
+        r#"mutation { createUser(input: {name: "Eve", email: "eve@example.com"}) { id } }"#;
+    let named = r#"query Q { users { name } } mutation M { createUser(input: {name: "Eve", email: "eve@example.com"}) { id } }"#;
+    for (query, operation) in [(mutation, None), (named, Some("M"))] {
+        let mut params = vec![("query", query)];
+        params.extend(operation.map(|name| ("operationName", name)));
+        let response = app
+            .http
+            .get(app.url("/graphql"))
+            .query(&params)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{query}");
+        assert_eq!(response.headers()["allow"], "POST");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(error_code(&body), "METHOD_NOT_ALLOWED", "{body}");
+    }
+    // The query of the same document still runs with GET, and nothing was created.
+    let response = app
+        .http
+        .get(app.url("/graphql"))
+        .query(&[("query", named), ("operationName", "Q")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["data"]["users"], json!([]), "{body}");
 }

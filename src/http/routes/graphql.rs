@@ -279,6 +279,20 @@ async fn get_inner(req: &HttpRequest, state: &HttpState) -> HttpResponse {
         Some(Ok(variables)) => Some(variables),
         Some(Err(error)) => return bad_request(format!("`variables` is not JSON: {error}")),
     };
+    if cost::runs_mutation(
+        &state.graphql.schema,
+        &params.query,
+        params.operation_name.as_deref(),
+    ) {
+        // GraphQL over HTTP: a GET must not change anything (it may be prefetched,
+        // cached or replayed by a crawler).
+        return HttpResponse::MethodNotAllowed()
+            .insert_header((header::ALLOW, "POST"))
+            .json(json!({ "errors": [{
+                "message": "mutations must be sent with POST",
+                "extensions": { "code": code::METHOD_NOT_ALLOWED },
+            }] }));
+    }
     let request = GraphQLRequest::new(params.query, params.operation_name, variables);
     execute(state, req, GraphQLBatchRequest::Single(request)).await
 }

@@ -256,29 +256,10 @@ where
 /// What a call's status says about the database: only `UNAVAILABLE` says it could not be
 /// reached. `INTERNAL`, `RESOURCE_EXHAUSTED` (an overloaded pool) and `DEADLINE_EXCEEDED`
 /// say nothing either way; any other code (or a streaming answer's head) means the
-/// The canonical name of a `grpc-status` value (`OK`, `NOT_FOUND`, …), as metrics labels
-/// and logs show it; a missing or unreadable status is `UNKNOWN`, as clients take it.
+/// The canonical name of a `grpc-status` value; a missing or unreadable one is
+/// `UNKNOWN`, as clients take it.
 fn code_name(status: Option<&[u8]>) -> &'static str {
-    use tonic::Code;
-    match status.map_or(Code::Unknown, Code::from_bytes) {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    super::code_name(status.map_or(tonic::Code::Unknown, tonic::Code::from_bytes))
 }
 
 /// database answered.

@@ -4,6 +4,8 @@
 mod convert;
 pub mod layer;
 mod status;
+
+pub use status::code_name;
 pub mod users;
 
 use std::future::Future;

@@ -1,6 +1,6 @@
 //! Data-layer errors as gRPC statuses, mapped in one place.
 
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::db::DbError;
 
@@ -18,5 +18,29 @@ impl From<DbError> for Status {
                 Status::internal("internal database error")
             }
         }
+    }
+}
+
+/// The canonical name of a status code (`OK`, `NOT_FOUND`, …), as metrics labels, logs
+/// and the load tool show it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

@@ -2,6 +2,7 @@
 //! UserService, with the same summary, JSON line and HTML report as `bench ws`.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -135,6 +136,8 @@ async fn seed(client: &mut Client, count: usize) -> anyhow::Result<Vec<String>> 
 struct Worker {
     calls: u64,
     errors: u64,
+    /// Failed calls by status code name.
+    failed: BTreeMap<&'static str, u64>,
     items: u64,
     first_error: Option<String>,
     latency: Histogram<u32>,
@@ -169,6 +172,7 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
             let mut worker = Worker {
                 calls: 0,
                 errors: 0,
+                failed: BTreeMap::new(),
                 items: 0,
                 first_error: None,
                 latency: latency_histogram(),
@@ -192,6 +196,10 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
                     }
                     Err(status) => {
                         worker.errors += 1;
+                        *worker
+                            .failed
+                            .entry(crate::grpc::code_name(status.code()))
+                            .or_default() += 1;
                         worker.first_error.get_or_insert_with(|| status.to_string());
                     }
                 }
@@ -204,11 +212,15 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
     let timeline = sample(calls_done.clone(), deadline).await;
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     let (mut calls, mut errors, mut items, mut first_error) = (0, 0, 0, None);
+    let mut failed: BTreeMap<&str, u64> = BTreeMap::new();
     let mut latency = latency_histogram();
     for worker in workers {
         let worker = worker.await?;
         calls += worker.calls;
         errors += worker.errors;
+        for (code, n) in worker.failed {
+            *failed.entry(code).or_default() += n;
+        }
         items += worker.items;
         first_error = first_error.or(worker.first_error);
         merge(&mut latency, &worker.latency);
@@ -218,14 +230,31 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
         GrpcCall::GetUser => "GetUser",
         GrpcCall::StreamUsers => "StreamUsers",
     };
+    let ok = calls - errors;
     let per_second = (calls as f64 / elapsed).round();
+    let ok_per_second = (ok as f64 / elapsed).round();
+    let failed_summary = failed
+        .iter()
+        .map(|(code, n)| format!("{code}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let items_per_second = (items as f64 / elapsed).round();
     let mut json = Map::new();
     json.insert("call".into(), call_name.into());
     json.insert("concurrency".into(), (args.concurrency as u64).into());
     json.insert("duration_s".into(), args.duration.as_secs_f64().into());
     json.insert("calls".into(), calls.into());
+    json.insert("ok".into(), ok.into());
     json.insert("errors".into(), errors.into());
+    json.insert(
+        "errors_by_code".into(),
+        failed
+            .iter()
+            .map(|(code, n)| ((*code).to_owned(), (*n).into()))
+            .collect::<Map<_, _>>()
+            .into(),
+    );
+    json.insert("ok_per_sec".into(), ok_per_second.into());
     json.insert("calls_per_sec".into(), per_second.into());
     json.insert("users_received".into(), items.into());
     json.insert("users_per_sec".into(), items_per_second.into());
@@ -237,10 +266,9 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
             format!("{call_name}, {} in flight", args.concurrency),
         ),
         (
-            "calls".into(),
-            format!("{calls} in {elapsed:.1} s ({errors} errors)"),
+            "successful calls".into(),
+            format!("{ok} of {calls} in {elapsed:.1} s: {ok_per_second}/s"),
         ),
-        ("calls/s".into(), per_second.to_string()),
         (
             "users received".into(),
             format!("{items} ({items_per_second}/s)"),
@@ -253,6 +281,16 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
             ),
         ),
     ];
+    if errors > 0 {
+        // First after the call itself, so nobody reads a rate without seeing the failures.
+        rows.insert(
+            1,
+            (
+                "FAILED calls".into(),
+                format!("{errors} of {calls} ({failed_summary})"),
+            ),
+        );
+    }
     if let Some(error) = first_error {
         rows.push(("first error".into(), error));
     }
@@ -264,7 +302,13 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
         timeline: &timeline,
         unit: "calls",
     };
-    report.finish(args.report.as_deref())
+    report.finish(args.report.as_deref())?;
+    if errors * 2 > calls {
+        bail!(
+            "most calls failed: {errors} of {calls} ({failed_summary}); see the first error above"
+        );
+    }
+    Ok(())
 }
 
 /// Opens `StreamUsers` and reads `snapshot` users (the live tail never ends on its own).

@@ -180,6 +180,44 @@ async fn bench_grpc_measures_get_user_and_stream_users() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_grpc_reports_failed_calls_by_code_and_fails_when_most_fail() {
+    // The server's default per-client rate limit refuses most of a load test's calls.
+    let db = TestDb::sqlite();
+    let settings = test_settings(&db);
+    let app = spawn_app_with(db, settings).await;
+    let addr = format!("http://{}", app.grpc_addr);
+    let service_token = token("bench", None);
+    let finished = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = switchboard(dir.path());
+        command.args(["bench", "grpc", "--addr", &addr, "--token", &service_token]);
+        command.args(["--concurrency", "4", "--duration", "2s", "--users", "1"]);
+        run_within(command, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert!(!finished.status.success(), "{}", finished.stdout);
+    assert!(
+        finished.stderr.contains("most calls failed"),
+        "{}",
+        finished.stderr
+    );
+    let json: Value = serde_json::from_str(finished.stdout.lines().last().unwrap()).unwrap();
+    let limited = u(&json["errors_by_code"], "RESOURCE_EXHAUSTED");
+    assert!(limited * 2 > u(&json, "calls"), "{json}");
+    assert_eq!(
+        u(&json, "ok") + u(&json, "errors"),
+        u(&json, "calls"),
+        "{json}"
+    );
+    assert!(
+        finished.stdout.contains("FAILED calls"),
+        "the summary shows the failures: {}",
+        finished.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_ws_reports_a_member_that_never_reads_as_closed_and_the_others_lose_nothing() {
     let db = TestDb::sqlite();
     let mut settings = server_settings(&db);

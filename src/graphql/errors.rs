@@ -26,6 +26,11 @@ pub mod code {
     pub const COST_LIMIT_EXCEEDED: &str = "COST_LIMIT_EXCEEDED";
     /// A batched request carries more operations than allowed.
     pub const BATCH_LIMIT_EXCEEDED: &str = "BATCH_LIMIT_EXCEEDED";
+    /// The document does not parse (or passes the parser's depth or size limits).
+    pub const GRAPHQL_PARSE_FAILED: &str = "GRAPHQL_PARSE_FAILED";
+    /// The request names no operation it contains, several without a name, or a
+    /// subscription over HTTP.
+    pub const BAD_REQUEST: &str = "BAD_REQUEST";
     /// A mutation sent with `GET` (405, `Allow: POST`).
     pub const METHOD_NOT_ALLOWED: &str = "METHOD_NOT_ALLOWED";
 }

@@ -258,3 +258,40 @@ async fn get_never_runs_a_mutation() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["data"]["users"], json!([]), "{body}");
 }
+
+#[tokio::test]
+async fn every_error_carries_a_code_and_no_empty_locations() {
+    let app = spawn_app().await;
+    let deep = format!("{{ users {}", "{ posts ".repeat(12) + &"}".repeat(13));
+    let cases = [
+        ("{ users { name ", "GRAPHQL_PARSE_FAILED"),
+        ("{ nope }", "GRAPHQL_VALIDATION_FAILED"),
+        (deep.as_str(), "<any>"),
+        (
+            "query A { users { name } } query B { users { id } }",
+            "BAD_REQUEST",
+        ),
+    ];
+    for (document, expected) in cases {
+        let (status, body) = graphql(&app, document, json!({}), false).await;
+        assert_eq!(status, 400, "{document}: {body}");
+        let errors = body["errors"].as_array().expect("errors");
+        assert!(!errors.is_empty(), "{body}");
+        for error in errors {
+            let code = error["extensions"]["code"].as_str();
+            assert!(
+                code.is_some(),
+                "{document}: an error without a code: {body}"
+            );
+            if expected != "<any>" {
+                assert_eq!(code, Some(expected), "{document}: {body}");
+            }
+            if let Some(locations) = error.get("locations") {
+                assert!(
+                    !locations.as_array().unwrap().is_empty(),
+                    "{document}: empty locations: {body}"
+                );
+            }
+        }
+    }
+}

@@ -8,8 +8,8 @@ use actix_web::{
     web, HttpMessage, HttpRequest, HttpResponse,
 };
 use juniper::{
-    http::{GraphQLBatchRequest, GraphQLRequest},
-    InputValue,
+    http::{GraphQLBatchRequest, GraphQLBatchResponse, GraphQLRequest, GraphQLResponse},
+    GraphQLError, InputValue,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -131,8 +131,9 @@ async fn execute(
     }
     let context = context(state, request_identity(state, req));
     let response = request.execute(&graphql.schema, &context).await;
-    let body = serde_json::to_value(&response).unwrap_or_default();
-    if !response.is_ok() {
+    let ok = response.is_ok();
+    let body = coded_body(response);
+    if !ok {
         return HttpResponse::BadRequest().json(body);
     }
     if has_error_code(&body, code::UNAVAILABLE) {
@@ -148,6 +149,56 @@ async fn execute(
             .json(body);
     }
     HttpResponse::Ok().json(body)
+}
+
+/// A (batch) response as JSON in which every error carries `extensions.code` — juniper
+/// leaves it off request errors (parse, validation, operation selection) — and no error
+/// has an empty `locations`.
+fn coded_body(response: GraphQLBatchResponse) -> serde_json::Value {
+    fn one(response: GraphQLResponse) -> serde_json::Value {
+        let error = match response.into_result() {
+            Ok(result) => {
+                let mut body = serde_json::to_value(GraphQLResponse::from_result(Ok(result)))
+                    .unwrap_or_default();
+                if let Some(errors) = body.get_mut("errors").and_then(|e| e.as_array_mut()) {
+                    errors.iter_mut().for_each(|e| tidy(e, code::INTERNAL));
+                }
+                return body;
+            }
+            Err(error) => error,
+        };
+        let code = match error {
+            GraphQLError::ParseError(_) => code::GRAPHQL_PARSE_FAILED,
+            GraphQLError::ValidationError(_) => code::GRAPHQL_VALIDATION_FAILED,
+            _ => code::BAD_REQUEST,
+        };
+        let mut errors = serde_json::to_value(&error).unwrap_or_else(|_| json!([]));
+        if let Some(errors) = errors.as_array_mut() {
+            errors.iter_mut().for_each(|e| tidy(e, code));
+        }
+        json!({ "errors": errors })
+    }
+    /// Adds `code` unless the error has one; drops an empty `locations`.
+    fn tidy(error: &mut serde_json::Value, code: &str) {
+        let Some(error) = error.as_object_mut() else {
+            return;
+        };
+        if error
+            .get("locations")
+            .and_then(|l| l.as_array())
+            .is_some_and(|l| l.is_empty())
+        {
+            error.remove("locations");
+        }
+        let extensions = error.entry("extensions").or_insert_with(|| json!({}));
+        if let Some(extensions) = extensions.as_object_mut() {
+            extensions.entry("code").or_insert_with(|| code.into());
+        }
+    }
+    match response {
+        GraphQLBatchResponse::Single(response) => one(response),
+        GraphQLBatchResponse::Batch(responses) => responses.into_iter().map(one).collect(),
+    }
 }
 
 /// The GraphQL error object for a document refused before execution (the same on every

@@ -235,6 +235,9 @@ impl Application {
             events: events.clone(),
             graphql: http::routes::graphql::GraphqlState {
                 schema: std::sync::Arc::new(crate::graphql::schema(&settings.graphql)),
+                introspection: std::sync::Arc::new(crate::graphql::introspection_schema(
+                    &settings.graphql,
+                )),
                 max_cost: settings.graphql.max_cost,
                 max_batch: settings.graphql.max_batch,
                 max_operations_per_connection: settings.graphql.max_subscriptions_per_connection,

@@ -104,6 +104,30 @@ pub fn cost_of(
     Ok(highest)
 }
 
+/// Whether the operation `query` would run (the one named, or its only one) is a query
+/// that selects nothing but introspection (`__schema`, `__type`, `__typename`) at its top
+/// level. Parsed under `schema`'s limits; `false` when it does not parse.
+pub fn introspection_only(schema: &Schema, query: &str, operation_name: Option<&str>) -> bool {
+    let Ok(document) = parse_document_source::<DefaultScalarValue>(query, &schema.schema) else {
+        return false;
+    };
+    let mut operations = document.iter().filter_map(|definition| match definition {
+        Definition::Operation(op) => Some(&op.item),
+        Definition::Fragment(_) => None,
+    });
+    let chosen = match operation_name {
+        Some(name) => operations.find(|op| op.name.as_ref().map(|n| n.item) == Some(name)),
+        None => operations.next().filter(|_| operations.next().is_none()),
+    };
+    chosen.is_some_and(|op| {
+        op.operation_type == OperationType::Query
+            && op.selection_set.iter().all(|selection| {
+                matches!(selection, Selection::Field(field)
+                    if matches!(field.item.name.item, "__schema" | "__type" | "__typename"))
+            })
+    })
+}
+
 /// Whether the operation `query` would run (the one named, or its only one) is a
 /// mutation. `false` when the document does not parse or names no such operation
 /// (execution then reports that error).

@@ -32,3 +32,20 @@ pub fn schema(settings: &GraphqlSettings) -> Schema {
         .limit_fields(settings.max_fields)
         .limit_tokens(settings.max_tokens)
 }
+
+/// Nesting an introspection-only document may reach: enough for the standard
+/// introspection query (graphql-js' `getIntrospectionQuery()` with nine `ofType` levels).
+pub const INTROSPECTION_MAX_DEPTH: usize = 20;
+/// Fields an introspection-only document may select, fragments expanded.
+pub const INTROSPECTION_MAX_FIELDS: usize = 1_000;
+
+/// The schema that runs introspection-only documents (every top-level field `__schema`,
+/// `__type` or `__typename`): their own, larger but still bounded, depth and field
+/// budget, as graphql-js and async-graphql give introspection — it reads the schema in
+/// memory, never the database. Everything else runs under [`schema`]'s limits.
+pub fn introspection_schema(settings: &GraphqlSettings) -> Schema {
+    Schema::new(Query, Mutation, Subscription)
+        .limit_depth(settings.max_depth.max(INTROSPECTION_MAX_DEPTH))
+        .limit_fields(settings.max_fields.max(INTROSPECTION_MAX_FIELDS))
+        .limit_tokens(settings.max_tokens)
+}

@@ -295,3 +295,45 @@ async fn every_error_carries_a_code_and_no_empty_locations() {
         }
     }
 }
+
+/// The standard introspection query of graphql-js (`getIntrospectionQuery()`, with the
+/// nine `ofType` levels of its newer versions), as gql, GraphiQL and Apollo tools send it.
+const INTROSPECTION: &str = include_str!("fixtures/introspection.graphql");
+
+#[tokio::test]
+async fn the_standard_introspection_query_works_under_the_default_limits() {
+    let app = spawn_app().await;
+    let (status, body) = graphql(&app, INTROSPECTION, json!({}), false).await;
+    assert_eq!(status, 200, "{body}");
+    let schema = &body["data"]["__schema"];
+    assert_eq!(schema["queryType"]["name"], "Query", "{body}");
+    let types: Vec<&str> = schema["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains(&"User") && types.contains(&"Post"),
+        "{types:?}"
+    );
+
+    // Ordinary documents are held to the ordinary limits still, also next to introspection.
+    let deep = format!("{{ users {}", "{ posts ".repeat(12) + &"}".repeat(13));
+    let (status, _) = graphql(&app, &deep, json!({}), false).await;
+    assert_eq!(status, 400);
+    let mixed = format!(
+        "{{ __schema {{ queryType {{ name }} }} {} }}",
+        &deep[2..deep.len() - 2]
+    );
+    let (status, body) = graphql(&app, &mixed, json!({}), false).await;
+    assert_eq!(status, 400, "{body}");
+    // And introspection itself cannot nest without bound.
+    let nested = format!(
+        "{{ __schema {{ types {{ {} name {} }} }} }}",
+        "ofType { ".repeat(40),
+        "}".repeat(40)
+    );
+    let (status, body) = graphql(&app, &nested, json!({}), false).await;
+    assert_eq!(status, 400, "{body}");
+}

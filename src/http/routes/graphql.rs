@@ -31,6 +31,9 @@ pub const SUBSCRIPTIONS_PATH: &str = "/subscriptions";
 pub struct GraphqlState {
     /// The schema (with its depth, field and token limits).
     pub schema: Arc<Schema>,
+    /// The same schema with introspection's larger depth and field budget, for documents
+    /// that select nothing else.
+    pub introspection: Arc<Schema>,
     /// Highest document cost accepted (see [`crate::graphql::cost`]); a batch's documents
     /// are added together.
     pub max_cost: u64,
@@ -126,11 +129,23 @@ async fn execute(
             "extensions": { "code": code::BATCH_LIMIT_EXCEEDED, "limit": graphql.max_batch },
         }] }));
     }
-    if let Err(refusal) = cost::check_all(&graphql.schema, requests, graphql.max_cost) {
+    let introspection = requests.iter().all(|r| {
+        cost::introspection_only(
+            &graphql.introspection,
+            &r.query,
+            r.operation_name.as_deref(),
+        )
+    });
+    let schema = if introspection {
+        &graphql.introspection
+    } else {
+        &graphql.schema
+    };
+    if let Err(refusal) = cost::check_all(schema, requests, graphql.max_cost) {
         return HttpResponse::BadRequest().json(json!({ "errors": [refusal_error(&refusal)] }));
     }
     let context = context(state, request_identity(state, req));
-    let response = request.execute(&graphql.schema, &context).await;
+    let response = request.execute(schema, &context).await;
     let ok = response.is_ok();
     let body = coded_body(response);
     if !ok {

@@ -337,3 +337,37 @@ async fn the_standard_introspection_query_works_under_the_default_limits() {
     let (status, body) = graphql(&app, &nested, json!({}), false).await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[tokio::test]
+async fn graphql_response_json_is_answered_to_clients_that_accept_it() {
+    let app = spawn_app().await;
+    for (query, status) in [("{ users { name } }", 200), ("{ nope }", 400)] {
+        let response = app
+            .http
+            .post(app.url("/graphql"))
+            .header(
+                "accept",
+                "application/graphql-response+json, application/json;q=0.9",
+            )
+            .json(&json!({ "query": query }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{query}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/graphql-response+json; charset=utf-8"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert!(body.get("data").is_some() || body.get("errors").is_some());
+    }
+    let plain = app
+        .http
+        .get(app.url("/graphql"))
+        .query(&[("query", "{ users { name } }")])
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.headers()["content-type"], "application/json");
+}

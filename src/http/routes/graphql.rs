@@ -293,7 +293,40 @@ async fn preflight(req: HttpRequest, state: web::Data<HttpState>) -> HttpRespons
 
 async fn post(req: HttpRequest, body: web::Bytes, state: web::Data<HttpState>) -> HttpResponse {
     let origin = cors_origin(&state, &req);
-    with_cors(post_inner(&req, body, &state).await, origin)
+    let response = media_type(&req, post_inner(&req, body, &state).await);
+    with_cors(response, origin)
+}
+
+/// The GraphQL-over-HTTP media type, for clients that ask for it.
+pub const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+/// Answers with `application/graphql-response+json` when the client accepts it (its
+/// status codes are already the spec's: 400 for a request that never ran, 200 with
+/// `errors` for field errors, 503 when the database is down), `application/json`
+/// otherwise.
+fn media_type(req: &HttpRequest, mut response: HttpResponse) -> HttpResponse {
+    let accepts = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let essence = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| p.replace(' ', "") == "q=0");
+            essence.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON) && !refused
+        });
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if accepts && is_json {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/graphql-response+json; charset=utf-8"),
+        );
+    }
+    response
 }
 
 async fn post_inner(req: &HttpRequest, body: web::Bytes, state: &HttpState) -> HttpResponse {
@@ -328,7 +361,7 @@ struct GetParams {
 
 async fn get(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     let origin = cors_origin(&state, &req);
-    with_cors(get_inner(&req, &state).await, origin)
+    with_cors(media_type(&req, get_inner(&req, &state).await), origin)
 }
 
 async fn get_inner(req: &HttpRequest, state: &HttpState) -> HttpResponse {

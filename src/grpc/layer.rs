@@ -102,16 +102,23 @@ impl CallLog {
             .grpc_duration
             .with_label_values(&[self.method.as_str()])
             .observe(self.started.elapsed().as_secs_f64());
-        tracing::info!(
+        // The ids in a span named like HTTP's, with the same field names, so one query
+        // (`span.request_id`, `span.trace_id`) finds a call on either front door.
+        let span = tracing::info_span!(
+            "grpc_call",
             request_id = %self.id,
             trace_id = %self.trace.trace_id,
             span_id = %self.trace.span_id,
-            method = %self.method,
-            peer = %self.peer,
-            grpc_status = code,
-            elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            "{message}"
         );
+        span.in_scope(|| {
+            tracing::info!(
+                method = %self.method,
+                peer = %self.peer,
+                grpc_status = code,
+                elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                "{message}"
+            )
+        });
     }
 }
 

@@ -106,10 +106,16 @@ async fn every_call_is_logged_with_method_status_duration_and_peer() {
         "{line}"
     );
     assert_eq!(fields["grpc_status"], "NOT_FOUND", "{line}");
+    // The ids under the same names as on an HTTP request's line.
+    for id in ["request_id", "trace_id", "span_id"] {
+        assert!(
+            log["span"][id].as_str().is_some_and(|v| !v.is_empty()),
+            "{id}: {line}"
+        );
+    }
     assert!(fields["elapsed_ms"].as_f64().is_some(), "{line}");
     assert!(
         fields["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
         "{line}"
     );
-    assert!(fields["request_id"].as_str().is_some(), "{line}");
 }

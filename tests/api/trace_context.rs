@@ -89,6 +89,7 @@ async fn every_log_line_of_a_request_carries_its_trace_id() {
     let log: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(log["span"]["trace_id"], TRACE, "{line}");
     assert!(log["span"]["span_id"].as_str().is_some(), "{line}");
+    assert!(log["span"]["request_id"].as_str().is_some(), "{line}");
 }
 
 /// A minimal OTLP/HTTP collector: answers 200 to every request and hands over

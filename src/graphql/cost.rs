@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use juniper::{
     http::GraphQLRequest, parser::parse_document_source, DefaultScalarValue, Definition,
-    InputValue, OperationType, ScalarValue as _, Selection, Variables,
+    InputValue, Operation, OperationType, ScalarValue as _, Selection, Variables,
 };
 
 use super::{query::MAX_USERS_LIMIT, Schema};
@@ -108,18 +108,7 @@ pub fn cost_of(
 /// that selects nothing but introspection (`__schema`, `__type`, `__typename`) at its top
 /// level. Parsed under `schema`'s limits; `false` when it does not parse.
 pub fn introspection_only(schema: &Schema, query: &str, operation_name: Option<&str>) -> bool {
-    let Ok(document) = parse_document_source::<DefaultScalarValue>(query, &schema.schema) else {
-        return false;
-    };
-    let mut operations = document.iter().filter_map(|definition| match definition {
-        Definition::Operation(op) => Some(&op.item),
-        Definition::Fragment(_) => None,
-    });
-    let chosen = match operation_name {
-        Some(name) => operations.find(|op| op.name.as_ref().map(|n| n.item) == Some(name)),
-        None => operations.next().filter(|_| operations.next().is_none()),
-    };
-    chosen.is_some_and(|op| {
+    chosen_operation_is(schema, query, operation_name, |op| {
         op.operation_type == OperationType::Query
             && op.selection_set.iter().all(|selection| {
                 matches!(selection, Selection::Field(field)
@@ -132,6 +121,19 @@ pub fn introspection_only(schema: &Schema, query: &str, operation_name: Option<&
 /// mutation. `false` when the document does not parse or names no such operation
 /// (execution then reports that error).
 pub fn runs_mutation(schema: &Schema, query: &str, operation_name: Option<&str>) -> bool {
+    chosen_operation_is(schema, query, operation_name, |op| {
+        op.operation_type == OperationType::Mutation
+    })
+}
+
+/// Parses `query` and answers `check` for the operation execution would choose: the one
+/// named, or the only one. `false` when it does not parse or there is no such operation.
+fn chosen_operation_is(
+    schema: &Schema,
+    query: &str,
+    operation_name: Option<&str>,
+    check: impl FnOnce(&Operation<'_, DefaultScalarValue>) -> bool,
+) -> bool {
     let Ok(document) = parse_document_source::<DefaultScalarValue>(query, &schema.schema) else {
         return false;
     };
@@ -143,7 +145,7 @@ pub fn runs_mutation(schema: &Schema, query: &str, operation_name: Option<&str>)
         Some(name) => operations.find(|op| op.name.as_ref().map(|n| n.item) == Some(name)),
         None => operations.next().filter(|_| operations.next().is_none()),
     };
-    chosen.is_some_and(|op| op.operation_type == OperationType::Mutation)
+    chosen.is_some_and(check)
 }
 
 /// Checks one request against `limit`, returning its cost (0 for a document that does not

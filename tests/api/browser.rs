@@ -82,12 +82,17 @@ impl Driver {
 
     /// A new headless browser window.
     async fn browser(&self, profile: &tempfile::TempDir) -> Browser<'_> {
+        self.browser_sized(profile, (1200, 800)).await
+    }
+
+    /// A browser whose window is `(width, height)` CSS pixels (390 × 844: a phone).
+    async fn browser_sized(&self, profile: &tempfile::TempDir, size: (u32, u32)) -> Browser<'_> {
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1200,800",
+                         "--disable-dev-shm-usage", format!("--window-size={},{}", size.0, size.1),
                          format!("--user-data-dir={}", profile.path().display())],
             }
         }}});
@@ -315,6 +320,111 @@ async fn the_page_shows_a_rate_limit_close_and_waits_as_advised_before_reconnect
     ann.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_fits_a_phone_and_has_leave_and_private_controls() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    let base = app.url("/");
+    let (profile_a, profile_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let phone = driver.browser_sized(&profile_a, (390, 844)).await;
+    let desk = driver.browser(&profile_b).await;
+    phone.open(&base).await;
+    let folded = phone
+        .run(
+            "return document.getElementById('side-lists').open;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(folded, false, "rooms and members start folded on a phone");
+    // Unfolded, so their (rendered) text can be read below.
+    phone
+        .run(
+            "document.getElementById('side-lists').open = true;",
+            json!([]),
+        )
+        .await;
+    phone.type_into("name", "Ann").await;
+    phone.click("connect").await;
+    phone.wait_for("conn-state", "connected").await;
+    phone.type_into("room", "lobby").await;
+    phone.click("join").await;
+    phone.wait_for("rooms", "lobby").await;
+    desk.enter(&base, "Bob", "lobby").await;
+    phone.wait_for("members", "Bob").await;
+
+    // Nothing scrolls sideways, and the conversation gets the width.
+    let layout = phone
+        .run(
+            "const chat = document.getElementById('chat').getBoundingClientRect();
+             return [document.documentElement.scrollWidth, window.innerWidth, chat.width];",
+            json!([]),
+        )
+        .await;
+    let (scroll, inner, chat) = (
+        layout[0].as_f64().unwrap(),
+        layout[1].as_f64().unwrap(),
+        layout[2].as_f64().unwrap(),
+    );
+    assert!(inner <= 500.0, "a phone-sized window: {layout}");
+    assert!(scroll <= inner, "no sideways scrolling: {layout}");
+    assert!(chat >= inner * 0.8, "the messages take the width: {layout}");
+
+    // A private message: pick Bob among the members, send; only Bob gets it, marked.
+    phone
+        .run(
+            "[...document.querySelectorAll('#members li')]
+               .find((li) => li.textContent.startsWith('Bob')).click();",
+            json!([]),
+        )
+        .await;
+    phone.wait_for("private-to", "private to Bob").await;
+    phone.type_into("text", "just for you").await;
+    phone.click("send").await;
+    desk.wait_for("messages", "just for you").await;
+    let marked = desk
+        .run(
+            "return document.querySelector('#messages .msg.private') !== null;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(marked, true, "shown as private");
+    phone.wait_for("messages", "you → ").await;
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (browser, name) in [(&phone, "chat-phone.png"), (&desk, "chat-desktop.png")] {
+        let shot = dir.join(name);
+        browser.screenshot(&shot).await;
+        assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "a real PNG");
+        eprintln!("screenshot: {}", shot.display());
+    }
+
+    // Leaving: the room goes from Ann's list, and Bob sees her go.
+    phone
+        .run(
+            "document.querySelector('#rooms button.leave').click();",
+            json!([]),
+        )
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let rooms = phone.text_of("rooms").await;
+        let members = desk.text_of("members").await;
+        if !rooms.contains("lobby") && !members.contains("Ann") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left: rooms {rooms:?}, Bob's members {members:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    phone.close().await;
+    desk.close().await;
+}
+
 #[tokio::test]
 async fn the_page_and_its_stats_are_served() {
     let app = spawn_app().await;
@@ -330,6 +440,11 @@ async fn the_page_and_its_stats_are_served() {
         !html.contains("http://") && !html.contains("https://"),
         "nothing from a CDN"
     );
+    assert!(html.contains(r#"<link rel="icon" href="/favicon.svg""#));
+    let icon = app.http.get(app.url("/favicon.svg")).send().await.unwrap();
+    assert_eq!(icon.status(), 200);
+    assert_eq!(icon.headers()["content-type"], "image/svg+xml");
+    assert!(icon.text().await.unwrap().starts_with("<svg"));
     let stats = app.get_json("/stats").await;
     assert_eq!(stats["sessions"], 0);
     assert!(stats["messages_in"].is_u64());

@@ -12,7 +12,18 @@ const INDEX: &str = include_str!("../static/index.html");
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", super::get_or_head().to(index))
+        .route("/favicon.svg", super::get_or_head().to(favicon))
         .route("/stats", web::get().to(stats));
+}
+
+/// The page's icon: a switchboard plug in the page's blue.
+const FAVICON: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="7" fill="#1d2330"/><circle cx="10" cy="11" r="3.5" fill="#3b7dd8"/><circle cx="22" cy="21" r="3.5" fill="#3b7dd8"/><path d="M10 11 C 16 11, 16 21, 22 21" stroke="#fff" stroke-width="2.2" fill="none"/></svg>"##;
+
+async fn favicon() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("image/svg+xml")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
+        .body(FAVICON)
 }
 
 async fn index() -> HttpResponse {

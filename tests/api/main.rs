@@ -5,6 +5,7 @@ mod browser;
 mod chat;
 mod chat_limits;
 mod cli;
+mod clients;
 mod config_errors;
 mod graphql;
 mod graphql_more;

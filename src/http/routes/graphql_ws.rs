@@ -33,7 +33,7 @@ use crate::{
     rate::TokenBucket,
 };
 
-/// The protocols served, in order of preference when a client offers both.
+/// The protocols served (a client that offers both gets the one it lists first).
 const PROTOCOLS: [&str; 2] = [TransportWs::NAME, LegacyWs::NAME];
 
 /// Upgrades the connection and serves it on the worker that accepted it.
@@ -110,8 +110,10 @@ struct Negotiated {
     answer: Option<&'static str>,
 }
 
-/// Picks the protocol: the first of ours the client offered (RFC 6455 §4.2.2: the answer
-/// must be one of the offered values). A client that offers none gets
+/// Picks the protocol: the first the client offered that we serve — its order is its
+/// preference (RFC 6455 §4.2.2: the answer must be one of the offered values). Clients
+/// that offer both and cannot read the answer fall back to their first choice (gql reads
+/// the header case-sensitively), so honouring that order keeps both sides on one protocol. A client that offers none gets
 /// `graphql-transport-ws` and no header; one that offers only others is refused (answering
 /// without a header would make a browser fail the connection anyway, with less of a
 /// reason): `Err` says why.
@@ -130,9 +132,9 @@ fn negotiate(req: &HttpRequest) -> Result<Negotiated, String> {
             answer: None,
         });
     }
-    PROTOCOLS
+    offered
         .iter()
-        .find(|ours| offered.contains(ours))
+        .find_map(|name| PROTOCOLS.iter().find(|ours| *ours == name))
         .map(|name| Negotiated {
             name,
             answer: Some(name),
@@ -499,7 +501,7 @@ mod tests {
 
     #[test]
     fn only_an_offered_subprotocol_is_answered() {
-        let cases: [(&[&str], Result<Negotiated, ()>); 6] = [
+        let cases: [(&[&str], Result<Negotiated, ()>); 7] = [
             (
                 &[],
                 Ok(Negotiated {
@@ -516,6 +518,13 @@ mod tests {
             ),
             (
                 &["graphql-ws, graphql-transport-ws"],
+                Ok(Negotiated {
+                    name: "graphql-ws",
+                    answer: Some("graphql-ws"),
+                }),
+            ),
+            (
+                &["graphql-transport-ws", "graphql-ws"],
                 Ok(Negotiated {
                     name: "graphql-transport-ws",
                     answer: Some("graphql-transport-ws"),

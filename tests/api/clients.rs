@@ -1,0 +1,59 @@
+//! Third-party clients with their defaults against the real server: Python's gql (with
+//! graphql-core) queries over WebSocket and fetches the schema by introspection.
+
+use std::{process::Command, time::Duration};
+
+use serde_json::Value;
+
+use crate::{
+    helpers::{in_ci, spawn_app},
+    process::run_within,
+};
+
+/// Whether `python3` can import `module`; outside CI a missing one skips the test.
+fn python_has(module: &str) -> bool {
+    let found = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !found {
+        assert!(
+            !in_ci(),
+            "CI=true but python3 cannot import {module} (pip install 'gql[websockets,requests]')"
+        );
+        eprintln!(
+            "skipping: python3 cannot import {module} (pip install 'gql[websockets,requests]')"
+        );
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gql_with_its_defaults_queries_over_websocket_and_introspects_over_http() {
+    if !python_has("gql, websockets, requests_toolbelt") {
+        return;
+    }
+    let app = spawn_app().await;
+    let (ws, http) = (
+        format!("ws://{}/subscriptions", app.http_addr),
+        format!("http://{}/graphql", app.http_addr),
+    );
+    let finished = tokio::task::spawn_blocking(move || {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/gql_client.py");
+        let mut command = Command::new("python3");
+        command.args([script, &ws, &http]);
+        run_within(command, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let seen: Value = serde_json::from_str(finished.stdout.lines().last().unwrap()).unwrap();
+    // gql offers both protocols, legacy first, and cannot read a lower-case answer header:
+    // it gets (and assumes) the one it listed first.
+    assert_eq!(seen["subprotocol"], "graphql-ws", "{seen}");
+    assert_eq!(seen["result"]["users"], serde_json::json!([]), "{seen}");
+    let types = seen["types"].as_array().unwrap();
+    for wanted in ["Query", "Mutation", "Subscription", "User", "Post"] {
+        assert!(types.iter().any(|t| t == wanted), "{wanted} in {seen}");
+    }
+}

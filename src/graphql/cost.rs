@@ -108,6 +108,10 @@ pub fn cost_of(
 /// that selects nothing but introspection (`__schema`, `__type`, `__typename`) at its top
 /// level. Parsed under `schema`'s limits; `false` when it does not parse.
 pub fn introspection_only(schema: &Schema, query: &str, operation_name: Option<&str>) -> bool {
+    // Every request passes here: only a document that names a `__` field is parsed.
+    if !query.contains("__") {
+        return false;
+    }
     chosen_operation_is(schema, query, operation_name, |op| {
         op.operation_type == OperationType::Query
             && op.selection_set.iter().all(|selection| {
@@ -121,6 +125,9 @@ pub fn introspection_only(schema: &Schema, query: &str, operation_name: Option<&
 /// mutation. `false` when the document does not parse or names no such operation
 /// (execution then reports that error).
 pub fn runs_mutation(schema: &Schema, query: &str, operation_name: Option<&str>) -> bool {
+    if !query.contains("mutation") {
+        return false;
+    }
     chosen_operation_is(schema, query, operation_name, |op| {
         op.operation_type == OperationType::Mutation
     })

@@ -48,6 +48,16 @@ fn drained(behind: usize, members: usize) -> bool {
     members < MIN_MEMBERS || behind * 50 <= members
 }
 
+/// Counts an overloaded room's members that are behind again; it is overloaded no more
+/// once it has drained.
+fn recount(room: &mut Room, limits: super::Limits, now: Instant) {
+    room.load.behind = room.members.values().filter(|m| m.behind(limits)).count();
+    room.load.counted = Some(now);
+    if drained(room.load.behind, room.members.len()) {
+        room.load.overloaded_since = None;
+    }
+}
+
 /// A room's load, as its last fanout (or a recount) found it.
 #[derive(Debug, Default)]
 pub(super) struct Load {
@@ -151,7 +161,6 @@ impl Hub {
         let Some(room) = self.rooms.get_mut(room_id) else {
             return false;
         };
-        let members = room.members.len();
         if room.load.overloaded_since.is_none() {
             return false;
         }
@@ -160,10 +169,8 @@ impl Hub {
             .counted
             .is_none_or(|at| now.duration_since(at) >= RECOUNT_EVERY);
         if due {
-            room.load.behind = room.members.values().filter(|m| m.behind(limits)).count();
-            room.load.counted = Some(now);
-        }
-        if drained(room.load.behind, members) {
+            recount(room, limits, now);
+        } else if drained(room.load.behind, room.members.len()) {
             room.load.overloaded_since = None;
         }
         room.load.overloaded()
@@ -178,11 +185,7 @@ impl Hub {
         self.lag.check();
         let now = Instant::now();
         for room in self.rooms.values_mut().filter(|r| r.load.overloaded()) {
-            room.load.behind = room.members.values().filter(|m| m.behind(limits)).count();
-            room.load.counted = Some(now);
-            if drained(room.load.behind, room.members.len()) {
-                room.load.overloaded_since = None;
-            }
+            recount(room, limits, now);
         }
         let checks = (self.stall_timeout.as_millis() / PROGRESS_EVERY.as_millis()).clamp(1, 15);
         for (session, member) in &self.sessions {

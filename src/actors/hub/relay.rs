@@ -1,0 +1,191 @@
+//! What members send into rooms and to each other: room messages (numbered, relayed,
+//! acknowledged, stored), typing, private messages, broadcasts, and the `presence`
+//! listing.
+
+use std::time::Instant;
+
+use chrono::{SubsecRound, Utc};
+use serde_json::json;
+
+use super::*;
+
+impl Hub {
+    /// Numbers, relays, acknowledges and stores one room message (or holds it until the
+    /// room's next range of offsets arrives).
+    pub(super) fn post(&mut self, session: SessionId, post: Post, sent: Option<Instant>) {
+        let Some(user) = self.member_of(session, &post.room) else {
+            return;
+        };
+        // `None`: a message held for numbering, admitted already.
+        if let Some(sent) = sent {
+            if !self.admit_publish(session, &post.room, sent.elapsed()) {
+                return;
+            }
+        }
+        let Some((offset, post)) = self.number(session, post) else {
+            return;
+        };
+        self.stats.messages_in += 1;
+        let message = StoredMessage {
+            room: post.room,
+            offset,
+            id: message_id(),
+            kind: post.kind,
+            sender: user.to_string(),
+            content: post.content,
+            metadata: post.metadata,
+            created_at: Utc::now().trunc_subsecs(6),
+        };
+        self.fanout(
+            &message.room,
+            Some(session),
+            &Frame::stored(&message).encode(),
+        );
+        let ack = ack(
+            message.id.clone(),
+            &message.kind,
+            Some(message.room.clone()),
+        )
+        .offset(message.offset);
+        self.reply(session, &ack);
+        if let Some(writer) = &self.history {
+            if writer.try_send(Append(message)).is_err() {
+                self.stats.history_dropped += 1;
+            }
+        }
+    }
+}
+
+impl Hub {
+    pub(super) fn typing(&mut self, msg: Typing) {
+        if let Some(user) = self.member_of(msg.session, &msg.room) {
+            let overloaded = self.lag.lagging
+                || self
+                    .rooms
+                    .get(&msg.room)
+                    .is_some_and(|r| r.load.overloaded());
+            if overloaded {
+                // A typing indicator is ephemeral: under overload it is simply not relayed.
+                return self.settle();
+            }
+            self.stats.messages_in += 1;
+            let frame = Frame::new("typing", &*user)
+                .id(message_id())
+                .room(msg.room.clone())
+                .metadata(msg.metadata);
+            self.fanout(&msg.room, Some(msg.session), &frame.encode());
+        }
+        self.settle();
+    }
+}
+
+impl Hub {
+    pub(super) fn private(&mut self, msg: Private) {
+        let Some(sender) = self.sessions.get(&msg.session) else {
+            return;
+        };
+        let from = sender.identity.user_id.clone();
+        let targets: Vec<SessionId> = self
+            .users
+            .get(msg.to.as_str())
+            .map(UserSessions::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .copied()
+            .filter(|s| *s != msg.session)
+            .collect();
+        if targets.is_empty() {
+            self.error(msg.session, format!("user `{}` is not connected", msg.to));
+        } else {
+            self.stats.messages_in += 1;
+            let id = message_id();
+            if let (Some(writer), true) = (&self.history, self.persist_private) {
+                let stored = StoredPrivate {
+                    id: id.clone(),
+                    sender: from.to_string(),
+                    recipient: msg.to.clone(),
+                    content: msg.content.clone(),
+                    metadata: msg.metadata.clone(),
+                    created_at: Utc::now().trunc_subsecs(6),
+                };
+                if writer.try_send(AppendPrivate(stored)).is_err() {
+                    self.stats.history_dropped += 1;
+                }
+            }
+            let frame = Frame::new("private", &*from)
+                .id(id.clone())
+                .to(msg.to)
+                .content(msg.content)
+                .metadata(msg.metadata)
+                .encode();
+            let sessions = &self.sessions;
+            let targets = targets
+                .iter()
+                .filter_map(|s| Some((*s, &*sessions.get(s)?.addr)));
+            self.stats.frames_out += push_all(targets, &frame, self.limits, &mut self.failed);
+            self.ack(msg.session, id, "private", None);
+        }
+        self.settle();
+    }
+}
+
+impl Hub {
+    pub(super) fn broadcast(&mut self, msg: Broadcast) {
+        let Some(sender) = self.sessions.get(&msg.session) else {
+            return;
+        };
+        self.stats.messages_in += 1;
+        let id = message_id();
+        let frame = Frame::new("broadcast", &*sender.identity.user_id)
+            .id(id.clone())
+            .content(msg.content)
+            .metadata(msg.metadata)
+            .encode();
+        let targets = self
+            .sessions
+            .iter()
+            .filter(|(s, _)| **s != msg.session)
+            .map(|(s, m)| (*s, &*m.addr));
+        self.stats.frames_out += push_all(targets, &frame, self.limits, &mut self.failed);
+        self.ack(msg.session, id, "broadcast", None);
+        self.settle();
+    }
+}
+
+impl Hub {
+    pub(super) fn list_members(&mut self, ListMembers { session, room }: ListMembers) {
+        if self.member_of(session, &room).is_some() {
+            let subscribed = &self.rooms[&room];
+            let sessions = subscribed
+                .members
+                .keys()
+                .chain(subscribed.recovering.keys());
+            // user -> (name, sessions), sorted by user id.
+            let mut present = std::collections::BTreeMap::new();
+            for identity in sessions
+                .filter_map(|s| self.sessions.get(s))
+                .map(|m| &m.identity)
+            {
+                let entry = present
+                    .entry(&*identity.user_id)
+                    .or_insert((identity.name.as_deref(), 0));
+                entry.1 += 1;
+            }
+            let count = present.len();
+            let members: Vec<_> = present
+                .into_iter()
+                .take(self.presence_limit)
+                .map(|(user, (name, sessions))| {
+                    json!({ "user_id": user, "name": name, "sessions": sessions })
+                })
+                .collect();
+            let truncated = members.len() < count;
+            let listing = Frame::system("presence")
+                .room(room)
+                .content("members")
+                .details(json!({ "count": count, "members": members, "truncated": truncated }));
+            self.reply(session, &listing);
+        }
+        self.settle();
+    }
+}

@@ -305,17 +305,12 @@ pub const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 /// `errors` for field errors, 503 when the database is down), `application/json`
 /// otherwise.
 fn media_type(req: &HttpRequest, mut response: HttpResponse) -> HttpResponse {
-    let accepts = req
-        .headers()
-        .get_all(header::ACCEPT)
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|item| {
-            let mut parts = item.split(';').map(str::trim);
-            let essence = parts.next().unwrap_or_default();
-            let refused = parts.any(|p| p.replace(' ', "") == "q=0");
-            essence.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON) && !refused
-        });
+    // actix-web's typed `Accept` parses the list and its q-values.
+    let accepts = req.get_header::<header::Accept>().is_some_and(|accept| {
+        accept.iter().any(|item| {
+            item.item.essence_str() == GRAPHQL_RESPONSE_JSON && item.quality > header::q(0.0)
+        })
+    });
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)

@@ -7,20 +7,26 @@ use serde_json::Value;
 
 use crate::{
     helpers::{spawn_app_with, test_settings, TestDb},
-    process::{run_within, switchboard},
+    process::{run_within, switchboard, Finished},
     ws_client::token,
 };
 
-/// Runs the binary with `args`; returns the JSON line (the last line of stdout).
-async fn bench(args: Vec<String>) -> Value {
-    let finished = tokio::task::spawn_blocking(move || {
+/// Runs the binary with `args` (bounded to a minute), however it ends.
+async fn run_bench<S: AsRef<str>>(args: &[S]) -> Finished {
+    let args: Vec<String> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().unwrap();
         let mut command = switchboard(dir.path());
         command.args(&args);
         run_within(command, Duration::from_secs(60))
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Runs the binary with `args`; returns the JSON line (the last line of stdout).
+async fn bench(args: Vec<String>) -> Value {
+    let finished = run_bench(&args).await;
     assert!(
         finished.status.success(),
         "bench failed: {}\n{}",
@@ -187,15 +193,21 @@ async fn bench_grpc_reports_failed_calls_by_code_and_fails_when_most_fail() {
     let app = spawn_app_with(db, settings).await;
     let addr = format!("http://{}", app.grpc_addr);
     let service_token = token("bench", None);
-    let finished = tokio::task::spawn_blocking(move || {
-        let dir = tempfile::tempdir().unwrap();
-        let mut command = switchboard(dir.path());
-        command.args(["bench", "grpc", "--addr", &addr, "--token", &service_token]);
-        command.args(["--concurrency", "4", "--duration", "2s", "--users", "1"]);
-        run_within(command, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let finished = run_bench(&[
+        "bench",
+        "grpc",
+        "--addr",
+        &addr,
+        "--token",
+        &service_token,
+        "--concurrency",
+        "4",
+        "--duration",
+        "2s",
+        "--users",
+        "1",
+    ])
+    .await;
     assert!(!finished.status.success(), "{}", finished.stdout);
     assert!(
         finished.stderr.contains("most calls failed"),
@@ -276,15 +288,15 @@ async fn bench_ws_refuses_bad_options_and_unreachable_servers_clearly() {
     assert!(!bad.status.success());
     assert!(bad.stderr.contains("ws:// or wss://"), "{}", bad.stderr);
 
-    let no_concurrency = tokio::task::spawn_blocking(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let mut command = switchboard(dir.path());
-        command.args(["bench", "ws", "--url", "ws://127.0.0.1:9/ws"]);
-        command.args(["--connect-concurrency", "0"]);
-        run_within(command, Duration::from_secs(20))
-    })
-    .await
-    .unwrap();
+    let no_concurrency = run_bench(&[
+        "bench",
+        "ws",
+        "--url",
+        "ws://127.0.0.1:9/ws",
+        "--connect-concurrency",
+        "0",
+    ])
+    .await;
     assert!(!no_concurrency.status.success());
     assert!(
         no_concurrency

@@ -65,6 +65,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::rooms::configure(cfg);
     routes::metrics::configure(cfg);
     routes::graphql::configure(cfg);
+    routes::console::configure(cfg);
     routes::ws::configure(cfg);
     routes::page::configure(cfg);
     cfg.default_service(web::to(not_found));

@@ -87,14 +87,38 @@ impl Driver {
 
     /// A browser whose window is `(width, height)` CSS pixels (390 × 844: a phone).
     async fn browser_sized(&self, profile: &tempfile::TempDir, size: (u32, u32)) -> Browser<'_> {
+        self.browser_with(profile, size, &[]).await
+    }
+
+    /// A browser that cannot reach the internet: no host name resolves (only the
+    /// loopback addresses the tests use work).
+    async fn browser_offline(&self, profile: &tempfile::TempDir) -> Browser<'_> {
+        self.browser_with(
+            profile,
+            (1280, 800),
+            &["--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"],
+        )
+        .await
+    }
+
+    async fn browser_with(
+        &self,
+        profile: &tempfile::TempDir,
+        size: (u32, u32),
+        extra: &[&str],
+    ) -> Browser<'_> {
+        let mut args = vec![
+            "--headless=new".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            format!("--window-size={},{}", size.0, size.1),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", format!("--window-size={},{}", size.0, size.1),
-                         format!("--user-data-dir={}", profile.path().display())],
-            }
+            "goog:chromeOptions": { "binary": CHROMIUM, "args": args }
         }}});
         let created = self.call("POST", "/session", capabilities).await;
         let id = created["sessionId"]
@@ -220,6 +244,17 @@ impl Browser<'_> {
         self.type_into("room", room).await;
         self.click("join").await;
         self.wait_for("rooms", room).await;
+    }
+
+    /// Sets a text field's value (replacing what it held) as typing would.
+    async fn set_value(&self, id: &str, value: &str) {
+        self.run(
+            "const field = document.getElementById(arguments[0]);
+             field.value = arguments[1];
+             field.dispatchEvent(new Event('input'));",
+            json!([id, value]),
+        )
+        .await;
     }
 
     async fn screenshot(&self, path: &PathBuf) {
@@ -392,8 +427,7 @@ async fn the_page_fits_a_phone_and_has_leave_and_private_controls() {
     assert_eq!(marked, true, "shown as private");
     phone.wait_for("messages", "you → ").await;
 
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = artifacts();
     for (browser, name) in [(&phone, "chat-phone.png"), (&desk, "chat-desktop.png")] {
         let shot = dir.join(name);
         browser.screenshot(&shot).await;
@@ -423,6 +457,150 @@ async fn the_page_fits_a_phone_and_has_leave_and_private_controls() {
     }
     phone.close().await;
     desk.close().await;
+}
+
+/// Where screenshots go.
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_graphql_console_works_offline_docs_queries_tokens_and_subscriptions() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    let profile = tempfile::tempdir().unwrap();
+    let browser = driver.browser_offline(&profile).await;
+    browser.open(&app.url("/graphiql")).await;
+
+    // Docs from introspection: the roots, then a type clicked through, then a search.
+    browser.wait_for("docs", "Subscription").await;
+    browser
+        .run(
+            "[...document.querySelectorAll('#docs button.type')]
+               .find((b) => b.textContent === 'Query').click();",
+            json!([]),
+        )
+        .await;
+    browser.wait_for("docs", "users(limit: Int! = 10").await;
+    browser.set_value("docs-search", "postcreated").await;
+    browser.wait_for("docs", "Subscription.postCreated").await;
+
+    // A mutation without a token is refused; with one it runs.
+    let create = |name: &str| {
+        format!(
+            "mutation {{ createUser(input: {{name: \"{name}\", email: \"{}@example.com\"}}) {{ name }} }}",
+            name.to_lowercase()
+        )
+    };
+    browser.set_value("query", &create("Ada")).await;
+    browser.click("run").await;
+    browser.wait_for("result", "UNAUTHENTICATED").await;
+    let token = crate::ws_client::token("console-user", None);
+    browser.type_into("token", &token).await;
+    browser.click("run").await;
+    browser.wait_for("result", "\"name\": \"Ada\"").await;
+    browser.wait_for("status", "200").await;
+
+    // Several operations: the picked one runs, with its variables.
+    browser
+        .set_value(
+            "query",
+            "query First { users(limit: 1) { email } }\nquery Named($filter: String!) { users(filter: $filter) { name } }",
+        )
+        .await;
+    browser
+        .set_value("variables", "{ \"filter\": \"ada\" }")
+        .await;
+    browser
+        .run(
+            "const pick = document.getElementById('operation');
+             pick.value = '1'; pick.dispatchEvent(new Event('change'));",
+            json!([]),
+        )
+        .await;
+    browser.click("run").await;
+    browser.wait_for("result", "\"name\": \"Ada\"").await;
+    assert!(
+        !browser.text_of("result").await.contains("email"),
+        "the second operation ran"
+    );
+    browser.set_value("variables", "{ not json").await;
+    browser.click("run").await;
+    browser.wait_for("result", "Variables:").await;
+    browser.set_value("variables", "").await;
+
+    // A subscription streams events until stopped.
+    browser
+        .set_value("query", "subscription Watch { userCreated { name } }")
+        .await;
+    browser.click("run").await;
+    browser.wait_for("status", "subscribed").await;
+    let created = app
+        .post_graphql(Some(&token), &json!({ "query": create("Grace") }))
+        .await;
+    assert_eq!(created.status(), 200);
+    browser.wait_for("result", "Grace").await;
+    browser.click("stop").await;
+    browser.wait_for("status", "stopped").await;
+
+    // Everything the page loaded came from the server itself.
+    let loaded = browser
+        .run(
+            "return [location.href, ...performance.getEntriesByType('resource').map((e) => e.name)];",
+            json!([]),
+        )
+        .await;
+    let base = app.url("/");
+    let loaded: Vec<String> = serde_json::from_value(loaded).unwrap();
+    assert!(
+        loaded.len() >= 3,
+        "the page, its script and styles: {loaded:?}"
+    );
+    for url in &loaded {
+        assert!(url.starts_with(&base), "{url} is not from {base}");
+    }
+    let shot = artifacts().join("graphql-console.png");
+    browser.screenshot(&shot).await;
+    eprintln!("screenshot: {}", shot.display());
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn the_console_is_served_with_a_strict_policy_and_playground_points_to_it() {
+    let app = spawn_app().await;
+    let page = app.get("/graphiql").await;
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(policy.starts_with("default-src 'none'"), "{policy}");
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("https://"), "no outside address in the page");
+    for (path, kind) in [
+        ("/graphiql/console.js", "text/javascript"),
+        ("/graphiql/console.css", "text/css"),
+    ] {
+        let asset = app.get(path).await;
+        assert_eq!(asset.status(), 200, "{path}");
+        assert!(asset.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
+        assert!(!asset.text().await.unwrap().contains("https://"), "{path}");
+    }
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let playground = plain.get(app.url("/playground")).send().await.unwrap();
+    assert_eq!(playground.status(), 308);
+    assert_eq!(playground.headers()["location"], "/graphiql");
 }
 
 #[tokio::test]

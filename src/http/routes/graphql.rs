@@ -1,5 +1,5 @@
-//! GraphQL over HTTP (`POST`/`GET /graphql`) and the GraphiQL and Playground pages (the
-//! WebSocket transport, `/subscriptions`, is in [`super::graphql_ws`]).
+//! GraphQL over HTTP (`POST`/`GET /graphql`; the WebSocket transport, `/subscriptions`,
+//! is in [`super::graphql_ws`] and the console, `/graphiql`, in [`super::console`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -55,9 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             SUBSCRIPTIONS_PATH,
             web::get().to(super::graphql_ws::subscriptions),
-        )
-        .route("/graphiql", web::get().to(graphiql))
-        .route("/playground", web::get().to(playground));
+        );
 }
 
 pub(super) fn context(state: &HttpState, identity: Result<Option<Claims>, String>) -> Context {
@@ -389,12 +387,4 @@ async fn get_inner(req: &HttpRequest, state: &HttpState) -> HttpResponse {
     }
     let request = GraphQLRequest::new(params.query, params.operation_name, variables);
     execute(state, req, GraphQLBatchRequest::Single(request)).await
-}
-
-async fn graphiql() -> Result<HttpResponse, actix_web::Error> {
-    juniper_actix::graphiql_handler(GRAPHQL_PATH, Some(SUBSCRIPTIONS_PATH)).await
-}
-
-async fn playground() -> Result<HttpResponse, actix_web::Error> {
-    juniper_actix::playground_handler(GRAPHQL_PATH, Some(SUBSCRIPTIONS_PATH)).await
 }

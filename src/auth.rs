@@ -25,6 +25,31 @@ pub struct Claims {
     /// Optional role, e.g. `admin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Optional display name (OpenID Connect's `name` claim): what chat frames show
+    /// beside the subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The audience of guest resume tokens. User tokens carry no `aud`, and a token with an
+/// `aud` is refused where a user token is expected, so a guest's token never passes
+/// for a user's.
+pub const GUEST_AUDIENCE: &str = "switchboard:guest";
+
+/// What a guest resume token holds: the guest's id and chosen name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestClaims {
+    /// The guest's id (`guest-…`).
+    pub sub: String,
+    /// Always [`GUEST_AUDIENCE`].
+    pub aud: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issue time, seconds since the Unix epoch.
+    pub iat: u64,
+    /// The guest's display name, if it chose one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Claims {
@@ -72,6 +97,7 @@ pub struct JwtAuth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    guest_validation: Validation,
 }
 
 impl std::fmt::Debug for JwtAuth {
@@ -87,23 +113,76 @@ impl JwtAuth {
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECONDS;
+        let mut guest_validation = validation.clone();
+        guest_validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+        guest_validation.set_audience(&[GUEST_AUDIENCE]);
         Self {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
+            guest_validation,
         }
+    }
+
+    /// A resume token for guest `id` (with its display name), valid for `ttl`: presented
+    /// as `?guest=` on a later connection, it gives the guest the same id again.
+    pub fn issue_guest(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        ttl: Duration,
+    ) -> Result<String, AuthError> {
+        let now = unix_now();
+        let claims = GuestClaims {
+            sub: id.to_owned(),
+            aud: GUEST_AUDIENCE.to_owned(),
+            iat: now,
+            exp: now.saturating_add(ttl.as_secs()),
+            name: name.map(str::to_owned),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AuthError::Invalid(e.to_string()))
+    }
+
+    /// Checks a guest resume token (signature, expiry, audience, a `guest-` subject).
+    pub fn verify_guest(&self, token: &str) -> Result<GuestClaims, AuthError> {
+        let data = jsonwebtoken::decode::<GuestClaims>(
+            token.trim(),
+            &self.decoding,
+            &self.guest_validation,
+        )
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                AuthError::Invalid("not a guest resume token".into())
+            }
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
+        check_subject(&data.claims.sub)?;
+        if !data.claims.sub.starts_with(GUEST_PREFIX) {
+            return Err(AuthError::Invalid("not a guest resume token".into()));
+        }
+        Ok(data.claims)
     }
 
     /// Issues a token for `sub`, valid for `ttl`, with an optional role.
     pub fn issue(&self, sub: &str, ttl: Duration, role: Option<&str>) -> Result<String, AuthError> {
+        self.issue_named(sub, ttl, role, None)
+    }
+
+    /// Issues a token for `sub`, valid for `ttl`, with an optional role and display name.
+    pub fn issue_named(
+        &self,
+        sub: &str,
+        ttl: Duration,
+        role: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<String, AuthError> {
         let sub = sub.trim();
         if sub.is_empty() {
             return Err(AuthError::EmptySubject);
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = unix_now();
         check_subject(sub)?;
         let claims = Claims {
             sub: sub.to_owned(),
@@ -111,6 +190,7 @@ impl JwtAuth {
             nbf: None,
             exp: now.saturating_add(ttl.as_secs()),
             role: role.map(str::to_owned),
+            name: name.map(str::to_owned),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Invalid(e.to_string()))
@@ -123,11 +203,25 @@ impl JwtAuth {
             .map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => AuthError::Invalid(
+                "the token is for another audience (a guest resume token is not a user token)"
+                    .into(),
+            ),
             _ => AuthError::Invalid(e.to_string()),
         })?;
         check_subject(&data.claims.sub)?;
         Ok(data.claims)
     }
+}
+
+/// How guest ids begin (the rest is random).
+pub const GUEST_PREFIX: &str = "guest-";
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// A subject is a user id in chat frames, logs and stored history: non-blank, at most
@@ -198,6 +292,7 @@ mod tests {
                 nbf: None,
                 exp: 2,
                 role: None,
+                name: None,
             },
             &auth.encoding,
         )
@@ -234,6 +329,7 @@ mod tests {
             nbf: Some(nbf),
             exp: now() + 3600,
             role: None,
+            name: None,
         };
         let future = signed(&auth, &claims(now() + 600));
         assert!(matches!(auth.verify(&future), Err(AuthError::NotYetValid)));
@@ -254,6 +350,7 @@ mod tests {
                     nbf: None,
                     exp: now() + 60,
                     role: None,
+                    name: None,
                 },
             );
             assert!(
@@ -265,5 +362,36 @@ mod tests {
         assert!(auth
             .issue(&"x".repeat(256), Duration::from_secs(60), None)
             .is_ok());
+    }
+
+    #[test]
+    fn guest_resume_tokens_and_user_tokens_do_not_pass_for_each_other() {
+        let auth = auth("0123456789abcdef-secret");
+        let guest = auth
+            .issue_guest("guest-0123456789ab", Some("Ann"), Duration::from_secs(60))
+            .unwrap();
+        let claims = auth.verify_guest(&guest).unwrap();
+        assert_eq!(claims.sub, "guest-0123456789ab");
+        assert_eq!(claims.name.as_deref(), Some("Ann"));
+        let refused = auth.verify(&guest).unwrap_err();
+        assert!(
+            refused.to_string().contains("guest resume token"),
+            "{refused}"
+        );
+
+        let user = auth
+            .issue_named("ann", Duration::from_secs(60), None, Some("Ann"))
+            .unwrap();
+        assert_eq!(auth.verify(&user).unwrap().name.as_deref(), Some("Ann"));
+        let refused = auth.verify_guest(&user).unwrap_err();
+        assert!(matches!(refused, AuthError::Invalid(_)), "{refused}");
+
+        // A guest token must name a guest, and another secret's is refused.
+        let posing = auth
+            .issue_guest("admin", None, Duration::from_secs(60))
+            .unwrap();
+        assert!(auth.verify_guest(&posing).is_err());
+        let other = super::JwtAuth::new(&JwtSecret::parse("another-secret-of-16b").unwrap());
+        assert!(other.verify_guest(&guest).is_err());
     }
 }

@@ -15,6 +15,7 @@ use crate::{
         Settings, SettingsLayer, WsArgs,
     },
     db::migrate,
+    domain::UserName,
     startup::Application,
     telemetry,
 };
@@ -53,6 +54,9 @@ pub enum Command {
         /// Optional role claim, e.g. `admin`.
         #[arg(long)]
         role: Option<String>,
+        /// Optional display name claim (`name`), shown beside the subject in chat.
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Load-test a server: WebSocket fanout or gRPC calls.
     Bench {
@@ -330,12 +334,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings),
         Command::Migrate { action } => migrate(settings, action),
-        Command::Token { sub, ttl, role } => {
+        Command::Token {
+            sub,
+            ttl,
+            role,
+            name,
+        } => {
             let secret = settings.jwt_secret.context(
                 "no JWT secret configured: set --jwt-secret or SWITCHBOARD_JWT_SECRET \
                  (a server without one generates a new secret at every start)",
             )?;
-            let token = JwtAuth::new(&secret).issue(&sub, ttl, role.as_deref())?;
+            if let Some(name) = &name {
+                UserName::parse(name).map_err(|e| anyhow::anyhow!("--name: {}", e.reason))?;
+            }
+            let token =
+                JwtAuth::new(&secret).issue_named(&sub, ttl, role.as_deref(), name.as_deref())?;
             println!("{token}");
             Ok(())
         }

@@ -22,6 +22,10 @@ pub struct Frame {
     pub kind: String,
     /// The sender's user id, or `system`.
     pub from: String,
+    /// The sender's display name, on what members send (messages, typing, private,
+    /// broadcast) when the sender has one — also in replayed history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The addressee, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
@@ -52,6 +56,7 @@ impl Frame {
             id: None,
             kind: kind.into(),
             from: from.into(),
+            name: None,
             to: None,
             content: String::new(),
             room_id: None,
@@ -74,6 +79,12 @@ impl Frame {
     /// Sets the id.
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
+        self
+    }
+
+    /// Sets the sender's display name.
+    pub fn name(mut self, name: Option<&str>) -> Self {
+        self.name = name.map(str::to_owned);
         self
     }
 
@@ -110,6 +121,7 @@ impl Frame {
     /// The frame a stored room message was relayed as.
     pub fn stored(message: &StoredMessage) -> Self {
         Self::new(message.kind.as_str(), message.sender.as_str())
+            .name(message.sender_name.as_deref())
             .id(message.id.clone())
             .room(message.room.clone())
             .content(message.content.clone())

@@ -42,7 +42,8 @@ impl fmt::Display for SessionId {
 pub struct Identity {
     /// The user id: the token's `sub`, or a generated `guest-…` id.
     pub user_id: Arc<str>,
-    /// Display name (a guest's `user_id` query parameter); `None` when not given.
+    /// Display name (a guest's `user_id` query parameter or resume token, a token's
+    /// `name` claim); `None` when there is none.
     /// Shared, not copied, with every room the user is present in.
     pub name: Option<Arc<str>>,
     /// Whether the token carries `role: "admin"` (required for `broadcast`).
@@ -62,12 +63,23 @@ impl Identity {
         }
     }
 
+    /// Sets the display name.
+    pub fn named(mut self, name: Option<String>) -> Self {
+        self.name = name.map(Arc::from);
+        self
+    }
+
     /// A guest with a fresh, unguessable id and an optional display name. The name never
     /// becomes the id, so a guest cannot pose as a user and receive their private messages.
     pub fn guest(name: Option<String>) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
+        Self::resumed_guest(&format!("{}{}", crate::auth::GUEST_PREFIX, &id[..12]), name)
+    }
+
+    /// A guest coming back with the id its resume token names.
+    pub fn resumed_guest(id: &str, name: Option<String>) -> Self {
         Self {
-            user_id: format!("guest-{}", &id[..12]).into(),
+            user_id: id.into(),
             name: name.map(Arc::from),
             admin: false,
             guest: true,

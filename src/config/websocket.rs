@@ -40,6 +40,9 @@ pub struct WsSettings {
     /// Joins and leaves are announced in rooms of at most this many users (0: never),
     /// and a `presence` answer lists at most this many users.
     pub presence_limit: usize,
+    /// How long a guest's resume token (handed out in the welcome) stays valid; zero: no
+    /// resume tokens, every guest connection gets a new id.
+    pub guest_ttl: Duration,
     /// How often the server pings each client.
     pub ping_interval: Duration,
     /// A client silent (no pong or other frame) this long is disconnected.
@@ -62,6 +65,7 @@ impl Default for WsSettings {
             stall_timeout: Duration::from_secs(5),
             overload_lag: Duration::from_millis(100),
             presence_limit: 1000,
+            guest_ttl: Duration::from_secs(7 * 24 * 3600),
             ping_interval: Duration::from_secs(54),
             pong_timeout: Duration::from_secs(60),
         }
@@ -165,6 +169,8 @@ pub struct WsLayer {
     pub overload_lag: Option<String>,
     /// See [`WsSettings::presence_limit`].
     pub presence_limit: Option<usize>,
+    /// See [`WsSettings::guest_ttl`] (e.g. `"7d"`, `"0s"` for none).
+    pub guest_ttl: Option<String>,
     /// See [`WsSettings::ping_interval`] (e.g. `"54s"`).
     pub ping_interval: Option<String>,
     /// See [`WsSettings::pong_timeout`] (e.g. `"60s"`).
@@ -251,6 +257,9 @@ impl WsSettings {
         }
         if let Some(limit) = layer.presence_limit {
             self.presence_limit = limit;
+        }
+        if let Some(raw) = layer.guest_ttl {
+            self.guest_ttl = crate::config::parse_duration("websocket guest ttl", &raw)?;
         }
         if let Some(raw) = layer.ping_interval {
             self.ping_interval = positive("websocket ping interval", &raw)?;
@@ -362,6 +371,14 @@ pub struct WsArgs {
         value_name = "USERS"
     )]
     pub ws_presence_limit: Option<usize>,
+    /// How long a guest's resume token stays valid; `0s`: none [default: 7d].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WS_GUEST_TTL",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub ws_guest_ttl: Option<String>,
     /// Server ping interval [default: 54s].
     #[arg(
         long,
@@ -397,6 +414,7 @@ impl WsArgs {
             stall_timeout: self.ws_stall_timeout.clone(),
             overload_lag: self.ws_overload_lag.clone(),
             presence_limit: self.ws_presence_limit,
+            guest_ttl: self.ws_guest_ttl.clone(),
             ping_interval: self.ws_ping_interval.clone(),
             pong_timeout: self.ws_pong_timeout.clone(),
         }

@@ -46,6 +46,7 @@ diesel::table! {
         content -> Text,
         metadata -> Nullable<Text>,
         created_at -> Timestamp,
+        sender_name -> Nullable<Text>,
     }
 }
 
@@ -57,5 +58,6 @@ diesel::table! {
         content -> Text,
         metadata -> Nullable<Text>,
         created_at -> Timestamp,
+        sender_name -> Nullable<Text>,
     }
 }

@@ -18,6 +18,8 @@ pub struct StoredMessage {
     pub kind: String,
     /// The sender's user id.
     pub sender: String,
+    /// The sender's display name when the message was sent, if it had one.
+    pub sender_name: Option<String>,
     /// The text.
     pub content: String,
     /// The sender's metadata.
@@ -33,6 +35,8 @@ pub struct StoredPrivate {
     pub id: String,
     /// The sender's user id.
     pub sender: String,
+    /// The sender's display name when the message was sent, if it had one.
+    pub sender_name: Option<String>,
     /// The addressee's user id.
     pub recipient: String,
     /// The text.

@@ -299,19 +299,33 @@ async fn two_people_chat_on_the_page_and_a_reload_brings_the_history_back() {
     bob.wait_for("messages", "hi bob").await;
     ann.wait_for("stat-sessions", "2").await;
 
-    // A reload starts from nothing: the history request on join brings the talk back.
+    // Bob leaves; Ann reloads. The reload starts from nothing: the history request on
+    // join brings the talk back, with names (Bob is no longer there to list), and Ann is
+    // the same guest as before (her resume token), so her own messages are hers.
+    bob.close().await;
+    ann.wait_for("stat-sessions", "1").await;
     ann.enter(&base, "Ann", "lobby").await;
     ann.wait_for("messages", "hello from bob").await;
     ann.wait_for("messages", "hi bob").await;
+    let lines = ann
+        .run(
+            "return [...document.querySelectorAll('#messages .msg')].map((m) =>
+               [m.querySelector('.who').textContent, m.children[1].textContent,
+                m.classList.contains('mine')]);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        lines,
+        json!([["Bob", "hello from bob", false], ["Ann", "hi bob", true]]),
+        "names from history, and Ann's own line marked as hers"
+    );
 
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
-    let shot = dir.join("chat-page.png");
+    let shot = artifacts().join("chat-page.png");
     ann.screenshot(&shot).await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "a real PNG");
     eprintln!("screenshot: {}", shot.display());
     ann.close().await;
-    bob.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -613,7 +627,7 @@ async fn the_page_and_its_stats_are_served() {
         .unwrap()
         .starts_with("text/html"));
     let html = page.text().await.unwrap();
-    assert!(html.contains("<script>") && html.contains("/ws?user_id="));
+    assert!(html.contains("<script>") && html.contains("/ws?${query}"));
     assert!(
         !html.contains("http://") && !html.contains("https://"),
         "nothing from a CDN"

@@ -52,6 +52,7 @@ async fn a_token_is_refused_before_its_nbf_on_every_front_door() {
         iat: None,
         nbf: Some(now() + 600),
         role: None,
+        name: None,
     });
 
     let refused = raw_connect(&app, &format!("?token={early}"), &[])
@@ -79,6 +80,7 @@ async fn a_token_is_refused_before_its_nbf_on_every_front_door() {
         iat: Some(now()),
         nbf: None,
         role: None,
+        name: None,
     });
     let refused = raw_connect(&app, &format!("?token={control}"), &[])
         .await

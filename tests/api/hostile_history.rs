@@ -79,6 +79,7 @@ async fn a_row_the_database_refuses_is_dropped_and_the_rest_is_written(db: TestD
         id: "poison".into(),
         kind: "message".into(),
         sender: "intruder".into(),
+        sender_name: None,
         content: "squatting".into(),
         metadata: None,
         created_at: chrono::Utc::now(),

@@ -27,6 +27,7 @@ mod hostile_ws;
 mod loadtool;
 mod metrics;
 mod migrations;
+mod names;
 mod overload;
 mod private_pg;
 mod process;

@@ -340,8 +340,15 @@ impl Hub {
     }
 
     /// Looks up a session that may post to `room`, or tells it why not.
-    fn member_of(&mut self, session: SessionId, room: &RoomId) -> Option<Arc<str>> {
-        let user = self.sessions.get(&session)?.identity.user_id.clone();
+    /// The sender's user id and display name, if the session is a member of `room` (an
+    /// error frame tells it otherwise).
+    fn member_of(
+        &mut self,
+        session: SessionId,
+        room: &RoomId,
+    ) -> Option<(Arc<str>, Option<Arc<str>>)> {
+        let identity = &self.sessions.get(&session)?.identity;
+        let user = (identity.user_id.clone(), identity.name.clone());
         match self.rooms.get(room) {
             None => self.error(session, format!("unknown room `{room}`")),
             Some(r)

@@ -13,7 +13,7 @@ impl Hub {
     /// Numbers, relays, acknowledges and stores one room message (or holds it until the
     /// room's next range of offsets arrives).
     pub(super) fn post(&mut self, session: SessionId, post: Post, sent: Option<Instant>) {
-        let Some(user) = self.member_of(session, &post.room) else {
+        let Some((user, name)) = self.member_of(session, &post.room) else {
             return;
         };
         // `None`: a message held for numbering, admitted already.
@@ -32,6 +32,7 @@ impl Hub {
             id: message_id(),
             kind: post.kind,
             sender: user.to_string(),
+            sender_name: name.as_deref().map(str::to_owned),
             content: post.content,
             metadata: post.metadata,
             created_at: Utc::now().trunc_subsecs(6),
@@ -58,7 +59,7 @@ impl Hub {
 
 impl Hub {
     pub(super) fn typing(&mut self, msg: Typing) {
-        if let Some(user) = self.member_of(msg.session, &msg.room) {
+        if let Some((user, name)) = self.member_of(msg.session, &msg.room) {
             let overloaded = self.lag.lagging
                 || self
                     .rooms
@@ -70,6 +71,7 @@ impl Hub {
             }
             self.stats.messages_in += 1;
             let frame = Frame::new("typing", &*user)
+                .name(name.as_deref())
                 .id(message_id())
                 .room(msg.room.clone())
                 .metadata(msg.metadata);
@@ -85,6 +87,7 @@ impl Hub {
             return;
         };
         let from = sender.identity.user_id.clone();
+        let name = sender.identity.name.clone();
         let targets: Vec<SessionId> = self
             .users
             .get(msg.to.as_str())
@@ -103,6 +106,7 @@ impl Hub {
                 let stored = StoredPrivate {
                     id: id.clone(),
                     sender: from.to_string(),
+                    sender_name: name.as_deref().map(str::to_owned),
                     recipient: msg.to.clone(),
                     content: msg.content.clone(),
                     metadata: msg.metadata.clone(),
@@ -113,6 +117,7 @@ impl Hub {
                 }
             }
             let frame = Frame::new("private", &*from)
+                .name(name.as_deref())
                 .id(id.clone())
                 .to(msg.to)
                 .content(msg.content)
@@ -137,6 +142,7 @@ impl Hub {
         self.stats.messages_in += 1;
         let id = message_id();
         let frame = Frame::new("broadcast", &*sender.identity.user_id)
+            .name(sender.identity.name.as_deref())
             .id(id.clone())
             .content(msg.content)
             .metadata(msg.metadata)

@@ -42,8 +42,8 @@ pub struct Session {
     last_heard: Instant,
     /// When the server last pinged.
     last_ping: Instant,
-    /// The rate limiter's pending answer for this connection's upgrade, awaited in `started`.
-    admission: Option<Admission>,
+    /// What `started` uses once and drops (boxed: most of the time it is gone).
+    start: Option<Box<Start>>,
     /// This connection's outbound queue as the hub sees it (set in `started`): frames
     /// written are taken off it.
     outbox: Option<Arc<Outbox>>,
@@ -53,14 +53,24 @@ pub struct Session {
 /// should wait before trying again.
 pub type Admission = Pin<Box<dyn Future<Output = Result<(), Duration>>>>;
 
+/// What a session needs once, when it starts.
+#[derive(Default)]
+pub struct Start {
+    /// The rate limiter's pending answer for this connection's upgrade: the session
+    /// awaits it before registering (closing with `1013` if refused).
+    pub admission: Option<Admission>,
+    /// More for the welcome's `metadata` (a guest's resume token).
+    pub welcome: serde_json::Map<String, serde_json::Value>,
+}
+
 impl Session {
-    /// A session for `identity`, not yet registered: when it starts it awaits `admission`
-    /// (closing with `1013` if refused), then registers with the hub.
+    /// A session for `identity`, not yet registered: when it starts it awaits the
+    /// admission in `start`, then registers with the hub and sends the welcome.
     pub fn new(
         identity: crate::chat::Identity,
         hub: Arc<Addr<Hub>>,
         settings: Arc<WsSettings>,
-        admission: Option<Admission>,
+        start: Start,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -69,23 +79,28 @@ impl Session {
             protocol: Protocol::new(identity, settings, now),
             last_heard: now,
             last_ping: now,
-            admission,
+            start: (start.admission.is_some() || !start.welcome.is_empty())
+                .then(|| Box::new(start)),
             outbox: None,
         }
     }
 
-    /// The frame that greets a registered client: its session and user ids.
-    fn welcome(&self) -> Frame {
+    /// The frame that greets a registered client: its session and user ids, and `more`.
+    fn welcome(&self, more: serde_json::Map<String, serde_json::Value>) -> Frame {
         let identity = self.protocol.identity();
+        let mut details = json!({
+            "session_id": self.id.to_string(),
+            "user_id": &*identity.user_id,
+            "name": identity.name.as_deref(),
+            "guest": identity.guest,
+        });
+        if let Some(details) = details.as_object_mut() {
+            details.extend(more);
+        }
         Frame::system("join")
             .to(self.id.to_string())
             .content("Welcome to Switchboard")
-            .details(json!({
-                "session_id": self.id.to_string(),
-                "user_id": &*identity.user_id,
-                "name": identity.name.as_deref(),
-                "guest": identity.guest,
-            }))
+            .details(details)
     }
 
     /// How often the hub should pulse sessions: often enough to notice a silent client
@@ -215,7 +230,8 @@ impl Actor for Session {
             identity: self.protocol.identity().clone(),
             addr: outbox,
         };
-        let (admission, hub) = (self.admission.take(), self.hub.clone());
+        let Start { admission, welcome } = self.start.take().map(|s| *s).unwrap_or_default();
+        let hub = self.hub.clone();
         let answer = async move {
             if let Some(admission) = admission {
                 admission.await?;
@@ -230,7 +246,7 @@ impl Actor for Session {
                     let reason = format!("rate limit exceeded; retry in {wait}s");
                     session.close(ctx, CloseCode::Again, reason)
                 }
-                Ok(Ok(Ok(()))) => ctx.text(session.welcome().encode()),
+                Ok(Ok(Ok(()))) => ctx.text(session.welcome(welcome).encode()),
                 Ok(Ok(Err(refused @ ConnectError::TooManySessions { .. }))) => {
                     session.close(ctx, CloseCode::Policy, refused.to_string())
                 }

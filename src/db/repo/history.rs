@@ -26,6 +26,7 @@ struct MessageRow {
     content: String,
     metadata: Option<String>,
     created_at: NaiveDateTime,
+    sender_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -49,6 +50,7 @@ struct PrivateRow {
     content: String,
     metadata: Option<String>,
     created_at: NaiveDateTime,
+    sender_name: Option<String>,
 }
 
 fn metadata_text(metadata: &Option<Map<String, Value>>) -> Option<String> {
@@ -73,6 +75,7 @@ impl MessageRow {
             content: message.content.clone(),
             metadata: metadata_text(&message.metadata),
             created_at: message.created_at.naive_utc(),
+            sender_name: message.sender_name.clone(),
         }
     }
 }
@@ -95,6 +98,7 @@ impl TryFrom<MessageRow> for StoredMessage {
             id: row.id,
             kind: row.kind,
             sender: row.sender,
+            sender_name: row.sender_name,
             content: row.content,
             metadata,
             created_at: DateTime::from_naive_utc_and_offset(row.created_at, Utc),
@@ -188,6 +192,7 @@ impl Database {
                 content: p.content.clone(),
                 metadata: metadata_text(&p.metadata),
                 created_at: p.created_at.naive_utc(),
+                sender_name: p.sender_name.clone(),
             })
             .collect();
         let mut conn = self.conn().await?;

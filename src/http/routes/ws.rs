@@ -1,12 +1,17 @@
 //! `GET /ws`: the WebSocket upgrade. Checks the origin and the token, then hands the
 //! connection to a new [`Session`] actor.
 //!
+//! A guest (no token) gets a new `guest-…` id, and in its welcome a `resume_token`:
+//! connecting again with `?guest=<resume_token>` gives it the same id (and name) back.
+//!
 //! The upgrade takes a token from its client's HTTP rate-limit bucket like any request,
 //! but the answer is awaited by the session, after the `101`: an accepted upgrade never
 //! waits on the limiter's thread (a refused one does, and is answered `429` when over). A refused client gets close code `1013` (try again
 //! later) with the wait in the reason — which, unlike a `429`, a browser can read.
 //! (It also keeps actix's per-worker request pools small: every request in flight at once
 //! leaves a pooled request head of ~6 KiB behind.)
+
+use std::time::Duration;
 
 use actix_web::{
     http::header::{self, HeaderValue},
@@ -19,7 +24,7 @@ use serde_json::json;
 use crate::{
     actors::{
         rate_limit::subject_key,
-        session::{Admission, Session},
+        session::{Admission, Session, Start},
     },
     auth::bearer_token,
     chat::Identity,
@@ -43,6 +48,8 @@ struct Params {
     token: Option<String>,
     /// The seed's parameter: a guest's display name.
     user_id: Option<String>,
+    /// A guest's resume token (from an earlier welcome): the same guest id again.
+    guest: Option<String>,
 }
 
 /// A refusal with its reason as JSON (boxed: it travels in a `Result`'s error side).
@@ -55,8 +62,8 @@ async fn upgrade(
     stream: web::Payload,
     state: web::Data<HttpState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let identity = match identify(&req, &state) {
-        Ok(identity) => identity,
+    let (identity, welcome) = match identify(&req, &state) {
+        Ok(identified) => identified,
         Err(refusal) => return Ok(refused(&state, &req, *refusal).await),
     };
     let settings = &state.chat.settings;
@@ -68,7 +75,7 @@ async fn upgrade(
         identity,
         state.chat.hub.clone(),
         settings.clone(),
-        admission,
+        Start { admission, welcome },
     );
     // The codec checks a frame's size only once it has all arrived; `FrameLimit` refuses
     // a header announcing too much before its payload is buffered.
@@ -91,8 +98,14 @@ async fn refused(state: &HttpState, req: &HttpRequest, refusal: HttpResponse) ->
     }
 }
 
-/// Who is upgrading, or the answer that refuses them.
-fn identify(req: &HttpRequest, state: &HttpState) -> Result<Identity, Box<HttpResponse>> {
+/// What the welcome adds for a guest: its resume token, and whether it came back.
+type WelcomeExtras = serde_json::Map<String, serde_json::Value>;
+
+/// Who is upgrading (and what their welcome should add), or the answer that refuses them.
+fn identify(
+    req: &HttpRequest,
+    state: &HttpState,
+) -> Result<(Identity, WelcomeExtras), Box<HttpResponse>> {
     use actix_web::http::StatusCode;
 
     let settings = &state.chat.settings;
@@ -122,9 +135,17 @@ fn identify(req: &HttpRequest, state: &HttpState) -> Result<Identity, Box<HttpRe
         Err(error) => return Err(refuse(StatusCode::BAD_REQUEST, error.to_string())),
     };
     let header_token = header_str(req, header::AUTHORIZATION).and_then(bearer_token);
+    let mut extras = WelcomeExtras::new();
     let identity = match params.token.as_deref().or(header_token) {
         Some(token) => match state.chat.auth.verify(token) {
-            Ok(claims) => Identity::user(&claims.sub, claims.is_admin()),
+            // A name claim that would not pass as a guest's name is not shown.
+            Ok(claims) => Identity::user(&claims.sub, claims.is_admin()).named(
+                claims
+                    .name
+                    .as_deref()
+                    .and_then(|name| UserName::parse(name).ok())
+                    .map(|name| name.as_str().to_owned()),
+            ),
             Err(error) => return Err(unauthorized(error.to_string())),
         },
         None if settings.require_auth => {
@@ -140,10 +161,53 @@ fn identify(req: &HttpRequest, state: &HttpState) -> Result<Identity, Box<HttpRe
                     return Err(refuse(StatusCode::BAD_REQUEST, reason));
                 }
             };
-            Identity::guest(name)
+            let identity = guest(state, params.guest.as_deref(), name, &mut extras);
+            if settings.guest_ttl > Duration::ZERO {
+                match state.chat.auth.issue_guest(
+                    &identity.user_id,
+                    identity.name.as_deref(),
+                    settings.guest_ttl,
+                ) {
+                    Ok(token) => {
+                        extras.insert("resume_token".into(), token.into());
+                    }
+                    Err(error) => tracing::warn!(%error, "could not issue a guest resume token"),
+                }
+            }
+            identity
         }
     };
-    Ok(identity)
+    Ok((identity, extras))
+}
+
+/// A guest: the one its resume token names (keeping its name unless a new one is given),
+/// or a new one. A token that does not verify is no reason to refuse the connection —
+/// the browser could not even tell why — so the guest starts afresh and the welcome says
+/// `resumed: false` with the reason.
+fn guest(
+    state: &HttpState,
+    token: Option<&str>,
+    name: Option<String>,
+    extras: &mut WelcomeExtras,
+) -> Identity {
+    let Some(token) = token else {
+        return Identity::guest(name);
+    };
+    match state.chat.auth.verify_guest(token) {
+        Ok(claims) => {
+            extras.insert("resumed".into(), true.into());
+            let name = name.or_else(|| {
+                let kept = claims.name.as_deref().map(UserName::parse)?.ok()?;
+                Some(kept.as_str().to_owned())
+            });
+            Identity::resumed_guest(&claims.sub, name)
+        }
+        Err(error) => {
+            extras.insert("resumed".into(), false.into());
+            extras.insert("resume_error".into(), error.to_string().into());
+            Identity::guest(name)
+        }
+    }
 }
 
 /// Asks the rate limiter for this upgrade's token (keyed like the HTTP middleware: the

@@ -1,0 +1,2 @@
+ALTER TABLE private_messages DROP COLUMN sender_name;
+ALTER TABLE messages DROP COLUMN sender_name;

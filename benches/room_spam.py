@@ -131,7 +131,7 @@ def rss_kib(pid):
 def numbered_rooms(url):
     parts = urllib.parse.urlsplit(url)
     with urllib.request.urlopen(f"http://{parts.netloc}/health", timeout=10) as answer:
-        return json.load(answer)["checks"]["hub"]["stats"]["numbered_rooms"]
+        return json.load(answer)["checks"]["hub:connections"][0]["stats"]["numbered_rooms"]
 
 
 def main():

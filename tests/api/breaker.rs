@@ -29,7 +29,7 @@ async fn watched_app(
 }
 
 async fn breaker_state(app: &TestApp) -> Value {
-    app.get_json("/health").await["checks"]["circuit_breaker"]["state"].clone()
+    app.get_json("/health").await["checks"]["circuitBreaker:state"][0]["state"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

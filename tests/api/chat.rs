@@ -427,7 +427,7 @@ async fn rooms_are_listed_with_their_member_counts() {
     );
 
     let health: Value = app.get_json("/health").await;
-    let hub = &health["checks"]["hub"];
+    let hub = &health["checks"]["hub:connections"][0];
     assert_eq!(hub["status"], "pass");
     assert_eq!(hub["stats"]["sessions"], 2);
     assert_eq!(hub["stats"]["rooms"], 2);

@@ -37,7 +37,7 @@ fn request(name: &str) -> CreateUserRequest {
 pub async fn until_events(app: &TestApp, what: &str, check: impl Fn(&Value) -> bool) {
     for _ in 0..100 {
         let health = app.get_json("/health").await;
-        if check(&health["checks"]["events"]["stats"]) {
+        if check(&health["checks"]["events:subscriptions"][0]["stats"]) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -20,8 +20,55 @@ async fn readyz_is_ok_when_the_database_answers() {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
+/// Checks `body` against draft-inadarei-api-health-check-06: a `status` of pass, warn or
+/// fail; `checks` keyed `component` or `component:measurement`, each a non-empty list of
+/// objects with a `status`, an RFC 3339 `time`, and an `observedUnit` only beside an
+/// `observedValue`.
+fn assert_draft_shape(body: &Value) {
+    let statuses = ["pass", "warn", "fail"];
+    assert!(
+        statuses.contains(&body["status"].as_str().unwrap()),
+        "{body}"
+    );
+    assert!(
+        body["version"].is_string() && body["releaseId"].is_string(),
+        "{body}"
+    );
+    let checks = body["checks"].as_object().expect("checks is an object");
+    assert!(!checks.is_empty());
+    for (key, list) in checks {
+        let mut parts = key.split(':');
+        let component = parts.next().unwrap();
+        assert!(
+            !component.is_empty() && parts.all(|p| !p.is_empty()) && key.matches(':').count() <= 1,
+            "key {key:?} is `component:measurement`"
+        );
+        let list = list.as_array().unwrap_or_else(|| panic!("{key}: a list"));
+        assert!(!list.is_empty(), "{key}: not empty");
+        for check in list {
+            assert!(
+                statuses.contains(&check["status"].as_str().unwrap_or("")),
+                "{key}: {check}"
+            );
+            let time = check["time"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{key}: time"));
+            chrono::DateTime::parse_from_rfc3339(time).unwrap_or_else(|e| panic!("{key}: {e}"));
+            if check.get("observedUnit").is_some() {
+                assert!(check["observedUnit"].is_string(), "{key}: {check}");
+                assert!(check.get("observedValue").is_some(), "{key}: {check}");
+            }
+            if check["status"] == "pass" {
+                assert!(check.get("observedValue").is_some(), "{key}: {check}");
+            } else {
+                assert!(check["output"].is_string(), "{key}: says why: {check}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
-async fn health_reports_version_uptime_and_the_database() {
+async fn health_follows_the_health_check_draft_and_keeps_its_details() {
     let app = spawn_app().await;
     let response = app.http.get(app.url("/health")).send().await.unwrap();
 
@@ -30,14 +77,20 @@ async fn health_reports_version_uptime_and_the_database() {
         response.headers()["content-type"],
         "application/health+json"
     );
+    assert_eq!(response.headers()["cache-control"], "no-store");
     let body: Value = response.json().await.unwrap();
+    assert_draft_shape(&body);
     assert_eq!(body["status"], "pass");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
-    assert!(body["uptime_seconds"].is_u64());
-    let database = &body["checks"]["database"];
+    let uptime = &body["checks"]["uptime"][0];
+    assert!(uptime["observedValue"].is_u64(), "{uptime}");
+    assert_eq!(uptime["observedUnit"], "s");
+    let database = &body["checks"]["database:responseTime"][0];
     assert_eq!(database["status"], "pass");
-    assert_eq!(database["backend"], "sqlite");
-    assert!(database["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(database["componentType"], "datastore");
+    assert_eq!(database["componentId"], "sqlite");
+    assert_eq!(database["observedUnit"], "ms");
+    assert!(database["observedValue"].as_f64().unwrap() >= 0.0);
     assert_eq!(database["pool"]["max_connections"], 5);
     assert!(database["pool"]["open"].as_u64().unwrap() >= 1);
     // Health pings run on the monitor's own connection, outside the pool and its
@@ -46,6 +99,18 @@ async fn health_reports_version_uptime_and_the_database() {
         database["queries"]["total_queries"].is_u64(),
         "query statistics are reported: {database}"
     );
+    let hub = &body["checks"]["hub:connections"][0];
+    assert_eq!(hub["observedValue"], 0);
+    assert_eq!(hub["observedUnit"], "connections");
+    assert!(hub["stats"]["rooms"].is_u64(), "{hub}");
+    for key in [
+        "circuitBreaker:state",
+        "events:subscriptions",
+        "rateLimiter:keys",
+        "history:pending",
+    ] {
+        assert_eq!(body["checks"][key][0]["status"], "pass", "{key}: {body}");
+    }
 }
 
 #[tokio::test]
@@ -97,7 +162,10 @@ async fn health_names_the_postgres_backend() {
     };
     let app = spawn_app_on(db).await;
     let body: Value = app.get_json("/health").await;
-    assert_eq!(body["checks"]["database"]["backend"], "postgres");
+    assert_eq!(
+        body["checks"]["database:responseTime"][0]["backend"],
+        "postgres"
+    );
     assert_eq!(body["status"], "pass");
 }
 
@@ -123,7 +191,9 @@ async fn readiness_fails_when_the_database_goes_away() {
     let health = app.http.get(app.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = health.json().await.unwrap();
-    assert_eq!(body["checks"]["database"]["status"], "fail");
+    assert_draft_shape(&body);
+    assert_eq!(body["status"], "fail");
+    assert_eq!(body["checks"]["database:responseTime"][0]["status"], "fail");
     assert_eq!(
         app.get_status("/livez").await,
         StatusCode::OK,

@@ -152,7 +152,7 @@ async fn after_pruning_a_recovery_replays_what_is_left_and_says_it_is_incomplete
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let health = app.get_json("/health").await;
-        let stats = &health["checks"]["history"]["stats"];
+        let stats = &health["checks"]["history:pending"][0]["stats"];
         if stats["written"] == 6
             && stats["pruned"] == 4
             && app.database.stored_messages(&room).await.unwrap() == 2

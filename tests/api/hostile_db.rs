@@ -21,11 +21,11 @@ use crate::{
 };
 
 async fn breaker_state(app: &TestApp) -> Value {
-    app.get_json("/health").await["checks"]["circuit_breaker"]["state"].clone()
+    app.get_json("/health").await["checks"]["circuitBreaker:state"][0]["state"].clone()
 }
 
 async fn pool_in_use(app: &TestApp) -> u64 {
-    app.get_json("/health").await["checks"]["database"]["pool"]["in_use"]
+    app.get_json("/health").await["checks"]["database:responseTime"][0]["pool"]["in_use"]
         .as_u64()
         .unwrap_or(0)
 }

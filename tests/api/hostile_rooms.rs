@@ -180,7 +180,7 @@ async fn joins_sent_during_a_recovery_are_all_answered_and_none_covers_a_gap() {
 }
 
 async fn hub_stats(app: &TestApp) -> Value {
-    app.get_json("/health").await["checks"]["hub"]["stats"].clone()
+    app.get_json("/health").await["checks"]["hub:connections"][0]["stats"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

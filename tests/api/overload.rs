@@ -25,7 +25,7 @@ async fn spawn_chat(tweak: impl FnOnce(&mut WsSettings)) -> TestApp {
 }
 
 async fn hub_stats(app: &TestApp) -> Value {
-    app.get_json("/health").await["checks"]["hub"]["stats"].clone()
+    app.get_json("/health").await["checks"]["hub:connections"][0]["stats"].clone()
 }
 
 /// Polls the hub's stats until `check` holds (or fails after `limit`).
@@ -243,7 +243,10 @@ async fn when_most_of_a_room_is_behind_publishers_are_told_to_retry_and_nobody_i
         "{metrics}"
     );
     let health = app.get_json("/health").await;
-    assert_eq!(health["checks"]["hub"]["status"], "warn", "{health}");
+    assert_eq!(
+        health["checks"]["hub:connections"][0]["status"], "warn",
+        "{health}"
+    );
 
     // The members start reading: the queues drain and publishing works again.
     let readers: Vec<_> = members
@@ -259,7 +262,10 @@ async fn when_most_of_a_room_is_behind_publishers_are_told_to_retry_and_nobody_i
     )
     .await;
     let health = app.get_json("/health").await;
-    assert_eq!(health["checks"]["hub"]["status"], "pass", "{health}");
+    assert_eq!(
+        health["checks"]["hub:connections"][0]["status"], "pass",
+        "{health}"
+    );
     let mut n = *acked.last().unwrap() + 1;
     loop {
         let answer = publish(&mut sender, "busy", n, "after").await;
@@ -366,7 +372,7 @@ async fn while_the_hub_is_behind_publishes_are_refused_not_acked() {
     assert_eq!(answer["type"], "error", "{answer}");
     assert_eq!(answer["metadata"]["code"], "overloaded", "{answer}");
     assert_eq!(answer["metadata"]["retry_after_ms"], 200, "{answer}");
-    let hub = &app.get_json("/health").await["checks"]["hub"];
+    let hub = &app.get_json("/health").await["checks"]["hub:connections"][0];
     assert_eq!(hub["status"], "warn", "{hub}");
     assert_eq!(hub["stats"]["lagging"], true, "{hub}");
     assert_eq!(hub["stats"]["publishes_refused"], 1, "{hub}");
@@ -392,7 +398,7 @@ async fn while_the_hub_is_behind_publishes_are_refused_not_acked() {
     )
     .await;
     assert_eq!(
-        app.get_json("/health").await["checks"]["hub"]["status"],
+        app.get_json("/health").await["checks"]["hub:connections"][0]["status"],
         "pass"
     );
 }

@@ -60,59 +60,137 @@ async fn ping(state: &HttpState) -> PingResult {
         .unwrap_or_else(|error| Err(format!("the health monitor did not answer: {error}")))
 }
 
-/// The overall report in the `application/health+json` style.
+/// One check in draft-inadarei-api-health-check's shape: `status` and `time`, the
+/// measurement as `observedValue`/`observedUnit`, a failure's reason as `output`, and —
+/// as the draft allows — Switchboard's own details (`stats`, `pool`, …) alongside.
+fn check(
+    status: &str,
+    component_type: &str,
+    observed: serde_json::Value,
+    unit: Option<&str>,
+    details: serde_json::Value,
+) -> serde_json::Value {
+    let mut check = json!({
+        "componentType": component_type,
+        "status": status,
+        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    });
+    if !observed.is_null() {
+        check["observedValue"] = observed;
+    }
+    if let Some(unit) = unit {
+        check["observedUnit"] = json!(unit);
+    }
+    if let (Some(check), serde_json::Value::Object(details)) = (check.as_object_mut(), details) {
+        check.extend(details);
+    }
+    check
+}
+
+/// The overall report, `application/health+json` (draft-inadarei-api-health-check-06):
+/// `checks` maps `component:measurement` to a list of check objects.
 async fn health(state: web::Data<HttpState>) -> HttpResponse {
     let ping = ping(&state).await;
-    let mut database = match &ping {
-        Ok(latency) => json!({
-            "status": "pass",
-            "latency_ms": latency.as_secs_f64() * 1000.0,
-        }),
-        Err(error) => json!({ "status": "fail", "output": error }),
+    let backend = state.db.backend();
+    let pool = json!(state.db.pool_status());
+    let queries = json!(state.db.stats());
+    let database = match &ping {
+        Ok(latency) => check(
+            "pass",
+            "datastore",
+            json!(latency.as_secs_f64() * 1000.0),
+            Some("ms"),
+            json!({ "componentId": backend, "backend": backend, "pool": pool, "queries": queries }),
+        ),
+        Err(error) => check(
+            "fail",
+            "datastore",
+            serde_json::Value::Null,
+            None,
+            json!({ "componentId": backend, "backend": backend, "output": error,
+                    "pool": pool, "queries": queries }),
+        ),
     };
-    database["backend"] = json!(state.db.backend());
-    database["pool"] = json!(state.db.pool_status());
-    database["queries"] = json!(state.db.stats());
 
     let hub = match state.chat.hub.send(GetStats).timeout(ASK_TIMEOUT).await {
-        Ok(stats) if stats.overloaded_rooms > 0 || stats.lagging => json!({
-            "status": "warn",
-            "output": "overloaded: publishes are being refused",
-            "stats": stats,
-        }),
-        Ok(stats) => json!({ "status": "pass", "stats": stats }),
-        Err(_) => json!({ "status": "fail", "output": "chat hub unavailable" }),
+        Ok(stats) => {
+            let overloaded = stats.overloaded_rooms > 0 || stats.lagging;
+            let mut details = json!({ "stats": stats });
+            if overloaded {
+                details["output"] = json!("overloaded: publishes are being refused");
+            }
+            check(
+                if overloaded { "warn" } else { "pass" },
+                "component",
+                json!(stats.sessions),
+                Some("connections"),
+                details,
+            )
+        }
+        Err(_) => unavailable("chat hub unavailable"),
     };
 
     let events = match state.events.send(GetEventStats).timeout(ASK_TIMEOUT).await {
-        Ok(stats) => json!({ "status": "pass", "stats": stats }),
-        Err(_) => json!({ "status": "fail", "output": "event service unavailable" }),
+        Ok(stats) => check(
+            "pass",
+            "component",
+            json!(stats.subscribers),
+            Some("subscriptions"),
+            json!({ "stats": stats }),
+        ),
+        Err(_) => unavailable("event service unavailable"),
     };
 
     let breaker = match state.breaker.send(GetBreaker).timeout(ASK_TIMEOUT).await {
-        Ok(report) => json!({
-            "status": if report.state == BreakerState::Closed { "pass" } else { "warn" },
-            "state": report.state,
-            "transitions": report.transitions,
-        }),
-        Err(_) => json!({ "status": "fail", "output": "circuit breaker unavailable" }),
+        Ok(report) => {
+            let closed = report.state == BreakerState::Closed;
+            let mut details = json!({ "state": report.state, "transitions": report.transitions });
+            if !closed {
+                details["output"] =
+                    json!("the database circuit is not closed: calls fail fast or are probing");
+            }
+            check(
+                if closed { "pass" } else { "warn" },
+                "component",
+                json!(report.state),
+                None,
+                details,
+            )
+        }
+        Err(_) => unavailable("circuit breaker unavailable"),
     };
     let rate_limiter =
         match tokio::time::timeout(ASK_TIMEOUT, state.rate_limit.limiters.keys()).await {
-            Ok(keys) => json!({ "status": "pass", "keys": keys }),
-            Err(_) => json!({ "status": "fail", "output": "rate limiter unavailable" }),
+            Ok(keys) => check("pass", "component", json!(keys), Some("keys"), json!({})),
+            Err(_) => unavailable("rate limiter unavailable"),
         };
 
     let history = match &state.history {
-        None => json!({ "status": "pass", "enabled": false }),
+        None => check(
+            "pass",
+            "component",
+            json!(0),
+            Some("messages"),
+            json!({ "enabled": false }),
+        ),
         Some(writer) => match writer.send(GetHistoryStats).timeout(ASK_TIMEOUT).await {
-            Ok(stats) if stats.problems.is_empty() => json!({ "status": "pass", "stats": stats }),
-            Ok(stats) => json!({
-                "status": "warn",
-                "output": stats.problems.join("; "),
-                "stats": stats,
-            }),
-            Err(_) => json!({ "status": "fail", "output": "history writer unavailable" }),
+            Ok(stats) => {
+                let mut details = json!({ "enabled": true, "stats": stats });
+                let status = if stats.problems.is_empty() {
+                    "pass"
+                } else {
+                    details["output"] = json!(stats.problems.join("; "));
+                    "warn"
+                };
+                check(
+                    status,
+                    "component",
+                    json!(stats.pending),
+                    Some("messages"),
+                    details,
+                )
+            }
+            Err(_) => unavailable("history writer unavailable"),
         },
     };
 
@@ -125,17 +203,21 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
         (true, true) => "warn",
         (true, false) => "pass",
     };
+    let uptime = state.started_at.elapsed().as_secs();
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": state.started_at.elapsed().as_secs(),
+        "releaseId": env!("CARGO_PKG_VERSION"),
+        "serviceId": "switchboard",
+        "description": "Switchboard realtime server",
         "checks": {
-            "database": database,
-            "circuit_breaker": breaker,
-            "hub": hub,
-            "events": events,
-            "rate_limiter": rate_limiter,
-            "history": history,
+            "database:responseTime": [database],
+            "circuitBreaker:state": [breaker],
+            "hub:connections": [hub],
+            "events:subscriptions": [events],
+            "rateLimiter:keys": [rate_limiter],
+            "history:pending": [history],
+            "uptime": [check("pass", "system", json!(uptime), Some("s"), json!({}))],
         },
     });
     let mut response = if ping.is_ok() {
@@ -149,5 +231,17 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
                 .parse()
                 .expect("a valid media type"),
         ))
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
         .body(body.to_string())
+}
+
+/// The check of a component that did not answer in time.
+fn unavailable(output: &str) -> serde_json::Value {
+    check(
+        "fail",
+        "component",
+        serde_json::Value::Null,
+        None,
+        json!({ "output": output }),
+    )
 }

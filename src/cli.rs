@@ -1,7 +1,8 @@
 //! The `switchboard` command line: `serve` (the default), `migrate`, `token`, `bench`.
 //!
-//! Every setting is a flag with an environment fallback; both are global, so they work
-//! before or after the subcommand.
+//! Every setting is a flag with an environment fallback. Server flags go before any
+//! subcommand or after `serve`; `migrate` and `token` take only the few settings they use
+//! (config file, database, secret), so their `--help` lists just those.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -36,15 +37,25 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (HTTP, WebSocket, GraphQL and gRPC).
-    Serve,
+    Serve {
+        /// Settings (flags beat environment variables, which beat the config file).
+        #[command(flatten)]
+        settings: Box<SettingsArgs>,
+    },
     /// Manage the database schema.
     Migrate {
         /// What to do with the migrations.
         #[command(subcommand)]
         action: MigrateAction,
+        /// The database to work on.
+        #[command(flatten)]
+        database: MigrateArgs,
     },
     /// Print a signed HS256 token for the configured secret.
     Token {
+        /// Where the secret comes from.
+        #[command(flatten)]
+        secret: TokenArgs,
         /// The token's subject (the user id it speaks for).
         #[arg(long)]
         sub: String,
@@ -77,90 +88,17 @@ pub enum MigrateAction {
     Status,
 }
 
-/// Flags and environment variables for every setting.
-#[derive(Debug, Default, Args)]
-pub struct SettingsArgs {
+/// What `migrate` reads: the config file and the database settings (given before or
+/// after the action).
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
     /// TOML file with settings (lowest precedence after the defaults).
     #[arg(long, env = "SWITCHBOARD_CONFIG", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// HTTP listen address [default: 127.0.0.1:8080].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_HTTP_ADDR",
-        global = true,
-        value_name = "IP:PORT"
-    )]
-    pub http_addr: Option<String>,
-    /// gRPC listen address [default: 127.0.0.1:50051].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_GRPC_ADDR",
-        global = true,
-        value_name = "IP:PORT"
-    )]
-    pub grpc_addr: Option<String>,
     /// `postgres://…` or a SQLite file path [default: switchboard.db].
     #[arg(long, env = "DATABASE_URL", global = true, value_name = "URL")]
     pub database_url: Option<String>,
-    /// HS256 secret for tokens (at least 16 bytes); random per run when unset.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_JWT_SECRET",
-        global = true,
-        hide_env_values = true
-    )]
-    pub jwt_secret: Option<String>,
-    /// Log format [default: pretty].
-    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", global = true, value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `switchboard=debug` [default: RUST_LOG, else info].
-    #[arg(long, env = "SWITCHBOARD_LOG_LEVEL", global = true)]
-    pub log_level: Option<String>,
-    /// Export spans over OTLP/HTTP to this collector, e.g. `http://localhost:4318`
-    /// [default: off].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_OTLP_ENDPOINT",
-        global = true,
-        value_name = "URL"
-    )]
-    pub otlp_endpoint: Option<String>,
-    /// Graceful shutdown limit [default: 10s].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_SHUTDOWN_TIMEOUT",
-        global = true,
-        value_name = "DURATION"
-    )]
-    pub shutdown_timeout: Option<String>,
-    /// Maximum pooled database connections [default: 10].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_DB_MAX_CONNECTIONS",
-        global = true,
-        value_name = "N"
-    )]
-    pub db_max_connections: Option<u32>,
-    /// Connections kept open when idle; 0 for none [default: 1].
-    #[arg(long, env = "SWITCHBOARD_DB_MIN_IDLE", global = true, value_name = "N")]
-    pub db_min_idle: Option<u32>,
-    /// Replace connections older than this; 0s for never [default: 30m].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_DB_MAX_LIFETIME",
-        global = true,
-        value_name = "DURATION"
-    )]
-    pub db_max_lifetime: Option<String>,
-    /// Close connections idle longer than this; 0s for never [default: 10m].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_DB_IDLE_TIMEOUT",
-        global = true,
-        value_name = "DURATION"
-    )]
-    pub db_idle_timeout: Option<String>,
-    /// Give up connecting (or waiting for a pooled connection) after this [default: 5s].
+    /// Give up connecting after this [default: 5s].
     #[arg(
         long,
         env = "SWITCHBOARD_DB_CONNECT_TIMEOUT",
@@ -168,14 +106,6 @@ pub struct SettingsArgs {
         value_name = "DURATION"
     )]
     pub db_connect_timeout: Option<String>,
-    /// Queries at least this slow are counted and logged [default: 200ms].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_DB_SLOW_QUERY",
-        global = true,
-        value_name = "DURATION"
-    )]
-    pub db_slow_query: Option<String>,
     /// SQLite: wait this long for a write lock [default: 5s].
     #[arg(
         long,
@@ -184,78 +114,128 @@ pub struct SettingsArgs {
         value_name = "DURATION"
     )]
     pub sqlite_busy_timeout: Option<String>,
+}
+
+impl MigrateArgs {
+    fn settings(&self) -> SettingsArgs {
+        SettingsArgs {
+            config: self.config.clone(),
+            database_url: self.database_url.clone(),
+            db_connect_timeout: self.db_connect_timeout.clone(),
+            sqlite_busy_timeout: self.sqlite_busy_timeout.clone(),
+            ..SettingsArgs::default()
+        }
+    }
+}
+
+/// What `token` reads: the config file and the secret.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// TOML file with settings (for `jwt_secret`).
+    #[arg(long, env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// HS256 secret to sign with (at least 16 bytes).
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+impl TokenArgs {
+    fn settings(&self) -> SettingsArgs {
+        SettingsArgs {
+            config: self.config.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+            ..SettingsArgs::default()
+        }
+    }
+}
+
+/// Flags and environment variables for every setting.
+#[derive(Debug, Default, Args)]
+pub struct SettingsArgs {
+    /// TOML file with settings (lowest precedence after the defaults).
+    #[arg(long, env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "SWITCHBOARD_HTTP_ADDR", value_name = "IP:PORT")]
+    pub http_addr: Option<String>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "SWITCHBOARD_GRPC_ADDR", value_name = "IP:PORT")]
+    pub grpc_addr: Option<String>,
+    /// `postgres://…` or a SQLite file path [default: switchboard.db].
+    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// HS256 secret for tokens (at least 16 bytes); random per run when unset.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Log format [default: pretty].
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `switchboard=debug` [default: RUST_LOG, else info].
+    #[arg(long, env = "SWITCHBOARD_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Export spans over OTLP/HTTP to this collector, e.g. `http://localhost:4318`
+    /// [default: off].
+    #[arg(long, env = "SWITCHBOARD_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Graceful shutdown limit [default: 10s].
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
+    /// Maximum pooled database connections [default: 10].
+    #[arg(long, env = "SWITCHBOARD_DB_MAX_CONNECTIONS", value_name = "N")]
+    pub db_max_connections: Option<u32>,
+    /// Connections kept open when idle; 0 for none [default: 1].
+    #[arg(long, env = "SWITCHBOARD_DB_MIN_IDLE", value_name = "N")]
+    pub db_min_idle: Option<u32>,
+    /// Replace connections older than this; 0s for never [default: 30m].
+    #[arg(long, env = "SWITCHBOARD_DB_MAX_LIFETIME", value_name = "DURATION")]
+    pub db_max_lifetime: Option<String>,
+    /// Close connections idle longer than this; 0s for never [default: 10m].
+    #[arg(long, env = "SWITCHBOARD_DB_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub db_idle_timeout: Option<String>,
+    /// Give up connecting (or waiting for a pooled connection) after this [default: 5s].
+    #[arg(long, env = "SWITCHBOARD_DB_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub db_connect_timeout: Option<String>,
+    /// Queries at least this slow are counted and logged [default: 200ms].
+    #[arg(long, env = "SWITCHBOARD_DB_SLOW_QUERY", value_name = "DURATION")]
+    pub db_slow_query: Option<String>,
+    /// SQLite: wait this long for a write lock [default: 5s].
+    #[arg(long, env = "SWITCHBOARD_SQLITE_BUSY_TIMEOUT", value_name = "DURATION")]
+    pub sqlite_busy_timeout: Option<String>,
     /// Apply pending migrations at start-up [default: true].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_MIGRATE_ON_START",
-        global = true,
-        value_name = "BOOL"
-    )]
+    #[arg(long, env = "SWITCHBOARD_MIGRATE_ON_START", value_name = "BOOL")]
     pub migrate_on_start: Option<bool>,
     /// New users a StreamUsers call may hold for a client that does not read [default: 1024].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_GRPC_STREAM_BUFFER",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SWITCHBOARD_GRPC_STREAM_BUFFER", value_name = "N")]
     pub grpc_stream_buffer: Option<usize>,
     /// Concurrent StreamUsers calls one client (token subject) may hold [default: 16].
     #[arg(
         long,
         env = "SWITCHBOARD_GRPC_MAX_STREAMS_PER_CLIENT",
-        global = true,
         value_name = "N"
     )]
     pub grpc_max_streams_per_client: Option<usize>,
     /// Largest incoming gRPC message, in bytes [default: 4194304].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_GRPC_MAX_MESSAGE_SIZE",
-        global = true,
-        value_name = "BYTES"
-    )]
+    #[arg(long, env = "SWITCHBOARD_GRPC_MAX_MESSAGE_SIZE", value_name = "BYTES")]
     pub grpc_max_message_size: Option<usize>,
     /// How often the database is pinged for gRPC health [default: 5s].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_HEALTH_INTERVAL",
-        global = true,
-        value_name = "DURATION"
-    )]
+    #[arg(long, env = "SWITCHBOARD_HEALTH_INTERVAL", value_name = "DURATION")]
     pub health_interval: Option<String>,
     /// HTTP requests per second per client (JWT subject, else IP) [default: 50].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_RATE_LIMIT",
-        global = true,
-        value_name = "PER_SECOND"
-    )]
+    #[arg(long, env = "SWITCHBOARD_RATE_LIMIT", value_name = "PER_SECOND")]
     pub rate_limit: Option<f64>,
     /// HTTP requests per client in a burst [default: 100].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_RATE_LIMIT_BURST",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SWITCHBOARD_RATE_LIMIT_BURST", value_name = "N")]
     pub rate_limit_burst: Option<u32>,
     /// Comma-separated proxy IPs whose X-Forwarded-For is trusted [default: none].
     #[arg(
         long,
         env = "SWITCHBOARD_TRUSTED_PROXIES",
-        global = true,
         value_delimiter = ',',
         value_name = "IPS"
     )]
     pub trusted_proxies: Option<Vec<String>>,
     /// Run the HTTP middleware chain; `false` only to measure its cost [default: true].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_HTTP_MIDDLEWARE",
-        global = true,
-        value_name = "BOOL"
-    )]
+    #[arg(long, env = "SWITCHBOARD_HTTP_MIDDLEWARE", value_name = "BOOL")]
     pub http_middleware: Option<bool>,
     /// WebSocket policies and limits.
     #[command(flatten)]
@@ -308,11 +288,17 @@ impl SettingsArgs {
 
     /// Defaults, then the config file (if any), then these flags and variables.
     pub fn load(&self) -> anyhow::Result<Settings> {
+        self.load_under(&SettingsArgs::default())
+    }
+
+    /// As [`SettingsArgs::load`], with a subcommand's own flags (`more`) applied last: a
+    /// setting given both before and after the subcommand takes the later value.
+    pub fn load_under(&self, more: &SettingsArgs) -> anyhow::Result<Settings> {
         let mut settings = Settings::default();
-        if let Some(path) = &self.config {
+        if let Some(path) = more.config.as_ref().or(self.config.as_ref()) {
             settings = settings.apply(SettingsLayer::from_file(path)?)?;
         }
-        Ok(settings.apply(self.layer())?)
+        Ok(settings.apply(self.layer())?.apply(more.layer())?)
     }
 }
 
@@ -330,16 +316,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // The load tool is a client: server settings do not apply.
         return crate::loadtest::run(target);
     }
-    let settings = cli.settings.load()?;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(settings),
-        Command::Migrate { action } => migrate(settings, action),
-        Command::Token {
+    match cli.command {
+        None => serve(cli.settings.load()?),
+        Some(Command::Serve { settings }) => serve(cli.settings.load_under(&settings)?),
+        Some(Command::Migrate { action, database }) => {
+            migrate(cli.settings.load_under(&database.settings())?, action)
+        }
+        Some(Command::Token {
+            secret,
             sub,
             ttl,
             role,
             name,
-        } => {
+        }) => {
+            let settings = cli.settings.load_under(&secret.settings())?;
             let secret = settings.jwt_secret.context(
                 "no JWT secret configured: set --jwt-secret or SWITCHBOARD_JWT_SECRET \
                  (a server without one generates a new secret at every start)",
@@ -352,7 +342,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Bench { .. } => unreachable!("handled above"),
+        Some(Command::Bench { .. }) => unreachable!("handled above"),
     }
 }
 

@@ -91,59 +91,28 @@ impl GraphqlSettings {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct GraphqlArgs {
     /// Deepest GraphQL selection nesting [default: 10].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_GRAPHQL_MAX_DEPTH",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SWITCHBOARD_GRAPHQL_MAX_DEPTH", value_name = "N")]
     pub graphql_max_depth: Option<usize>,
     /// Most fields in one GraphQL document [default: 200].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_GRAPHQL_MAX_FIELDS",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SWITCHBOARD_GRAPHQL_MAX_FIELDS", value_name = "N")]
     pub graphql_max_fields: Option<usize>,
     /// Most tokens in one GraphQL document [default: 5000].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_GRAPHQL_MAX_TOKENS",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SWITCHBOARD_GRAPHQL_MAX_TOKENS", value_name = "N")]
     pub graphql_max_tokens: Option<usize>,
     /// Highest GraphQL document cost [default: 10000].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_GRAPHQL_MAX_COST",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SWITCHBOARD_GRAPHQL_MAX_COST", value_name = "N")]
     pub graphql_max_cost: Option<u64>,
     /// Most operations in one batched GraphQL request [default: 10].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_GRAPHQL_MAX_BATCH",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SWITCHBOARD_GRAPHQL_MAX_BATCH", value_name = "N")]
     pub graphql_max_batch: Option<usize>,
     /// Concurrent subscriptions per WebSocket connection [default: 16].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_GRAPHQL_MAX_SUBSCRIPTIONS",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SWITCHBOARD_GRAPHQL_MAX_SUBSCRIPTIONS", value_name = "N")]
     pub graphql_max_subscriptions: Option<usize>,
     /// Comma-separated origins allowed to call /graphql cross-origin; `*` for any
     /// [default: none].
     #[arg(
         long,
         env = "SWITCHBOARD_CORS_ORIGINS",
-        global = true,
         value_delimiter = ',',
         value_name = "ORIGINS"
     )]

@@ -111,37 +111,21 @@ impl HistorySettings {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct HistoryArgs {
     /// Store room messages for recovery and `history` requests [default: true].
-    #[arg(long, env = "SWITCHBOARD_HISTORY", global = true, value_name = "BOOL")]
+    #[arg(long, env = "SWITCHBOARD_HISTORY", value_name = "BOOL")]
     pub history: Option<bool>,
     /// Messages kept per room; 0 for no limit [default: 1000].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_HISTORY_MAX_MESSAGES",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SWITCHBOARD_HISTORY_MAX_MESSAGES", value_name = "N")]
     pub history_max_messages: Option<u64>,
     /// Age after which stored messages are deleted; 0s for no limit [default: 7d].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_HISTORY_MAX_AGE",
-        global = true,
-        value_name = "DURATION"
-    )]
+    #[arg(long, env = "SWITCHBOARD_HISTORY_MAX_AGE", value_name = "DURATION")]
     pub history_max_age: Option<String>,
     /// Store private messages too [default: false].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_HISTORY_PRIVATE",
-        global = true,
-        value_name = "BOOL"
-    )]
+    #[arg(long, env = "SWITCHBOARD_HISTORY_PRIVATE", value_name = "BOOL")]
     pub history_private: Option<bool>,
     /// Longest a message waits before its batch is written [default: 50ms].
     #[arg(
         long,
         env = "SWITCHBOARD_HISTORY_FLUSH_INTERVAL",
-        global = true,
         value_name = "DURATION"
     )]
     pub history_flush_interval: Option<String>,
@@ -149,18 +133,12 @@ pub struct HistoryArgs {
     #[arg(
         long,
         env = "SWITCHBOARD_HISTORY_PRUNE_INTERVAL",
-        global = true,
         value_name = "DURATION"
     )]
     pub history_prune_interval: Option<String>,
     /// How long a room without members keeps its numbering before its unused offsets
     /// are handed back [default: 60s].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_HISTORY_ROOM_IDLE",
-        global = true,
-        value_name = "DURATION"
-    )]
+    #[arg(long, env = "SWITCHBOARD_HISTORY_ROOM_IDLE", value_name = "DURATION")]
     pub history_room_idle: Option<String>,
 }
 

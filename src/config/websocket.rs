@@ -275,7 +275,7 @@ impl WsSettings {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct WsArgs {
     /// Refuse WebSocket upgrades without a valid token (401) [default: false].
-    #[arg(long, env = "SWITCHBOARD_WS_REQUIRE_AUTH", global = true, num_args = 0..=1,
+    #[arg(long, env = "SWITCHBOARD_WS_REQUIRE_AUTH", num_args = 0..=1,
           default_missing_value = "true", value_name = "BOOL")]
     pub ws_require_auth: Option<bool>,
     /// Comma-separated origins allowed to open a WebSocket; `*` for any
@@ -283,117 +283,51 @@ pub struct WsArgs {
     #[arg(
         long,
         env = "SWITCHBOARD_ALLOWED_ORIGINS",
-        global = true,
         value_delimiter = ',',
         value_name = "ORIGINS"
     )]
     pub allowed_origins: Option<Vec<String>>,
     /// Largest WebSocket message in bytes [default: 65536].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_WS_MAX_MESSAGE_SIZE",
-        global = true,
-        value_name = "BYTES"
-    )]
+    #[arg(long, env = "SWITCHBOARD_WS_MAX_MESSAGE_SIZE", value_name = "BYTES")]
     pub ws_max_message_size: Option<usize>,
     /// Rooms one session may be in [default: 100].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_WS_MAX_ROOMS",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SWITCHBOARD_WS_MAX_ROOMS", value_name = "N")]
     pub ws_max_rooms: Option<usize>,
     /// Concurrent sessions per user [default: 10].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_WS_MAX_SESSIONS_PER_USER",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SWITCHBOARD_WS_MAX_SESSIONS_PER_USER", value_name = "N")]
     pub ws_max_sessions_per_user: Option<usize>,
     /// Sustained messages per second per connection [default: 20].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_WS_RATE",
-        global = true,
-        value_name = "PER_SECOND"
-    )]
+    #[arg(long, env = "SWITCHBOARD_WS_RATE", value_name = "PER_SECOND")]
     pub ws_rate: Option<f64>,
     /// Burst of messages per connection above the rate [default: 40].
-    #[arg(long, env = "SWITCHBOARD_WS_BURST", global = true, value_name = "N")]
+    #[arg(long, env = "SWITCHBOARD_WS_BURST", value_name = "N")]
     pub ws_burst: Option<u32>,
     /// Frames queued for a slow client before it is disconnected [default: 1024].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_WS_OUTBOUND_QUEUE",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SWITCHBOARD_WS_OUTBOUND_QUEUE", value_name = "N")]
     pub ws_outbound_queue: Option<usize>,
     /// Bytes queued for a slow client before it is disconnected [default: 1048576].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_WS_OUTBOUND_BYTES",
-        global = true,
-        value_name = "BYTES"
-    )]
+    #[arg(long, env = "SWITCHBOARD_WS_OUTBOUND_BYTES", value_name = "BYTES")]
     pub ws_outbound_bytes: Option<usize>,
     /// How long a closing connection may take to flush before it is dropped [default: 5s].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_WS_CLOSE_TIMEOUT",
-        global = true,
-        value_name = "DURATION"
-    )]
+    #[arg(long, env = "SWITCHBOARD_WS_CLOSE_TIMEOUT", value_name = "DURATION")]
     pub ws_close_timeout: Option<String>,
     /// Disconnect a client that is behind and takes nothing for this long [default: 5s].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_WS_STALL_TIMEOUT",
-        global = true,
-        value_name = "DURATION"
-    )]
+    #[arg(long, env = "SWITCHBOARD_WS_STALL_TIMEOUT", value_name = "DURATION")]
     pub ws_stall_timeout: Option<String>,
     /// Refuse publishes while the hub is this far behind [default: 100ms].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_WS_OVERLOAD_LAG",
-        global = true,
-        value_name = "DURATION"
-    )]
+    #[arg(long, env = "SWITCHBOARD_WS_OVERLOAD_LAG", value_name = "DURATION")]
     pub ws_overload_lag: Option<String>,
     /// Announce joins and leaves only in rooms of at most this many users [default: 1000].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_WS_PRESENCE_LIMIT",
-        global = true,
-        value_name = "USERS"
-    )]
+    #[arg(long, env = "SWITCHBOARD_WS_PRESENCE_LIMIT", value_name = "USERS")]
     pub ws_presence_limit: Option<usize>,
     /// How long a guest's resume token stays valid; `0s`: none [default: 7d].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_WS_GUEST_TTL",
-        global = true,
-        value_name = "DURATION"
-    )]
+    #[arg(long, env = "SWITCHBOARD_WS_GUEST_TTL", value_name = "DURATION")]
     pub ws_guest_ttl: Option<String>,
     /// Server ping interval [default: 54s].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_WS_PING_INTERVAL",
-        global = true,
-        value_name = "DURATION"
-    )]
+    #[arg(long, env = "SWITCHBOARD_WS_PING_INTERVAL", value_name = "DURATION")]
     pub ws_ping_interval: Option<String>,
     /// Disconnect a client silent this long [default: 60s].
-    #[arg(
-        long,
-        env = "SWITCHBOARD_WS_PONG_TIMEOUT",
-        global = true,
-        value_name = "DURATION"
-    )]
+    #[arg(long, env = "SWITCHBOARD_WS_PONG_TIMEOUT", value_name = "DURATION")]
     pub ws_pong_timeout: Option<String>,
 }
 

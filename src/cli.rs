@@ -348,6 +348,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     telemetry::init(&settings.log);
+    telemetry::install_panic_hook();
     actix_rt::System::new().block_on(async move {
         let signal = shutdown_signal()?;
         let app = Application::build(settings).await?;

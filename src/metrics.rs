@@ -163,6 +163,13 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
 
 impl Scrape {
     fn write(&self, out: &mut String) {
+        metric(
+            out,
+            "switchboard_panics_total",
+            "counter",
+            "Panics caught by the process's panic hook (each also logged at error level).",
+            crate::telemetry::panics(),
+        );
         if let Some(hub) = &self.hub {
             metric(
                 out,

@@ -3,7 +3,13 @@
 
 pub mod trace;
 
-use std::{io::IsTerminal, sync::OnceLock};
+use std::{
+    io::IsTerminal,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Once, OnceLock,
+    },
+};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
@@ -33,6 +39,43 @@ fn otlp_provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
+}
+
+/// Panics seen by the hook [`install_panic_hook`] installs.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Makes every panic visible to operators: counted (`switchboard_panics_total`) and logged
+/// as an `error` event with its message, location and thread, before the standard hook
+/// prints it. A panic in a handler or an actor ends only its own task or connection, so
+/// the server stays up — the count is how anyone notices. Installed once per process.
+pub fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::Relaxed);
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            let location = info.location().map(ToString::to_string).unwrap_or_default();
+            let thread = std::thread::current();
+            tracing::error!(
+                panic.message = message,
+                panic.location = %location,
+                thread = thread.name().unwrap_or("unnamed"),
+                "panic"
+            );
+            previous(info);
+        }));
+    });
+}
+
+/// Panics counted since the hook was installed (0 without it).
+pub fn panics() -> u64 {
+    PANICS.load(Ordering::Relaxed)
 }
 
 /// Whether spans are exported (`--otlp-endpoint` was given and the exporter started).
@@ -95,4 +138,17 @@ pub fn init(settings: &LogSettings) {
             )
             .try_init(),
     };
+}
+
+#[cfg(test)]
+mod panic_tests {
+    #[test]
+    fn the_hook_counts_panics_and_keeps_the_standard_report() {
+        super::install_panic_hook();
+        super::install_panic_hook(); // once per process, however often it is called
+        let before = super::panics();
+        let caught = std::panic::catch_unwind(|| panic!("counted by the hook"));
+        assert!(caught.is_err());
+        assert!(super::panics() > before);
+    }
 }

@@ -146,7 +146,12 @@ pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub(crate) async fn subscription_socket(app: &TestApp, protocol: &str) -> Socket {
-    let mut request = format!("ws://{}/subscriptions", app.http_addr)
+    subscription_socket_at(&app.http_addr.to_string(), protocol).await
+}
+
+/// A `/subscriptions` socket to the server at `addr` (`IP:PORT`) offering `protocol`.
+pub(crate) async fn subscription_socket_at(addr: &str, protocol: &str) -> Socket {
+    let mut request = format!("ws://{addr}/subscriptions")
         .into_client_request()
         .unwrap();
     request.headers_mut().insert(

@@ -3,13 +3,16 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    graphql_more::{initialised_socket, next_message, send, until_subscribers},
-    helpers::{spawn_app, spawn_app_with, test_settings, TestApp, TestDb},
+    graphql_more::{
+        initialised_socket, next_message, send, subscription_socket_at, until_subscribers,
+    },
+    helpers::{spawn_app, spawn_app_with, test_settings, TestApp, TestDb, TEST_JWT_SECRET},
+    process::{switchboard, Server},
 };
 
 async fn post_json(app: &TestApp, body: &Value) -> (u16, Value) {
@@ -205,4 +208,108 @@ async fn only_an_offered_subprotocol_is_answered() {
     let legacy = upgrade(Some("bogus, graphql-ws")).await.unwrap();
     assert_eq!(legacy.status(), 101);
     assert_eq!(legacy.headers()["sec-websocket-protocol"], "graphql-ws");
+}
+
+/// Sends `frames` back to back (the server reads them as one burst) and reads until the
+/// connection ends; returns the close code, if a close frame came.
+async fn burst(addr: &str, protocol: &str, frames: &[&str]) -> Option<u16> {
+    let mut socket = subscription_socket_at(addr, protocol).await;
+    for frame in frames {
+        // The server may close midway; later sends may fail, which is the point.
+        if socket.feed(Message::text(*frame)).await.is_err() {
+            break;
+        }
+    }
+    let _ = socket.flush().await;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("the server answers or closes in time");
+        match next {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// Every way a client can break either subscription protocol — garbage, messages out of
+/// order, duplicate ids, refused init, more frames after the server decided to close —
+/// answered by the protocol's close codes, against the real binary; nothing panics
+/// (`switchboard_panics_total` stays 0 and no panic reaches the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abusing_the_subscription_protocols_never_panics_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = switchboard(dir.path());
+    command.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]);
+    command.args(["--log-format", "json", "--database-url", "abuse.db"]);
+    command.args(["--jwt-secret", TEST_JWT_SECRET]);
+    let mut server = Server::start(command);
+    let addr = server.http_addr.clone();
+
+    let init = r#"{"type":"connection_init","payload":{}}"#;
+    let bad_init = r#"{"type":"connection_init","payload":{"Authorization":"Bearer nope"}}"#;
+    let subscribe = r#"{"id":"1","type":"subscribe","payload":{"query":"subscription { userCreated { id } }"}}"#;
+    let complete = r#"{"id":"1","type":"complete"}"#;
+    let ping = r#"{"type":"ping"}"#;
+    let transport: [(&[&str], u16); 5] = [
+        (&[init, "{not json", subscribe, complete, ping, init], 4400),
+        (&[init, init, subscribe, "{not json", complete], 4429),
+        (&[subscribe, init, "{not json", subscribe], 4401),
+        (
+            &[init, subscribe, subscribe, complete, "{not json", init],
+            4409,
+        ),
+        (&[bad_init, subscribe, "{not json", init, complete], 4403),
+    ];
+    for (frames, code) in transport {
+        let closed = burst(&addr, "graphql-transport-ws", frames).await;
+        assert_eq!(closed, Some(code), "{frames:?}");
+    }
+
+    let start =
+        r#"{"id":"1","type":"start","payload":{"query":"subscription { userCreated { id } }"}}"#;
+    let stop = r#"{"id":"1","type":"stop"}"#;
+    let terminate = r#"{"type":"connection_terminate"}"#;
+    let legacy: [&[&str]; 3] = [
+        &[
+            init,
+            "{not json",
+            start,
+            start,
+            stop,
+            terminate,
+            start,
+            "{not json",
+        ],
+        &[start, "{not json", init, init, stop, terminate],
+        &[bad_init, start, terminate, "{not json", init],
+    ];
+    for frames in legacy {
+        // The legacy protocol answers errors and carries on; it ends on terminate.
+        burst(&addr, "graphql-ws", frames).await;
+    }
+
+    // The server is still up, counted no panic and logged none.
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "switchboard_panics_total 0"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("panic"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let logged: Vec<String> = server.lines.try_iter().collect();
+    let panics: Vec<&String> = logged.iter().filter(|l| l.contains("panic")).collect();
+    assert!(panics.is_empty(), "{panics:?}");
+    server.signal("TERM");
 }

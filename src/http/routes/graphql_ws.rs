@@ -20,7 +20,7 @@ use actix_web::{
     web, FromRequest, HttpRequest, HttpResponse,
 };
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use juniper::{DefaultScalarValue, ScalarValue as _, Variables};
 use juniper_graphql_ws::{graphql_transport_ws, graphql_ws, ArcSchema, ConnectionConfig};
 use serde_json::{json, Value};
@@ -260,6 +260,12 @@ trait Dialect {
     fn ends_something(message: &Self::In) -> bool;
     /// The message the client's close frame stands for.
     fn terminate() -> Self::In;
+    /// Whether the message is `connection_init`.
+    fn is_init(message: &Self::In) -> bool;
+    /// The close for a second `connection_init`, where the protocol forbids one.
+    fn repeated_init() -> Option<CloseReason> {
+        None
+    }
     /// An operation's error message carrying `error` (the same shape in both protocols:
     /// `payload` is a list of GraphQL errors, as juniper sends them).
     fn error(id: &str, error: Value) -> String {
@@ -314,6 +320,22 @@ impl Dialect for TransportWs {
         graphql_transport_ws::Input::Close
     }
 
+    fn is_init(message: &Self::In) -> bool {
+        use graphql_transport_ws::{ClientMessage, Input};
+        matches!(
+            message,
+            Input::Message(ClientMessage::ConnectionInit { .. })
+        )
+    }
+
+    fn repeated_init() -> Option<CloseReason> {
+        // The protocol's rule (juniper ignores a second init; graphql-ws closes).
+        Some(CloseReason {
+            code: CloseCode::Other(4429),
+            description: Some("Too many initialisation requests".into()),
+        })
+    }
+
     fn reply(output: Self::Out) -> Reply {
         match output {
             graphql_transport_ws::Output::Message(message) => encode(&message),
@@ -366,6 +388,10 @@ impl Dialect for LegacyWs {
         graphql_ws::ClientMessage::ConnectionTerminate
     }
 
+    fn is_init(message: &Self::In) -> bool {
+        matches!(message, graphql_ws::ClientMessage::ConnectionInit { .. })
+    }
+
     fn reply(output: Self::Out) -> Reply {
         encode(&output)
     }
@@ -391,18 +417,13 @@ async fn serve<D, C>(
     D: Dialect,
     C: Sink<D::In, Error = Infallible> + Stream<Item = D::Out> + Unpin,
 {
-    let close = loop {
+    let mut initialised = false;
+    let close = 'serve: loop {
         tokio::select! {
-            output = connection.next() => match output {
-                Some(output) => match D::reply(output) {
-                    Reply::Text(text) => {
-                        if session.text(text).await.is_err() {
-                            return;
-                        }
-                    }
-                    Reply::Close(reason) => break Some(reason),
-                },
-                None => break Some(CloseCode::Normal.into()),
+            output = connection.next() => match deliver::<D>(output, &mut session).await {
+                Delivered::Sent => {}
+                Delivered::Close(reason) => break Some(reason),
+                Delivered::Gone => return,
             },
             message = messages.next() => {
                 let text = match message {
@@ -435,10 +456,30 @@ async fn serve<D, C>(
                         Reply::Close(reason) => break Some(reason),
                     },
                 };
+                if D::is_init(&message) {
+                    if initialised {
+                        if let Some(reason) = D::repeated_init() {
+                            break Some(reason);
+                        }
+                    }
+                    initialised = true;
+                }
                 match admission.judge::<D>(&message) {
                     Verdict::Pass => {
                         if connection.send(message).await.is_err() {
                             break None;
+                        }
+                        // What juniper answered at once goes out before the next message
+                        // is read: one it answered with a close (4409, 4401, 4403…) is
+                        // the last it gets — later messages, already read off the socket,
+                        // never reach a connection that has decided to end — and the
+                        // client sees the close for what it did first.
+                        while let Some(output) = connection.next().now_or_never() {
+                            match deliver::<D>(output, &mut session).await {
+                                Delivered::Sent => {}
+                                Delivered::Close(reason) => break 'serve Some(reason),
+                                Delivered::Gone => return,
+                            }
                         }
                     }
                     Verdict::Refuse { id, error } => {
@@ -454,6 +495,30 @@ async fn serve<D, C>(
     };
     if let Some(reason) = close {
         let _ = session.close(Some(reason)).await;
+    }
+}
+
+/// What became of one of juniper's outputs.
+enum Delivered {
+    /// Sent to the client.
+    Sent,
+    /// The connection is to close with this reason.
+    Close(CloseReason),
+    /// The client is gone.
+    Gone,
+}
+
+/// Sends one of juniper's outputs (`None`: its stream ended) to the client.
+async fn deliver<D: Dialect>(output: Option<D::Out>, session: &mut actix_ws::Session) -> Delivered {
+    let Some(output) = output else {
+        return Delivered::Close(CloseCode::Normal.into());
+    };
+    match D::reply(output) {
+        Reply::Text(text) => match session.text(text).await {
+            Ok(()) => Delivered::Sent,
+            Err(_) => Delivered::Gone,
+        },
+        Reply::Close(reason) => Delivered::Close(reason),
     }
 }
 

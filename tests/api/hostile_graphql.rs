@@ -244,7 +244,7 @@ async fn abusing_the_subscription_protocols_never_panics_the_server() {
     command.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]);
     command.args(["--log-format", "json", "--database-url", "abuse.db"]);
     command.args(["--jwt-secret", TEST_JWT_SECRET]);
-    let mut server = Server::start(command);
+    let server = Server::start(command);
     let addr = server.http_addr.clone();
 
     let init = r#"{"type":"connection_init","payload":{}}"#;

@@ -231,6 +231,10 @@ fn latency_svg(histogram: &Histogram<u32>) -> String {
             .unwrap_or(bounds.len() - 1);
         counts[slot] += u64::from(value.count_at_value());
     }
+    // Only the buckets from the fastest to the slowest call: the axis fits the data.
+    let first = counts.iter().position(|c| *c > 0).unwrap_or(0);
+    let last = counts.iter().rposition(|c| *c > 0).unwrap_or(0);
+    let (bounds, counts) = (&bounds[first..=last], &counts[first..=last]);
     let labels: Vec<String> = bounds
         .iter()
         .map(|us| {
@@ -242,7 +246,7 @@ fn latency_svg(histogram: &Histogram<u32>) -> String {
             }
         })
         .collect();
-    bars(&counts, &labels, "latency (ms, upper bound)", "count")
+    bars(counts, &labels, "latency (ms, upper bound)", "count")
 }
 
 fn timeline_svg(timeline: &Timeline, unit: &str) -> String {
@@ -258,9 +262,42 @@ fn timeline_svg(timeline: &Timeline, unit: &str) -> String {
     bars(&rates, &labels, "time (s)", &format!("{unit}/s"))
 }
 
-/// A bar chart with a y-axis maximum and every few x labels.
+/// The top of a y axis for data reaching `max`: the nearest round value at or above it
+/// (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 times a power of ten), so bars fill the chart.
+fn axis_top(max: u64) -> u64 {
+    let max = max.max(1);
+    let mut power = 1u64;
+    loop {
+        for step in [10, 15, 20, 25, 30, 40, 50, 60, 80, 100] {
+            let top = power.saturating_mul(step) / 10;
+            if top >= max && top > 0 {
+                return top;
+            }
+        }
+        power = power.saturating_mul(10);
+    }
+}
+
+/// `1234567` as `1.2M`, for axis labels.
+fn compact(value: u64) -> String {
+    let v = value as f64;
+    match value {
+        0..=9_999 => value.to_string(),
+        10_000..=999_999 => format!("{}k", trim(v / 1e3)),
+        1_000_000..=999_999_999 => format!("{}M", trim(v / 1e6)),
+        _ => format!("{}G", trim(v / 1e9)),
+    }
+}
+
+fn trim(v: f64) -> String {
+    let text = format!("{v:.1}");
+    text.trim_end_matches(".0").to_owned()
+}
+
+/// A bar chart whose y axis runs from 0 to a round value just above the data, with
+/// ticks at each quarter, and every few x labels.
 fn bars(values: &[u64], labels: &[String], x_title: &str, y_title: &str) -> String {
-    let max = values.iter().copied().max().unwrap_or(0).max(1);
+    let max = axis_top(values.iter().copied().max().unwrap_or(0));
     let n = values.len().max(1) as f64;
     let slot = (WIDTH - 2.0 * PAD) / n;
     let mut svg = format!(
@@ -268,7 +305,7 @@ fn bars(values: &[u64], labels: &[String], x_title: &str, y_title: &str) -> Stri
          font-size=\"10\" font-family=\"sans-serif\">\
          <line x1=\"{PAD}\" y1=\"{bottom}\" x2=\"{right}\" y2=\"{bottom}\" stroke=\"#999\"/>\
          <line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{bottom}\" stroke=\"#999\"/>\
-         <text x=\"{PAD}\" y=\"{top_label}\">{y_title} (max {max})</text>\
+         <text x=\"{PAD}\" y=\"{top_label}\">{y_title}</text>\
          <text x=\"{mid}\" y=\"{x_label}\" text-anchor=\"middle\">{x_title}</text>",
         bottom = HEIGHT - PAD,
         right = WIDTH - PAD,
@@ -276,6 +313,24 @@ fn bars(values: &[u64], labels: &[String], x_title: &str, y_title: &str) -> Stri
         mid = WIDTH / 2.0,
         x_label = HEIGHT - 6.0,
     );
+    // Quarter ticks; for a top below 4, one per whole count.
+    let ticks: Vec<u64> = if max >= 4 {
+        (0..=4).map(|q| max * q / 4).collect()
+    } else {
+        (0..=max).collect()
+    };
+    for value in ticks {
+        let y = HEIGHT - PAD - (value as f64 / max as f64) * (HEIGHT - 2.0 * PAD);
+        let _ = write!(
+            svg,
+            "<line x1=\"{PAD}\" y1=\"{y:.1}\" x2=\"{right}\" y2=\"{y:.1}\" stroke=\"#eee\"/>\
+             <text x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\">{label}</text>",
+            right = WIDTH - PAD,
+            tx = PAD - 4.0,
+            ty = y + 3.0,
+            label = compact(value),
+        );
+    }
     let every = (values.len() / 12).max(1);
     for (i, value) in values.iter().enumerate() {
         let h = (*value as f64 / max as f64) * (HEIGHT - 2.0 * PAD);
@@ -345,5 +400,34 @@ mod tests {
             html.contains("<title>1.5: 60</title>"),
             "30 per 0.5 s is 60/s"
         );
+    }
+
+    #[test]
+    fn axes_fit_the_data() {
+        assert_eq!(axis_top(0), 1);
+        assert_eq!(axis_top(60), 60);
+        assert_eq!(axis_top(61), 80);
+        assert_eq!(axis_top(1234), 1500);
+        assert_eq!(axis_top(9_100_000), 10_000_000);
+        assert_eq!(compact(1500), "1500");
+        assert_eq!(compact(25_000), "25k");
+        assert_eq!(compact(1_250_000), "1.2M");
+
+        // Calls between 1 and 5 ms: the latency axis spans those buckets only.
+        let mut histogram = Histogram::<u32>::new(3).unwrap();
+        for us in [1_200, 1_800, 3_000, 4_900] {
+            histogram.record(us).unwrap();
+        }
+        let svg = latency_svg(&histogram);
+        let x_labels: Vec<&str> = svg
+            .split("<title>")
+            .skip(1)
+            .map(|rest| rest.split(':').next().unwrap())
+            .collect();
+        assert_eq!(x_labels, ["2", "5"], "{svg}");
+        // The y axis tops out at the largest bar's round value, with quarter ticks.
+        assert!(svg.contains("end\">2</text>"), "{svg}");
+        assert_eq!(svg.matches("end\">1</text>").count(), 1, "{svg}");
+        assert!(!svg.contains("10000"), "no empty buckets up to 10 s");
     }
 }

@@ -1,5 +1,6 @@
 //! Third-party clients with their defaults against the real server: Python's gql (with
-//! graphql-core) queries over WebSocket and fetches the schema by introspection.
+//! graphql-core) and npm's graphql-ws (with graphql-js) query over WebSocket, subscribe,
+//! and fetch the schema by introspection.
 
 use std::{process::Command, time::Duration};
 
@@ -56,4 +57,71 @@ async fn gql_with_its_defaults_queries_over_websocket_and_introspects_over_http(
     for wanted in ["Query", "Mutation", "Subscription", "User", "Post"] {
         assert!(types.iter().any(|t| t == wanted), "{wanted} in {seen}");
     }
+}
+
+/// Whether the npm clients are installed (`npm ci` in `tests/clients`); outside CI a
+/// missing install skips the test.
+fn node_clients_installed() -> bool {
+    let modules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/node_modules/graphql-ws"
+    );
+    let found = std::path::Path::new(modules).exists()
+        && Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success());
+    if !found {
+        assert!(
+            !in_ci(),
+            "CI=true but node or tests/clients/node_modules is missing (npm ci --prefix tests/clients)"
+        );
+        eprintln!("skipping: run `npm ci --prefix tests/clients` (needs node)");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_graphql_ws_queries_subscribes_and_introspects_with_graphql_js() {
+    if !node_clients_installed() {
+        return;
+    }
+    let app = spawn_app().await;
+    let base = format!("http://{}", app.http_addr);
+    let token = crate::ws_client::token("node-client", None);
+    let finished = tokio::task::spawn_blocking(move || {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/graphql_ws_client.mjs"
+        );
+        let mut command = Command::new("node");
+        command.args([script, &base, &token]);
+        run_within(command, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let seen: Value = serde_json::from_str(finished.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(seen["introspection_status"], 200, "{seen}");
+    assert!(
+        seen["introspection_type"]
+            .as_str()
+            .unwrap()
+            .starts_with("application/graphql-response+json"),
+        "{seen}"
+    );
+    let types = seen["types"].as_array().unwrap();
+    for wanted in ["Query", "Mutation", "Subscription", "User", "Post"] {
+        assert!(types.iter().any(|t| t == wanted), "{wanted} in {seen}");
+    }
+    assert_eq!(
+        seen["subscription_fields"],
+        serde_json::json!(["userCreated", "postCreated"]),
+        "{seen}"
+    );
+    assert!(seen["queried"]["data"]["users"].is_array(), "{seen}");
+    let name = seen["event"]["data"]["userCreated"]["name"]
+        .as_str()
+        .unwrap();
+    assert!(name.starts_with("Node "), "{seen}");
 }

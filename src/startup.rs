@@ -241,7 +241,7 @@ impl Application {
                 max_cost: settings.graphql.max_cost,
                 max_batch: settings.graphql.max_batch,
                 max_operations_per_connection: settings.graphql.max_subscriptions_per_connection,
-                keep_alive: Duration::from_secs(15),
+                keep_alive: settings.graphql.keep_alive,
                 cors_origins: settings.graphql.cors_origins.clone(),
             },
             chat: http::ChatState {

@@ -1,5 +1,7 @@
 //! GraphQL settings: document limits, subscriptions and CORS.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use super::{at_least, ConfigError, OriginPolicy};
@@ -20,6 +22,9 @@ pub struct GraphqlSettings {
     pub max_batch: usize,
     /// Concurrent subscriptions on one WebSocket connection.
     pub max_subscriptions_per_connection: usize,
+    /// How often a subscription connection gets a keep-alive message (`pong` or `ka`) and
+    /// a WebSocket ping; a client silent for `--ws-pong-timeout` is disconnected.
+    pub keep_alive: Duration,
     /// Browser origins allowed to call `/graphql` cross-origin (CORS); same host needs none.
     pub cors_origins: OriginPolicy,
 }
@@ -33,6 +38,7 @@ impl Default for GraphqlSettings {
             max_cost: 10_000,
             max_batch: 10,
             max_subscriptions_per_connection: 16,
+            keep_alive: Duration::from_secs(15),
             cors_origins: OriginPolicy::SameHost,
         }
     }
@@ -54,6 +60,8 @@ pub struct GraphqlLayer {
     pub max_batch: Option<usize>,
     /// See [`GraphqlSettings::max_subscriptions_per_connection`].
     pub max_subscriptions_per_connection: Option<usize>,
+    /// See [`GraphqlSettings::keep_alive`] (e.g. `"15s"`).
+    pub keep_alive: Option<String>,
     /// See [`GraphqlSettings::cors_origins`].
     pub cors_origins: Option<Vec<String>>,
 }
@@ -79,6 +87,9 @@ impl GraphqlSettings {
         if let Some(ops) = layer.max_subscriptions_per_connection {
             self.max_subscriptions_per_connection =
                 at_least("graphql max subscriptions per connection", ops, 1)?;
+        }
+        if let Some(raw) = layer.keep_alive {
+            self.keep_alive = super::positive("graphql keep alive", &raw)?;
         }
         if let Some(origins) = layer.cors_origins {
             self.cors_origins = OriginPolicy::parse(&origins)?;
@@ -108,6 +119,9 @@ pub struct GraphqlArgs {
     /// Concurrent subscriptions per WebSocket connection [default: 16].
     #[arg(long, env = "SWITCHBOARD_GRAPHQL_MAX_SUBSCRIPTIONS", value_name = "N")]
     pub graphql_max_subscriptions: Option<usize>,
+    /// Keep-alive (and WebSocket ping) interval on subscription connections [default: 15s].
+    #[arg(long, env = "SWITCHBOARD_GRAPHQL_KEEP_ALIVE", value_name = "DURATION")]
+    pub graphql_keep_alive: Option<String>,
     /// Comma-separated origins allowed to call /graphql cross-origin; `*` for any
     /// [default: none].
     #[arg(
@@ -129,6 +143,7 @@ impl GraphqlArgs {
             max_cost: self.graphql_max_cost,
             max_batch: self.graphql_max_batch,
             max_subscriptions_per_connection: self.graphql_max_subscriptions,
+            keep_alive: self.graphql_keep_alive.clone(),
             cors_origins: self.cors_origins.clone(),
         }
     }

@@ -313,3 +313,80 @@ async fn abusing_the_subscription_protocols_never_panics_the_server() {
     assert!(panics.is_empty(), "{panics:?}");
     server.signal("TERM");
 }
+
+/// A server with a short keep-alive on subscription connections.
+async fn keep_alive_app(keep_alive: Duration, pong_timeout: Duration) -> TestApp {
+    let db = TestDb::sqlite();
+    let mut settings = test_settings(&db);
+    settings.graphql.keep_alive = keep_alive;
+    settings.websocket.pong_timeout = pong_timeout;
+    spawn_app_with(db, settings).await
+}
+
+/// npm graphql-ws clients never send `ping` by default: their subscriptions must not be
+/// cut every keep-alive interval (juniper's own timeout would), only dead peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_pings_keeps_its_subscription() {
+    let app = keep_alive_app(Duration::from_millis(200), Duration::from_secs(60)).await;
+    let mut socket = initialised_socket(&app, "graphql-transport-ws", json!({})).await;
+    send(
+        &mut socket,
+        start(
+            "graphql-transport-ws",
+            "1",
+            "subscription { userCreated { name } }",
+        ),
+    )
+    .await;
+    until_subscribers(&app, 1).await;
+    // Ten keep-alive intervals without a `ping` from us (the library answers the
+    // server's WebSocket pings as it reads).
+    let quiet = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut keep_alives = 0;
+    while let Ok(frame) = tokio::time::timeout_at(quiet, socket.next()).await {
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                assert!(text.contains("pong"), "only keep-alives: {text}");
+                keep_alives += 1;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("the connection ended: {other:?}"),
+        }
+    }
+    assert!(keep_alives >= 2, "keep-alives arrive: {keep_alives}");
+    let writer = crate::ws_client::token("writer", None);
+    let created = app
+        .post_graphql(
+            Some(&writer),
+            &json!({"query": "mutation { createUser(input: {name: \"Kept\", email: \"kept@example.com\"}) { id } }"}),
+        )
+        .await;
+    assert_eq!(created.status(), 200);
+    let event = next_message(&mut socket).await.expect("the event");
+    assert_eq!(
+        event["payload"]["data"]["userCreated"]["name"], "Kept",
+        "{event}"
+    );
+}
+
+/// A peer that stops answering (not even WebSocket pongs) is closed after the pong
+/// timeout, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_subscription_client_is_disconnected() {
+    let app = keep_alive_app(Duration::from_millis(200), Duration::from_secs(1)).await;
+    let mut socket = initialised_socket(&app, "graphql-transport-ws", json!({})).await;
+    // Not reading: the client library answers no ping.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let close = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("the close arrives in time");
+        match frame {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close code"),
+            Some(Ok(_)) => continue,
+            other => panic!("ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1008, "{close:?}");
+    assert!(close.reason.contains("heartbeat timeout"), "{close:?}");
+}

@@ -76,9 +76,14 @@ pub async fn subscriptions(
             if let Err(reason) = &context.identity {
                 return Err(InitRefused(reason.clone()));
             }
+            // juniper would also close a connection whose client sends no `ping` within
+            // the interval — but graphql-ws clients do not ping by default (its reference
+            // server never asks them to), so liveness is checked with WebSocket pings in
+            // `serve` instead, as on `/ws`.
             Ok(ConnectionConfig::new(context)
                 .with_max_in_flight_operations(state.graphql.max_operations_per_connection)
-                .with_keep_alive_interval(state.graphql.keep_alive))
+                .with_keep_alive_interval(state.graphql.keep_alive)
+                .with_keep_alive_timeout(std::time::Duration::ZERO))
         }
     };
     let admission = Admission::new(&state);
@@ -418,14 +423,34 @@ async fn serve<D, C>(
     C: Sink<D::In, Error = Infallible> + Stream<Item = D::Out> + Unpin,
 {
     let mut initialised = false;
+    // Liveness: a WebSocket ping every keep-alive interval; a client that sends nothing
+    // (not even the pong its library answers automatically) for the pong timeout is gone.
+    let (every, silent_for) = admission.heartbeat();
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
     let close = 'serve: loop {
         tokio::select! {
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > silent_for {
+                    break Some(CloseReason {
+                        code: CloseCode::Policy,
+                        description: Some(format!("heartbeat timeout: nothing heard for {silent_for:?}")),
+                    });
+                }
+                if session.ping(b"").await.is_err() {
+                    return;
+                }
+            }
             output = connection.next() => match deliver::<D>(output, &mut session).await {
                 Delivered::Sent => {}
                 Delivered::Close(reason) => break Some(reason),
                 Delivered::Gone => return,
             },
             message = messages.next() => {
+                if matches!(message, Some(Ok(_))) {
+                    last_heard = Instant::now();
+                }
                 let text = match message {
                     Some(Ok(AggregatedMessage::Text(text))) => text.into_bytes(),
                     Some(Ok(AggregatedMessage::Binary(bytes))) => bytes,
@@ -526,6 +551,14 @@ impl Admission {
     /// The largest message accepted.
     fn limit(&self) -> usize {
         self.state.chat.settings.max_message_size
+    }
+
+    /// How often to ping, and how long a client may stay silent.
+    fn heartbeat(&self) -> (std::time::Duration, std::time::Duration) {
+        (
+            self.state.graphql.keep_alive,
+            self.state.chat.settings.pong_timeout,
+        )
     }
 }
 

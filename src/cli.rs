@@ -98,6 +98,15 @@ pub struct MigrateArgs {
     /// `postgres://…` or a SQLite file path [default: switchboard.db].
     #[arg(long, env = "DATABASE_URL", global = true, value_name = "URL")]
     pub database_url: Option<String>,
+    /// Comma-separated PostgreSQL shard URLs, migrated too [default: none].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DATABASE_SHARDS",
+        global = true,
+        value_delimiter = ',',
+        value_name = "URLS"
+    )]
+    pub database_shards: Option<Vec<String>>,
     /// Give up connecting after this [default: 5s].
     #[arg(
         long,
@@ -121,6 +130,7 @@ impl MigrateArgs {
         SettingsArgs {
             config: self.config.clone(),
             database_url: self.database_url.clone(),
+            database_shards: self.database_shards.clone(),
             db_connect_timeout: self.db_connect_timeout.clone(),
             sqlite_busy_timeout: self.sqlite_busy_timeout.clone(),
             ..SettingsArgs::default()
@@ -164,6 +174,15 @@ pub struct SettingsArgs {
     /// `postgres://…` or a SQLite file path [default: switchboard.db].
     #[arg(long, env = "DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
+    /// Comma-separated PostgreSQL URLs the data is spread over (the primary keeps the
+    /// shard map) [default: none].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DATABASE_SHARDS",
+        value_delimiter = ',',
+        value_name = "URLS"
+    )]
+    pub database_shards: Option<Vec<String>>,
     /// HS256 secret for tokens (at least 16 bytes); random per run when unset.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -279,6 +298,7 @@ impl SettingsArgs {
                 slow_query_threshold: self.db_slow_query.clone(),
                 sqlite_busy_timeout: self.sqlite_busy_timeout.clone(),
                 migrate_on_start: self.migrate_on_start,
+                shards: self.database_shards.clone(),
             },
             websocket: self.websocket.layer(),
             graphql: self.graphql.layer(),

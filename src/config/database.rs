@@ -27,6 +27,10 @@ pub struct DatabaseSettings {
     pub sqlite_busy_timeout: Duration,
     /// Apply pending migrations when the server starts.
     pub migrate_on_start: bool,
+    /// PostgreSQL databases that hold the users, posts and history, spread by key; empty:
+    /// everything lives in the primary (`url`). With shards the primary keeps the shard
+    /// map and the transaction coordinator's decision log.
+    pub shards: Vec<DatabaseUrl>,
 }
 
 impl Default for DatabaseSettings {
@@ -41,6 +45,7 @@ impl Default for DatabaseSettings {
             slow_query_threshold: Duration::from_millis(200),
             sqlite_busy_timeout: Duration::from_secs(5),
             migrate_on_start: true,
+            shards: Vec::new(),
         }
     }
 }
@@ -57,6 +62,32 @@ pub enum DatabaseUrl {
 }
 
 impl DatabaseUrl {
+    /// Where the database is, without credentials: `host:port/dbname` for PostgreSQL
+    /// (what the shard map records and compares), the path for SQLite.
+    pub fn location(&self) -> String {
+        match self {
+            DatabaseUrl::Postgres(url) => match url.parse::<tokio_postgres::Config>() {
+                Ok(config) => {
+                    let host = config
+                        .get_hosts()
+                        .iter()
+                        .map(|host| match host {
+                            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let port = config.get_ports().first().copied().unwrap_or(5432);
+                    let user = config.get_user().unwrap_or("");
+                    let db = config.get_dbname().unwrap_or(user);
+                    format!("{host}:{port}/{db}")
+                }
+                Err(_) => redact_password(url),
+            },
+            DatabaseUrl::Sqlite(path) => path.display().to_string(),
+        }
+    }
+
     /// Short backend name used in logs and `/health`.
     pub fn backend(&self) -> &'static str {
         match self {
@@ -153,6 +184,8 @@ pub struct DatabaseLayer {
     pub sqlite_busy_timeout: Option<String>,
     /// See [`DatabaseSettings::migrate_on_start`].
     pub migrate_on_start: Option<bool>,
+    /// See [`DatabaseSettings::shards`].
+    pub shards: Option<Vec<String>>,
 }
 
 impl DatabaseSettings {
@@ -184,6 +217,14 @@ impl DatabaseSettings {
         if let Some(migrate) = layer.migrate_on_start {
             self.migrate_on_start = migrate;
         }
+        if let Some(shards) = layer.shards {
+            self.shards = shards
+                .iter()
+                .filter(|raw| !raw.trim().is_empty())
+                .map(|raw| raw.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|e: ConfigError| ConfigError::invalid("database shards", e))?;
+        }
         if let Some(min) = self.min_idle {
             if min > self.max_connections {
                 return Err(ConfigError::invalid(
@@ -199,6 +240,45 @@ impl DatabaseSettings {
     }
 }
 
+impl DatabaseSettings {
+    /// Checks that the shards can work: all PostgreSQL, a PostgreSQL primary, none twice.
+    /// Called once every layer is applied (the primary may come from a later layer).
+    pub fn check_shards(&self) -> Result<(), ConfigError> {
+        if self.shards.is_empty() {
+            return Ok(());
+        }
+        if let DatabaseUrl::Sqlite(path) = &self.url {
+            return Err(ConfigError::invalid(
+                "database shards",
+                format!(
+                    "shards need PostgreSQL, but the primary database (--database-url) is the \
+                     SQLite file {}; set --database-url to a postgres:// URL",
+                    path.display()
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for shard in &self.shards {
+            if let DatabaseUrl::Sqlite(path) = shard {
+                return Err(ConfigError::invalid(
+                    "database shards",
+                    format!(
+                        "every shard must be a postgres:// URL (got SQLite {})",
+                        path.display()
+                    ),
+                ));
+            }
+            if !seen.insert(shard.location()) {
+                return Err(ConfigError::invalid(
+                    "database shards",
+                    format!("{shard} is listed twice"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn nonzero(duration: Duration) -> Option<Duration> {
     (!duration.is_zero()).then_some(duration)
 }
@@ -206,6 +286,53 @@ fn nonzero(duration: Duration) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_need_postgres_everywhere_and_each_once() {
+        let pg = |db: &str| format!("postgres://u:secret@db.example:5433/{db}");
+        let settings = |primary: &str, shards: Vec<String>| {
+            DatabaseSettings::default()
+                .apply(DatabaseLayer {
+                    url: Some(primary.to_owned()),
+                    shards: Some(shards),
+                    ..DatabaseLayer::default()
+                })
+                .unwrap()
+        };
+        assert!(settings(&pg("main"), vec![pg("s1"), pg("s2")])
+            .check_shards()
+            .is_ok());
+        let sqlite_primary = settings("x.db", vec![pg("s1")]).check_shards().unwrap_err();
+        assert!(
+            sqlite_primary.to_string().contains("SQLite file x.db"),
+            "{sqlite_primary}"
+        );
+        let sqlite_shard = settings(&pg("main"), vec!["s.db".into()])
+            .check_shards()
+            .unwrap_err();
+        assert!(
+            sqlite_shard.to_string().contains("postgres://"),
+            "{sqlite_shard}"
+        );
+        let twice = settings(
+            &pg("main"),
+            vec![pg("s1"), pg("s1").replace("secret", "other")],
+        )
+        .check_shards()
+        .unwrap_err();
+        assert!(twice.to_string().contains("listed twice"), "{twice}");
+        assert!(
+            !twice.to_string().contains("secret"),
+            "no password: {twice}"
+        );
+        assert_eq!(
+            "postgres://u:pw@h:5433/shard_1"
+                .parse::<DatabaseUrl>()
+                .unwrap()
+                .location(),
+            "h:5433/shard_1"
+        );
+    }
 
     #[test]
     fn database_urls_select_the_backend() {

@@ -14,6 +14,7 @@ mod models;
 mod probe;
 pub mod repo;
 pub mod schema;
+pub mod shards;
 mod stats;
 
 use std::{path::Path, sync::Arc, time::Duration};
@@ -39,7 +40,7 @@ use stats::QueryObserver;
 
 /// The SQLite connection type used by the pool.
 pub(crate) type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
-type PgManager = AsyncDieselConnectionManager<AsyncPgConnection>;
+pub(crate) type PgManager = AsyncDieselConnectionManager<AsyncPgConnection>;
 type SqliteManager = AsyncDieselConnectionManager<SqliteConn>;
 
 /// Which database engine a [`Database`] talks to.
@@ -248,6 +249,19 @@ impl Database {
                 self.connect_timeout, reason.message
             ))
         })
+    }
+
+    /// A pooled PostgreSQL connection: what sharding and two-phase commit work on (both
+    /// are PostgreSQL-only, which the configuration checks before anything opens).
+    pub(crate) async fn pg_conn(
+        &self,
+    ) -> Result<bb8::PooledConnection<'static, PgManager>, DbError> {
+        match self.conn().await? {
+            Conn::Postgres(conn) => Ok(conn),
+            Conn::Sqlite(_) => Err(DbError::Unavailable(
+                "this needs PostgreSQL, and the database is SQLite".into(),
+            )),
+        }
     }
 
     /// A connection of its own, outside the pool, for health pings (see [`Probe`]).

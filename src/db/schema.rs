@@ -61,3 +61,39 @@ diesel::table! {
         sender_name -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    shard_map (shard_index) {
+        shard_index -> Integer,
+        location -> Text,
+    }
+}
+
+diesel::table! {
+    shard_slots (slot) {
+        slot -> Integer,
+        shard_index -> Integer,
+    }
+}
+
+diesel::table! {
+    shard_deployment (id) {
+        id -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    tx_decisions (gid) {
+        gid -> Text,
+        participants -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    user_emails (email) {
+        email -> Text,
+        user_id -> Text,
+    }
+}

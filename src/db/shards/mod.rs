@@ -1,0 +1,7 @@
+//! Data spread over several PostgreSQL databases: slot hashing and the shard map
+//! ([`map`]); the data layer routes by key through it and asks the
+//! [`TxCoordinator`](crate::actors::tx::TxCoordinator) when a write spans shards.
+
+pub mod map;
+
+pub use map::{slot_of, ShardMap, ShardMapError, SLOTS};

@@ -8,3 +8,4 @@ pub mod history;
 pub mod hub;
 pub mod rate_limit;
 pub mod session;
+pub mod tx;

@@ -183,6 +183,16 @@ pub struct SettingsArgs {
         value_name = "URLS"
     )]
     pub database_shards: Option<Vec<String>>,
+    /// How often in-doubt two-phase-commit transactions are resolved [default: 30s].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TX_RECOVERY_INTERVAL",
+        value_name = "DURATION"
+    )]
+    pub tx_recovery_interval: Option<String>,
+    /// Prepared transactions younger than this are left to their coordinator [default: 10s].
+    #[arg(long, env = "SWITCHBOARD_TX_IN_DOUBT_GRACE", value_name = "DURATION")]
+    pub tx_in_doubt_grace: Option<String>,
     /// HS256 secret for tokens (at least 16 bytes); random per run when unset.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -299,6 +309,8 @@ impl SettingsArgs {
                 sqlite_busy_timeout: self.sqlite_busy_timeout.clone(),
                 migrate_on_start: self.migrate_on_start,
                 shards: self.database_shards.clone(),
+                tx_recovery_interval: self.tx_recovery_interval.clone(),
+                tx_in_doubt_grace: self.tx_in_doubt_grace.clone(),
             },
             websocket: self.websocket.layer(),
             graphql: self.graphql.layer(),

@@ -63,6 +63,9 @@ pub enum StartupError {
     /// Migrations failed.
     #[error("cannot migrate the database: {0}")]
     Migrate(DbError),
+    /// The shards cannot be used as configured.
+    #[error("cannot use the database shards: {0}")]
+    Shards(String),
     /// A runtime or server component failed to start.
     #[error("cannot start {what}: {source}")]
     Runtime {
@@ -132,6 +135,10 @@ impl Application {
                 })?,
         ));
 
+        settings
+            .database
+            .check_shards()
+            .map_err(|e| StartupError::Shards(e.to_string()))?;
         let db_settings = settings.database.clone();
         let database = io_runtime
             .handle()
@@ -151,13 +158,15 @@ impl Application {
                         tracing::info!(migration = %name, "applied migration");
                     }
                 }
-                Ok::<_, StartupError>(database)
+                let shards = open_shards(&db_settings, &database).await?;
+                Ok::<_, StartupError>((database, shards))
             })
             .await
             .map_err(|e| StartupError::Runtime {
                 what: "the database",
                 source: std::io::Error::other(e),
             })??;
+        let (database, shards) = database;
         tracing::info!(
             backend = database.backend().as_str(),
             url = %settings.database.url,
@@ -168,6 +177,34 @@ impl Application {
         let (draining, draining_rx) = watch::channel(false);
 
         let singletons = Arbiter::new();
+        let database = match shards {
+            None => database,
+            Some((map, shards)) => {
+                let config = crate::actors::tx::TxConfig {
+                    recovery_interval: settings.database.tx_recovery_interval,
+                    grace: settings.database.tx_in_doubt_grace,
+                };
+                let (primary, dbs, deployment) =
+                    (database.clone(), shards.clone(), map.deployment.clone());
+                let coordinator = crate::actors::tx::TxCoordinator::start_in_arbiter(
+                    &singletons.handle(),
+                    move |_| {
+                        crate::actors::tx::TxCoordinator::new(primary, dbs, deployment, config)
+                    },
+                );
+                tracing::info!(
+                    shards = ?map.locations,
+                    deployment = %map.deployment,
+                    "data sharded"
+                );
+                database.with_sharding(crate::db::shards::Sharding {
+                    map,
+                    shards,
+                    coordinator,
+                })
+            }
+        };
+
         let max_sessions = settings.websocket.max_sessions_per_user;
         let recovery_buffer = settings.websocket.outbound_queue;
         let outbound = hub::Limits {
@@ -503,4 +540,60 @@ fn jwt_secret(configured: Option<&JwtSecret>) -> JwtSecret {
         Err(error) => tracing::warn!(%error, "could not issue a development token"),
     }
     secret
+}
+
+/// Opens (and migrates) every shard, checks each allows enough prepared transactions for
+/// its pool, and loads the shard map from the primary; `None` without shards.
+async fn open_shards(
+    settings: &crate::config::DatabaseSettings,
+    primary: &Database,
+) -> Result<Option<(crate::db::shards::ShardMap, Vec<Database>)>, StartupError> {
+    if settings.shards.is_empty() {
+        return Ok(None);
+    }
+    let mut shards = Vec::with_capacity(settings.shards.len());
+    for url in &settings.shards {
+        let mut shard_settings = settings.clone();
+        shard_settings.url = url.clone();
+        shard_settings.shards = Vec::new();
+        let shard =
+            Database::connect(&shard_settings)
+                .await
+                .map_err(|source| StartupError::Database {
+                    backend: url.backend(),
+                    url: url.to_string(),
+                    source,
+                })?;
+        if settings.migrate_on_start {
+            let applied = migrate::run_pending(&shard_settings)
+                .await
+                .map_err(StartupError::Migrate)?;
+            for name in applied {
+                tracing::info!(shard = %url, migration = %name, "applied migration");
+            }
+        }
+        let allowed =
+            shard
+                .max_prepared_transactions()
+                .await
+                .map_err(|source| StartupError::Database {
+                    backend: url.backend(),
+                    url: url.to_string(),
+                    source,
+                })?;
+        if allowed < settings.max_connections {
+            return Err(StartupError::Shards(format!(
+                "shard {url} allows {allowed} prepared transactions \
+                 (max_prepared_transactions), fewer than its pool of {} connections; \
+                 set max_prepared_transactions = {} or more in its postgresql.conf and \
+                 restart it (or lower --db-max-connections)",
+                settings.max_connections, settings.max_connections
+            )));
+        }
+        shards.push(shard);
+    }
+    let map = crate::db::shards::ShardMap::load_or_create(primary, &settings.shards)
+        .await
+        .map_err(|e| StartupError::Shards(e.to_string()))?;
+    Ok(Some((map, shards)))
 }

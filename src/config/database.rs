@@ -31,6 +31,10 @@ pub struct DatabaseSettings {
     /// everything lives in the primary (`url`). With shards the primary keeps the shard
     /// map and the transaction coordinator's decision log.
     pub shards: Vec<DatabaseUrl>,
+    /// How often in-doubt prepared transactions on the shards are resolved.
+    pub tx_recovery_interval: Duration,
+    /// A prepared transaction younger than this is left to the server running it.
+    pub tx_in_doubt_grace: Duration,
 }
 
 impl Default for DatabaseSettings {
@@ -46,6 +50,8 @@ impl Default for DatabaseSettings {
             sqlite_busy_timeout: Duration::from_secs(5),
             migrate_on_start: true,
             shards: Vec::new(),
+            tx_recovery_interval: Duration::from_secs(30),
+            tx_in_doubt_grace: Duration::from_secs(10),
         }
     }
 }
@@ -186,6 +192,10 @@ pub struct DatabaseLayer {
     pub migrate_on_start: Option<bool>,
     /// See [`DatabaseSettings::shards`].
     pub shards: Option<Vec<String>>,
+    /// See [`DatabaseSettings::tx_recovery_interval`].
+    pub tx_recovery_interval: Option<String>,
+    /// See [`DatabaseSettings::tx_in_doubt_grace`].
+    pub tx_in_doubt_grace: Option<String>,
 }
 
 impl DatabaseSettings {
@@ -216,6 +226,12 @@ impl DatabaseSettings {
         }
         if let Some(migrate) = layer.migrate_on_start {
             self.migrate_on_start = migrate;
+        }
+        if let Some(raw) = layer.tx_recovery_interval {
+            self.tx_recovery_interval = positive("transaction recovery interval", &raw)?;
+        }
+        if let Some(raw) = layer.tx_in_doubt_grace {
+            self.tx_in_doubt_grace = parse_duration("transaction in-doubt grace", &raw)?;
         }
         if let Some(shards) = layer.shards {
             self.shards = shards

@@ -96,6 +96,9 @@ pub struct Database {
     created: Option<actix::Addr<Events>>,
     /// Where health probes connect.
     probe: probe::Target,
+    /// With `--database-shards`: where users, posts and the email index live (this
+    /// database, the primary, keeps the shard map and the decision log).
+    sharding: Option<Arc<shards::Sharding>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -188,6 +191,7 @@ impl Database {
             connect_timeout: settings.connect_timeout,
             created: None,
             probe,
+            sharding: None,
         })
     }
 
@@ -195,6 +199,17 @@ impl Database {
     pub fn announcing_to(mut self, events: actix::Addr<Events>) -> Self {
         self.created = Some(events);
         self
+    }
+
+    /// This database as the primary of `sharding`: user and post calls go to the shards.
+    pub fn with_sharding(mut self, sharding: shards::Sharding) -> Self {
+        self.sharding = Some(Arc::new(sharding));
+        self
+    }
+
+    /// The shards, when the data is sharded.
+    pub fn sharding(&self) -> Option<&shards::Sharding> {
+        self.sharding.as_deref()
     }
 
     /// Announces users whose insert has committed.
@@ -262,6 +277,25 @@ impl Database {
                 "this needs PostgreSQL, and the database is SQLite".into(),
             )),
         }
+    }
+
+    /// PostgreSQL's `max_prepared_transactions` (0 means two-phase commit is disabled).
+    pub async fn max_prepared_transactions(&self) -> Result<u32, DbError> {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Setting {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            setting: String,
+        }
+        let mut conn = self.pg_conn().await?;
+        let row: Setting = diesel::sql_query(
+            "SELECT setting FROM pg_settings WHERE name = 'max_prepared_transactions'",
+        )
+        .get_result(&mut *conn)
+        .await?;
+        row.setting
+            .parse()
+            .map_err(|_| DbError::Corrupt(format!("max_prepared_transactions = {}", row.setting)))
     }
 
     /// A connection of its own, outside the pool, for health pings (see [`Probe`]).

@@ -13,7 +13,7 @@ use tonic::{
 
 use crate::{
     helpers::{grpc_channel, spawn_app, spawn_app_on, TestApp, TestDb},
-    on_both_backends,
+    on_every_backend,
     ws_client::token,
 };
 
@@ -48,7 +48,7 @@ fn create(name: &str, email: &str) -> CreateUserRequest {
     }
 }
 
-on_both_backends!(
+on_every_backend!(
     owned:
     create_returns_the_stored_user,
     bad_input_is_invalid_argument_naming_the_field,

@@ -46,6 +46,8 @@ pub struct TestDb {
     pub settings: DatabaseSettings,
     _dir: Option<tempfile::TempDir>,
     postgres: Option<PgCleanup>,
+    /// A private cluster holding the primary and the shards (stopped when dropped).
+    _cluster: Option<crate::private_pg::PrivateCluster>,
 }
 
 struct PgCleanup {
@@ -63,6 +65,7 @@ impl TestDb {
             settings: test_db_settings(DatabaseUrl::Sqlite(path)),
             _dir: Some(dir),
             postgres: None,
+            _cluster: None,
         }
     }
 
@@ -83,6 +86,37 @@ impl TestDb {
             settings: test_db_settings(url.parse().expect("a valid PostgreSQL URL")),
             _dir: None,
             postgres: Some(PgCleanup { admin_url, name }),
+            _cluster: None,
+        })
+    }
+
+    /// A primary and `shards` shard databases on a private PostgreSQL cluster of their own
+    /// (two-phase commit needs `max_prepared_transactions`, which the shared server does
+    /// not set), or `None` (after printing why) outside CI without PostgreSQL binaries.
+    pub async fn sharded(shards: usize) -> Option<Self> {
+        init_logs();
+        let cluster = crate::private_pg::PrivateCluster::start_with(
+            "max_prepared_transactions = 64\nmax_connections = 200",
+        )?;
+        let mut names = vec!["sb_primary".to_owned()];
+        names.extend((0..shards).map(|i| format!("sb_shard_{i}")));
+        for name in &names {
+            pg_admin(&cluster.url, &format!("CREATE DATABASE {name}"))
+                .await
+                .expect("the private cluster creates a database");
+        }
+        let mut settings = test_db_settings(cluster.url_of(&names[0]).parse().unwrap());
+        settings.shards = names[1..]
+            .iter()
+            .map(|name| cluster.url_of(name).parse().unwrap())
+            .collect();
+        settings.tx_recovery_interval = Duration::from_millis(500);
+        settings.tx_in_doubt_grace = Duration::from_secs(2);
+        Some(Self {
+            settings,
+            _dir: None,
+            postgres: None,
+            _cluster: Some(cluster),
         })
     }
 
@@ -137,7 +171,7 @@ fn test_db_settings(url: DatabaseUrl) -> DatabaseSettings {
     }
 }
 
-async fn pg_admin(admin_url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+pub(crate) async fn pg_admin(admin_url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
     let driver = tokio::spawn(connection);
     let result = client.batch_execute(sql).await;
@@ -348,6 +382,34 @@ pub async fn spawn_app_with(db: TestDb, settings: Settings) -> TestApp {
 /// Defines one test per backend for each listed `async fn NAME(db: &TestDb)` (or, after
 /// `owned:`, `async fn NAME(db: TestDb)`, e.g. to hand the database to a server):
 /// `NAME::sqlite` always runs; `NAME::postgres` runs when PostgreSQL is reachable.
+#[macro_export]
+/// As [`on_both_backends`] (`owned:` form), plus a third test on sharded PostgreSQL:
+/// a primary and three shards on a private cluster.
+macro_rules! on_every_backend {
+    (owned: $($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::TestDb::sqlite()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = $crate::helpers::TestDb::postgres().await else { return };
+                super::$name(db).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sharded() {
+                let Some(db) = $crate::helpers::TestDb::sharded(3).await else { return };
+                super::$name(db).await;
+            }
+        }
+    )*};
+}
+
+/// Defines one test per backend: SQLite and PostgreSQL (see [`on_every_backend`] for
+/// sharded PostgreSQL too).
 #[macro_export]
 macro_rules! on_both_backends {
     (owned: $($name:ident),* $(,)?) => {$(

@@ -38,7 +38,13 @@ impl PrivateCluster {
     /// Starts a fresh cluster, or `None` (after printing why) when the PostgreSQL server
     /// binaries or `runuser` are missing outside CI.
     pub fn start() -> Option<Self> {
-        match Self::try_start() {
+        Self::start_with("")
+    }
+
+    /// As [`PrivateCluster::start`], with more `postgresql.conf` lines (e.g.
+    /// `max_prepared_transactions = 64`).
+    pub fn start_with(conf: &str) -> Option<Self> {
+        match Self::try_start(conf) {
             Ok(cluster) => Some(cluster),
             Err(reason) => {
                 assert!(
@@ -51,7 +57,7 @@ impl PrivateCluster {
         }
     }
 
-    fn try_start() -> Result<Self, String> {
+    fn try_start(conf: &str) -> Result<Self, String> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .map_err(|e| format!("no /usr/lib/postgresql: {e}"))?
             .filter_map(Result::ok)
@@ -84,7 +90,7 @@ impl PrivateCluster {
         std::fs::write(
             cluster.dir.path().join("data/postgresql.auto.conf"),
             format!(
-                "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n",
+                "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n{conf}\n",
                 cluster.dir.path().display()
             ),
         )
@@ -108,6 +114,12 @@ impl PrivateCluster {
         let mut start = self.pg_ctl(&["-w", "-l"]);
         start.arg(log).arg("start");
         run(start, "pg_ctl start")
+    }
+
+    /// The URL of database `name` on this cluster.
+    pub fn url_of(&self, name: &str) -> String {
+        let (base, _) = self.url.rsplit_once('/').expect("a URL with a database");
+        format!("{base}/{name}")
     }
 
     /// Stops the server at once (connections are cut).

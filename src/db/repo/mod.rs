@@ -8,6 +8,7 @@ mod users;
 
 pub use cursor::PageCursor;
 pub use offsets::Reservation;
+pub(crate) use users::build_user;
 pub use users::{UserPage, MAX_PAGE_SIZE};
 
 /// SQL `lower()`; with `LIKE` it gives the portable case-insensitive match (`ILIKE` is

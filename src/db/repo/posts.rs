@@ -16,8 +16,18 @@ use crate::domain::{NewPost, Post, PostId, UserId};
 
 impl Database {
     /// Stores a new post; an author that does not exist is [`DbError::UnknownAuthor`].
-    #[tracing::instrument(skip_all, fields(author = %new.author_id))]
     pub async fn create_post(&self, new: NewPost) -> Result<Post, DbError> {
+        let post = match &self.sharding {
+            Some(sharding) => sharding.create_post(new).await?,
+            None => self.local_create_post(new).await?,
+        };
+        self.announce_post(&post);
+        Ok(post)
+    }
+
+    /// [`Database::create_post`] in this database, unannounced.
+    #[tracing::instrument(skip_all, fields(author = %new.author_id))]
+    pub(crate) async fn local_create_post(&self, new: NewPost) -> Result<Post, DbError> {
         let post = Post {
             id: PostId::generate(),
             author_id: new.author_id,
@@ -42,13 +52,20 @@ impl Database {
                 e.into()
             }
         })?;
-        self.announce_post(&post);
         Ok(post)
     }
 
     /// Fetches one post; unknown ids are [`DbError::NotFound`].
-    #[tracing::instrument(skip(self))]
     pub async fn get_post(&self, id: PostId) -> Result<Post, DbError> {
+        match &self.sharding {
+            Some(sharding) => sharding.get_post(id).await,
+            None => self.local_get_post(id).await,
+        }
+    }
+
+    /// [`Database::get_post`] in this database.
+    #[tracing::instrument(skip(self))]
+    pub(crate) async fn local_get_post(&self, id: PostId) -> Result<Post, DbError> {
         let mut conn = self.conn().await?;
         let row = with_conn!(&mut conn, |c| {
             posts::table
@@ -63,8 +80,19 @@ impl Database {
 
     /// The posts of many authors at once, each author's in creation order. Authors without
     /// posts are absent from the map. One query per 500 authors, whatever the count.
-    #[tracing::instrument(skip_all, fields(authors = authors.len()))]
     pub async fn posts_by_authors(
+        &self,
+        authors: &[UserId],
+    ) -> Result<HashMap<UserId, Vec<Post>>, DbError> {
+        match &self.sharding {
+            Some(sharding) => sharding.posts_by_authors(authors).await,
+            None => self.local_posts_by_authors(authors).await,
+        }
+    }
+
+    /// [`Database::posts_by_authors`] in this database.
+    #[tracing::instrument(skip_all, fields(authors = authors.len()))]
+    pub(crate) async fn local_posts_by_authors(
         &self,
         authors: &[UserId],
     ) -> Result<HashMap<UserId, Vec<Post>>, DbError> {

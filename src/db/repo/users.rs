@@ -52,6 +52,11 @@ impl Database {
     /// Stores a new user; a taken email is [`DbError::DuplicateEmail`].
     #[tracing::instrument(skip_all)]
     pub async fn create_user(&self, new: NewUser) -> Result<User, DbError> {
+        if let Some(sharding) = &self.sharding {
+            let user = sharding.create_user(new).await?;
+            self.announce(std::slice::from_ref(&user));
+            return Ok(user);
+        }
         let user = build_user(new);
         let row = UserRow::from_user(&user);
         let mut conn = self.conn().await?;
@@ -67,8 +72,16 @@ impl Database {
     }
 
     /// Fetches one user; unknown ids are [`DbError::NotFound`].
-    #[tracing::instrument(skip(self))]
     pub async fn get_user(&self, id: UserId) -> Result<User, DbError> {
+        match &self.sharding {
+            Some(sharding) => sharding.get_user(id).await,
+            None => self.local_get_user(id).await,
+        }
+    }
+
+    /// [`Database::get_user`] in this database.
+    #[tracing::instrument(skip(self))]
+    pub(crate) async fn local_get_user(&self, id: UserId) -> Result<User, DbError> {
         let mut conn = self.conn().await?;
         let row = with_conn!(&mut conn, |c| {
             users::table
@@ -83,8 +96,16 @@ impl Database {
 
     /// Fetches many users at once (unknown ids are skipped), in no particular order.
     /// One query per 500 ids, whatever the count: what batch loaders need.
-    #[tracing::instrument(skip_all, fields(ids = ids.len()))]
     pub async fn get_users(&self, ids: &[UserId]) -> Result<Vec<User>, DbError> {
+        match &self.sharding {
+            Some(sharding) => sharding.get_users(ids).await,
+            None => self.local_get_users(ids).await,
+        }
+    }
+
+    /// [`Database::get_users`] in this database.
+    #[tracing::instrument(skip_all, fields(ids = ids.len()))]
+    pub(crate) async fn local_get_users(&self, ids: &[UserId]) -> Result<Vec<User>, DbError> {
         let mut users = Vec::with_capacity(ids.len());
         if ids.is_empty() {
             return Ok(users);
@@ -108,11 +129,23 @@ impl Database {
 
     /// Applies a partial update and returns the stored result. An empty patch changes
     /// nothing (not even `updated_at`).
-    #[tracing::instrument(skip(self, patch))]
     pub async fn update_user(&self, id: UserId, patch: UserPatch) -> Result<User, DbError> {
         if patch.is_empty() {
             return self.get_user(id).await;
         }
+        match &self.sharding {
+            Some(sharding) => sharding.update_user(id, patch).await,
+            None => self.local_update_user(id, patch).await,
+        }
+    }
+
+    /// [`Database::update_user`] in this database (a non-empty patch).
+    #[tracing::instrument(skip(self, patch))]
+    pub(crate) async fn local_update_user(
+        &self,
+        id: UserId,
+        patch: UserPatch,
+    ) -> Result<User, DbError> {
         let email = patch.email.as_ref().map(|e| e.as_str().to_owned());
         let changes = UserChanges {
             name: patch.name.map(|n| n.as_str().to_owned()),
@@ -139,6 +172,9 @@ impl Database {
     /// Deletes a user and, by cascade, their posts.
     #[tracing::instrument(skip(self))]
     pub async fn delete_user(&self, id: UserId) -> Result<(), DbError> {
+        if let Some(sharding) = &self.sharding {
+            return sharding.delete_user(id).await;
+        }
         let mut conn = self.conn().await?;
         let deleted = with_conn!(&mut conn, |c| {
             diesel::delete(users::table.find(id.to_string()))
@@ -154,20 +190,30 @@ impl Database {
     /// Lists users whose name or email contains `filter` (case-insensitively), in creation
     /// order, `page_size` at a time (clamped to 1..=[`MAX_PAGE_SIZE`]), starting after
     /// `after` when given.
-    #[tracing::instrument(skip(self, after))]
     pub async fn list_users(
         &self,
         filter: &SearchFilter,
         page_size: u32,
         after: Option<&PageCursor>,
     ) -> Result<UserPage, DbError> {
-        if let Some(cursor) = after {
-            if cursor.filter != filter.as_str() {
-                return Err(DbError::InvalidCursor(
-                    "it was issued for a different filter",
-                ));
+        match &self.sharding {
+            Some(sharding) => {
+                check_cursor(filter, after)?;
+                sharding.list_users(filter, page_size, after).await
             }
+            None => self.local_list_users(filter, page_size, after).await,
         }
+    }
+
+    /// [`Database::list_users`] in this database.
+    #[tracing::instrument(skip(self, after))]
+    pub(crate) async fn local_list_users(
+        &self,
+        filter: &SearchFilter,
+        page_size: u32,
+        after: Option<&PageCursor>,
+    ) -> Result<UserPage, DbError> {
+        check_cursor(filter, after)?;
         let limit = i64::from(page_size.clamp(1, MAX_PAGE_SIZE));
         let pattern = substring_pattern(filter.as_str());
         let mut conn = self.conn().await?;
@@ -218,8 +264,21 @@ impl Database {
     /// Users whose name or email contains `filter` (case-insensitively), in creation
     /// order, skipping `offset` and returning at most `limit` (for GraphQL's
     /// `users(limit, offset, filter)`; gRPC pages with keyset cursors instead).
-    #[tracing::instrument(skip(self))]
     pub async fn users_at_offset(
+        &self,
+        filter: &SearchFilter,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<User>, DbError> {
+        match &self.sharding {
+            Some(sharding) => sharding.users_at_offset(filter, limit, offset).await,
+            None => self.local_users_at_offset(filter, limit, offset).await,
+        }
+    }
+
+    /// [`Database::users_at_offset`] in this database.
+    #[tracing::instrument(skip(self))]
+    pub(crate) async fn local_users_at_offset(
         &self,
         filter: &SearchFilter,
         limit: u32,
@@ -253,6 +312,11 @@ impl Database {
             });
         }
         let users: Vec<User> = new_users.into_iter().map(build_user).collect();
+        if let Some(sharding) = &self.sharding {
+            let users = sharding.bulk_create_users(users).await?;
+            self.announce(&users);
+            return Ok(users);
+        }
         let rows: Vec<UserRow> = users.iter().map(UserRow::from_user).collect();
         let mut conn = self.conn().await?;
         // diesel-async runs multi-row INSERTs on PostgreSQL only; SQLite runs the same
@@ -317,6 +381,16 @@ impl Database {
     }
 }
 
+/// A page token must have been issued for the same filter.
+fn check_cursor(filter: &SearchFilter, after: Option<&PageCursor>) -> Result<(), DbError> {
+    match after {
+        Some(cursor) if cursor.filter != filter.as_str() => Err(DbError::InvalidCursor(
+            "it was issued for a different filter",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The multi-row INSERT for one chunk of users, shared by both backends.
 fn insert_users(
     rows: &[UserRow],
@@ -324,7 +398,7 @@ fn insert_users(
     diesel::insert_into(users::table).values(rows)
 }
 
-fn build_user(new: NewUser) -> User {
+pub(crate) fn build_user(new: NewUser) -> User {
     let created_at = now();
     User {
         id: UserId::generate(),

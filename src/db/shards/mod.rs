@@ -5,3 +5,6 @@
 pub mod map;
 
 pub use map::{slot_of, ShardMap, ShardMapError, SLOTS};
+mod routing;
+
+pub use routing::Sharding;

@@ -1,0 +1,309 @@
+//! Sharded data on a private PostgreSQL cluster (a primary and three shards, with
+//! `max_prepared_transactions` set): where rows land, the email index staying exact under
+//! concurrent writes, a part that cannot prepare, and recovery of in-doubt transactions.
+//! The whole gRPC user suite also runs sharded (`grpc_users::*::sharded`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use switchboard::grpc::pb::{CreateUserRequest, DeleteUserRequest, UpdateUserRequest};
+use tonic::Code;
+
+use crate::{
+    grpc_users::client,
+    helpers::{spawn_app_on, TestDb},
+};
+
+/// Every row of `sql`'s answer on the database at `url`, as text.
+async fn rows(url: &str, sql: &str) -> Vec<Vec<String>> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("the shard answers");
+    let driver = tokio::spawn(connection);
+    let messages = client.simple_query(sql).await.expect("the query runs");
+    drop(client);
+    let _ = driver.await;
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn create(name: &str, email: &str) -> CreateUserRequest {
+    CreateUserRequest {
+        name: name.into(),
+        email: email.into(),
+        ..Default::default()
+    }
+}
+
+/// Users (id → email) and email index rows (email → id) across `shards`, and how many
+/// users each shard holds; fails if any shard still has a prepared transaction.
+async fn contents(
+    shards: &[String],
+) -> (
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+    Vec<usize>,
+) {
+    let (mut users, mut index, mut counts) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
+    for url in shards {
+        let found = rows(url, "SELECT id, email FROM users").await;
+        counts.push(found.len());
+        users.extend(found.into_iter().map(|r| (r[0].clone(), r[1].clone())));
+        index.extend(
+            rows(url, "SELECT email, user_id FROM user_emails")
+                .await
+                .into_iter()
+                .map(|r| (r[0].clone(), r[1].clone())),
+        );
+        let prepared = rows(url, "SELECT gid FROM pg_prepared_xacts").await;
+        assert!(prepared.is_empty(), "left prepared on {url}: {prepared:?}");
+    }
+    (users, index, counts)
+}
+
+/// Each user has its index row and each index row its user.
+fn assert_index_exact(users: &BTreeMap<String, String>, index: &BTreeMap<String, String>) {
+    let from_users: BTreeMap<String, String> = users
+        .iter()
+        .map(|(id, email)| (email.clone(), id.clone()))
+        .collect();
+    assert_eq!(
+        &from_users, index,
+        "the email index matches the users exactly"
+    );
+}
+
+fn shard_urls(db: &TestDb) -> Vec<String> {
+    db.settings
+        .shards
+        .iter()
+        .map(|url| match url {
+            switchboard::config::DatabaseUrl::Postgres(url) => url.clone(),
+            other => panic!("not PostgreSQL: {other}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_spread_over_the_shards_and_the_email_index_stays_exact() {
+    let Some(db) = TestDb::sharded(3).await else {
+        return;
+    };
+    let shards = shard_urls(&db);
+    let app = spawn_app_on(db).await;
+
+    // 60 users from four concurrent clients.
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let mut users = client(&app).await;
+        writers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..15 {
+                let user = users
+                    .create_user(create(
+                        &format!("U{w}-{i}"),
+                        &format!("u{w}-{i}@example.com"),
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                ids.push(user.id);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for writer in writers {
+        ids.extend(writer.await.unwrap());
+    }
+
+    // Sixteen clients race for one email: exactly one gets it.
+    let mut racers = Vec::new();
+    for r in 0..16 {
+        let mut users = client(&app).await;
+        racers.push(tokio::spawn(async move {
+            users
+                .create_user(create(&format!("Racer {r}"), "race@example.com"))
+                .await
+                .map(|_| ())
+                .map_err(|status| status.code())
+        }));
+    }
+    let mut won = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(code) => assert_eq!(code, Code::AlreadyExists),
+        }
+    }
+    assert_eq!(won, 1, "one email, one owner");
+
+    // An email moves (its index row with it), a user goes (and their index row).
+    let mut users = client(&app).await;
+    users
+        .update_user(UpdateUserRequest {
+            id: ids[0].clone(),
+            email: "moved@example.com".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let taken = users
+        .update_user(UpdateUserRequest {
+            id: ids[1].clone(),
+            email: "moved@example.com".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists);
+    users
+        .delete_user(DeleteUserRequest { id: ids[2].clone() })
+        .await
+        .unwrap();
+    let freed = users.create_user(create("Again", "u0-2@example.com")).await;
+    assert!(
+        freed.is_ok(),
+        "a deleted user's email is free again: {freed:?}"
+    );
+
+    let (stored, index, counts) = contents(&shards).await;
+    assert_eq!(stored.len(), 60 + 1 - 1 + 1, "{counts:?}");
+    assert!(
+        counts.iter().all(|c| *c > 5),
+        "spread over every shard: {counts:?}"
+    );
+    assert_index_exact(&stored, &index);
+    assert_eq!(index.get("moved@example.com"), Some(&ids[0]));
+    assert!(!stored.contains_key(&ids[2]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_that_cannot_prepare_leaves_nothing_anywhere() {
+    let Some(db) = TestDb::sharded(3).await else {
+        return;
+    };
+    let shards = shard_urls(&db);
+    let app = spawn_app_on(db).await;
+    // Touching a temporary table makes PREPARE TRANSACTION fail: every email index insert
+    // now does, so a user whose row and email live on different shards cannot be created
+    // (one on a single shard commits in one phase and is fine).
+    for url in &shards {
+        crate::helpers::pg_admin(
+            url,
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN CREATE TEMP TABLE IF NOT EXISTS poison_t (x int); RETURN NEW; END $$; \
+             CREATE TRIGGER poison BEFORE INSERT ON user_emails \
+             FOR EACH ROW EXECUTE FUNCTION poison();",
+        )
+        .await
+        .unwrap();
+    }
+    let mut users = client(&app).await;
+    let (mut created, mut refused) = (BTreeSet::new(), 0);
+    for i in 0..16 {
+        match users
+            .create_user(create(&format!("P{i}"), &format!("p{i}@example.com")))
+            .await
+        {
+            Ok(user) => {
+                created.insert(user.into_inner().id);
+            }
+            Err(status) => {
+                assert_ne!(status.code(), Code::AlreadyExists, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "some users span two shards");
+    let (stored, index, _) = contents(&shards).await;
+    let stored_ids: BTreeSet<String> = stored.keys().cloned().collect();
+    assert_eq!(stored_ids, created, "only the committed users exist");
+    assert_index_exact(&stored, &index);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_resolves_in_doubt_transactions_from_the_decision_log() {
+    let Some(db) = TestDb::sharded(3).await else {
+        return;
+    };
+    let shards = shard_urls(&db);
+    let primary = match &db.settings.url {
+        switchboard::config::DatabaseUrl::Postgres(url) => url.clone(),
+        other => panic!("not PostgreSQL: {other}"),
+    };
+    let app = spawn_app_on(db).await;
+    let deployment = rows(&primary, "SELECT id FROM shard_deployment").await[0][0].clone();
+
+    // Three prepared transactions on shard 0, as a crashed server would leave them: one
+    // whose decision was logged, one whose was not, and one of another deployment.
+    let ours = |n: u32| format!("sb_{deployment}_deadbeef_{n}");
+    let foreign = "sb_zzzzzzzz_deadbeef_9_0".to_owned();
+    for (gid, email) in [
+        (format!("{}_0", ours(1)), "commit-me@example.com"),
+        (format!("{}_0", ours(2)), "roll-me-back@example.com"),
+        (foreign.clone(), "not-ours@example.com"),
+    ] {
+        crate::helpers::pg_admin(
+            &shards[0],
+            &format!(
+                "BEGIN; INSERT INTO user_emails VALUES ('{email}', 'x'); \
+                 PREPARE TRANSACTION '{gid}';"
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    crate::helpers::pg_admin(
+        &primary,
+        &format!(
+            "INSERT INTO tx_decisions VALUES ('{}', '0', now() AT TIME ZONE 'UTC')",
+            ours(1)
+        ),
+    )
+    .await
+    .unwrap();
+
+    // Past the grace period (2 s), the next pass (every 0.5 s) resolves ours only.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let prepared = rows(&shards[0], "SELECT gid FROM pg_prepared_xacts ORDER BY gid").await;
+        if prepared == [vec![foreign.clone()]] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still in doubt: {prepared:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let emails = rows(&shards[0], "SELECT email FROM user_emails ORDER BY email").await;
+    assert_eq!(emails, [vec!["commit-me@example.com".to_owned()]]);
+    // The decision is forgotten once nothing refers to it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !rows(&primary, "SELECT gid FROM tx_decisions")
+        .await
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the decision row stays"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    crate::helpers::pg_admin(&shards[0], &format!("ROLLBACK PREPARED '{foreign}'"))
+        .await
+        .unwrap();
+    drop(app);
+}

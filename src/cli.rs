@@ -69,6 +69,15 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Inspect the shards (`--database-shards`).
+    Shards {
+        /// What to show.
+        #[command(subcommand)]
+        action: ShardsAction,
+        /// The primary and the shards.
+        #[command(flatten)]
+        database: MigrateArgs,
+    },
     /// Load-test a server: WebSocket fanout or gRPC calls.
     Bench {
         /// What to measure.
@@ -85,6 +94,13 @@ pub enum MigrateAction {
     /// Revert the most recent migration.
     Revert,
     /// List migrations and whether each is applied.
+    Status,
+}
+
+/// `switchboard shards …`
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum ShardsAction {
+    /// Each shard's location, reachability, slots, row counts and prepared transactions.
     Status,
 }
 
@@ -354,6 +370,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Migrate { action, database }) => {
             migrate(cli.settings.load_under(&database.settings())?, action)
         }
+        Some(Command::Shards {
+            action: ShardsAction::Status,
+            database,
+        }) => shards_status(cli.settings.load_under(&database.settings())?),
         Some(Command::Token {
             secret,
             sub,
@@ -410,30 +430,103 @@ fn migrate(settings: Settings, action: MigrateAction) -> anyhow::Result<()> {
             );
         }
     }
+    db.check_shards()?;
+    // The primary, then every shard (the same migrations everywhere).
+    let mut targets = vec![(format!("primary {}", db.url.location()), db.clone())];
+    for (i, url) in db.shards.iter().enumerate() {
+        let mut shard = db.clone();
+        shard.url = url.clone();
+        shard.shards = Vec::new();
+        targets.push((format!("shard {i} {}", url.location()), shard));
+    }
+    let sharded = targets.len() > 1;
     runtime.block_on(async move {
-        match action {
-            MigrateAction::Run => {
-                let applied = migrate::run_pending(&db).await?;
-                if applied.is_empty() {
-                    println!("no pending migrations");
+        for (name, db) in targets {
+            let indent = if sharded {
+                println!("{name}:");
+                "  "
+            } else {
+                ""
+            };
+            match action {
+                MigrateAction::Run => {
+                    let applied = migrate::run_pending(&db)
+                        .await
+                        .with_context(|| name.clone())?;
+                    if applied.is_empty() {
+                        println!("{indent}no pending migrations");
+                    }
+                    for migration in applied {
+                        println!("{indent}applied {migration}");
+                    }
                 }
-                for name in applied {
-                    println!("applied {name}");
+                MigrateAction::Revert => {
+                    match migrate::revert_last(&db)
+                        .await
+                        .with_context(|| name.clone())?
+                    {
+                        Some(migration) => println!("{indent}reverted {migration}"),
+                        None => println!("{indent}nothing to revert"),
+                    }
                 }
-            }
-            MigrateAction::Revert => match migrate::revert_last(&db).await? {
-                Some(name) => println!("reverted {name}"),
-                None => println!("nothing to revert"),
-            },
-            MigrateAction::Status => {
-                for state in migrate::status(&db).await? {
-                    let mark = if state.applied { "applied" } else { "pending" };
-                    println!("{mark:8} {}", state.name);
+                MigrateAction::Status => {
+                    for state in migrate::status(&db).await.with_context(|| name.clone())? {
+                        let mark = if state.applied { "applied" } else { "pending" };
+                        println!("{indent}{mark:8} {}", state.name);
+                    }
                 }
             }
         }
         Ok(())
     })
+}
+
+fn shards_status(settings: Settings) -> anyhow::Result<()> {
+    let db = settings.database;
+    db.check_shards()?;
+    if db.shards.is_empty() {
+        anyhow::bail!(
+            "no shards configured: set --database-shards (or SWITCHBOARD_DATABASE_SHARDS)"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(crate::db::shards::shard_status(&db))?;
+    println!(
+        "{:<5} {:<32} {:<9} {:>5} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "shard",
+        "location",
+        "reachable",
+        "slots",
+        "users",
+        "posts",
+        "emails",
+        "messages",
+        "prepared"
+    );
+    for s in &report {
+        println!(
+            "{:<5} {:<32} {:<9} {:>5} {:>8} {:>8} {:>8} {:>9} {:>8}",
+            s.index,
+            s.location,
+            if s.reachable { "yes" } else { "NO" },
+            s.slots,
+            s.users,
+            s.posts,
+            s.email_index,
+            s.messages,
+            s.prepared
+        );
+        if let Some(error) = &s.error {
+            println!("      {error}");
+        }
+    }
+    if report.iter().any(|s| !s.reachable) {
+        anyhow::bail!("some shards are unreachable");
+    }
+    Ok(())
 }
 
 /// Registers for SIGINT (Ctrl-C) and SIGTERM at once — before the server announces its

@@ -307,3 +307,73 @@ async fn recovery_resolves_in_doubt_transactions_from_the_decision_log() {
         .unwrap();
     drop(app);
 }
+
+/// Runs the binary with `args` (blocking, off the test's runtime) and returns its output.
+async fn cli(args: Vec<String>) -> crate::process::Finished {
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = crate::process::switchboard(dir.path());
+        command.args(&args);
+        crate::process::run_within(command, Duration::from_secs(60))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_and_shards_status_cover_the_primary_and_every_shard() {
+    let Some(db) = TestDb::sharded(3).await else {
+        return;
+    };
+    let shards = shard_urls(&db);
+    let primary = match &db.settings.url {
+        switchboard::config::DatabaseUrl::Postgres(url) => url.clone(),
+        other => panic!("not PostgreSQL: {other}"),
+    };
+    let database = |action: &[&str]| {
+        let mut args: Vec<String> = action.iter().map(|s| (*s).to_owned()).collect();
+        args.extend(["--database-url".into(), primary.clone()]);
+        args.extend(["--database-shards".into(), shards.join(",")]);
+        args
+    };
+    let run = cli(database(&["migrate", "run"])).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    let status = cli(database(&["migrate", "status"])).await;
+    assert!(status.status.success(), "{}", status.stderr);
+    for header in ["primary ", "shard 0 ", "shard 1 ", "shard 2 "] {
+        assert!(
+            status.stdout.lines().any(|l| l.starts_with(header)),
+            "{header}: {}",
+            status.stdout
+        );
+    }
+    assert!(!status.stdout.contains("pending"), "{}", status.stdout);
+
+    let app = spawn_app_on(db).await;
+    let mut users = client(&app).await;
+    for i in 0..12 {
+        users
+            .create_user(create(&format!("S{i}"), &format!("s{i}@example.com")))
+            .await
+            .unwrap();
+    }
+    let report = cli(database(&["shards", "status"])).await;
+    assert!(report.status.success(), "{}", report.stderr);
+    let lines: Vec<&str> = report.stdout.lines().skip(1).collect();
+    assert_eq!(lines.len(), 3, "{}", report.stdout);
+    let (mut users_total, mut slots_total) = (0, 0);
+    for line in lines {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[2], "yes", "{line}");
+        assert!(
+            !line.contains("secret") && cells[1].contains("/sb_shard_"),
+            "{line}"
+        );
+        slots_total += cells[3].parse::<u32>().unwrap();
+        users_total += cells[4].parse::<u32>().unwrap();
+        assert_eq!(cells[8], "0", "nothing in doubt: {line}");
+    }
+    assert_eq!(slots_total, 4096);
+    assert_eq!(users_total, 12);
+    drop(app);
+}

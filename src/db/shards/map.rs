@@ -81,6 +81,29 @@ impl ShardMap {
         counts
     }
 
+    /// Reads the map from `primary`; `None` when none was written yet.
+    pub async fn load(primary: &Database) -> Result<Option<Self>, DbError> {
+        let mut conn = primary.pg_conn().await?;
+        let c = &mut *conn;
+        let locations: Vec<(i32, String)> = shard_map::table
+            .order(shard_map::shard_index)
+            .load(c)
+            .await?;
+        if locations.is_empty() {
+            return Ok(None);
+        }
+        let deployment: String = shard_deployment::table
+            .select(shard_deployment::id)
+            .first(c)
+            .await?;
+        let slots: Vec<(i32, i32)> = shard_slots::table.order(shard_slots::slot).load(c).await?;
+        Ok(Some(Self {
+            deployment,
+            locations: locations.into_iter().map(|(_, l)| l).collect(),
+            slots: slots.into_iter().map(|(_, s)| s as u16).collect(),
+        }))
+    }
+
     /// Reads the map from `primary`, writing it first if there is none; a stored map
     /// whose shards differ from `shards` is refused, saying what changed.
     pub async fn load_or_create(

@@ -3,8 +3,10 @@
 //! [`TxCoordinator`](crate::actors::tx::TxCoordinator) when a write spans shards.
 
 pub mod map;
+mod status;
 
 pub use map::{slot_of, ShardMap, ShardMapError, SLOTS};
 mod routing;
 
 pub use routing::Sharding;
+pub use status::{shard_status, ShardStatus};

@@ -152,6 +152,16 @@ pub struct Scrape {
     pub breaker: Option<crate::actors::breaker::BreakerReport>,
     /// The history writer's counters (when history is on and it answered).
     pub history: Option<crate::actors::history::HistoryStats>,
+    /// The transaction coordinator's counters (when the data is sharded).
+    pub tx: Option<crate::actors::tx::TxStats>,
+}
+
+/// Writes one labelled sample per `(labels, value)` under a single HELP/TYPE header.
+fn labelled(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
@@ -277,6 +287,87 @@ impl Scrape {
                 "counter",
                 "Chat messages not stored because too many were waiting.",
                 history.dropped,
+            );
+        }
+        if let Some(tx) = &self.tx {
+            let outcomes = [
+                ("one_phase", tx.one_phase),
+                ("committed", tx.committed),
+                ("aborted", tx.aborted),
+                ("unknown", tx.unknown),
+            ];
+            labelled(
+                out,
+                "switchboard_tx_total",
+                "counter",
+                "Writes through the transaction coordinator, by outcome (one_phase: on one shard).",
+                &outcomes
+                    .iter()
+                    .map(|(o, n)| (format!("outcome=\"{o}\""), n.to_string()))
+                    .collect::<Vec<_>>(),
+            );
+            let phases = [
+                ("prepare", tx.prepare_us),
+                ("decide", tx.decide_us),
+                ("commit", tx.commit_us),
+            ];
+            labelled(
+                out,
+                "switchboard_tx_phase_seconds_total",
+                "counter",
+                "Time distributed transactions spent in each phase.",
+                &phases
+                    .iter()
+                    .map(|(p, us)| (format!("phase=\"{p}\""), (*us as f64 / 1e6).to_string()))
+                    .collect::<Vec<_>>(),
+            );
+            metric(
+                out,
+                "switchboard_tx_in_flight",
+                "gauge",
+                "Distributed transactions running now.",
+                tx.in_flight,
+            );
+            labelled(
+                out,
+                "switchboard_tx_recoveries_total",
+                "counter",
+                "Prepared transactions resolved by recovery, by action.",
+                &[
+                    (
+                        "action=\"commit\"".to_owned(),
+                        tx.recovered_commits.to_string(),
+                    ),
+                    (
+                        "action=\"rollback\"".to_owned(),
+                        tx.recovered_rollbacks.to_string(),
+                    ),
+                ],
+            );
+            labelled(
+                out,
+                "switchboard_tx_in_doubt",
+                "gauge",
+                "This deployment's prepared transactions on each shard, as recovery last saw them.",
+                &tx.in_doubt
+                    .iter()
+                    .map(|d| (format!("shard=\"{}\"", d.shard), d.prepared.to_string()))
+                    .collect::<Vec<_>>(),
+            );
+            labelled(
+                out,
+                "switchboard_tx_oldest_prepared_seconds",
+                "gauge",
+                "Age of the oldest prepared transaction on each shard.",
+                &tx.in_doubt
+                    .iter()
+                    .map(|d| {
+                        (
+                            format!("shard=\"{}\"", d.shard),
+                            d.oldest_seconds.to_string(),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
             );
         }
         if let Some(events) = &self.events {

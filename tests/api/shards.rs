@@ -187,6 +187,28 @@ async fn users_spread_over_the_shards_and_the_email_index_stays_exact() {
     assert_index_exact(&stored, &index);
     assert_eq!(index.get("moved@example.com"), Some(&ids[0]));
     assert!(!stored.contains_key(&ids[2]));
+
+    // Metrics count both kinds of write; /health lists every shard.
+    let metrics = app.get_text("/metrics").await;
+    let sample = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{line} in metrics"))
+    };
+    assert!(sample("switchboard_tx_total{outcome=\"committed\"}") > 10);
+    assert!(sample("switchboard_tx_total{outcome=\"one_phase\"}") > 0);
+    let health = app.get_json("/health").await;
+    let shards_check = health["checks"]["shards:inDoubt"].as_array().unwrap();
+    assert_eq!(shards_check.len(), 3, "{health}");
+    for shard in shards_check {
+        assert_eq!(shard["status"], "pass", "{shard}");
+        assert!(shard["componentId"]
+            .as_str()
+            .unwrap()
+            .contains("/sb_shard_"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,6 +323,11 @@ async fn recovery_resolves_in_doubt_transactions_from_the_decision_log() {
             "the decision row stays"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = app.get_text("/metrics").await;
+    for action in ["commit", "rollback"] {
+        let line = format!("switchboard_tx_recoveries_total{{action=\"{action}\"}} 1");
+        assert!(metrics.lines().any(|l| l == line), "{line}");
     }
     crate::helpers::pg_admin(&shards[0], &format!("ROLLBACK PREPARED '{foreign}'"))
         .await

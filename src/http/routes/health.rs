@@ -194,10 +194,74 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
         },
     };
 
+    // With shards: one check per shard (reachable, prepared transactions past the grace
+    // period as recovery last saw them).
+    let shards = match state.db.sharding() {
+        None => None,
+        Some(sharding) => Some(
+            match sharding
+                .coordinator
+                .send(crate::actors::tx::GetTxStats)
+                .timeout(ASK_TIMEOUT)
+                .await
+            {
+                Ok(stats) => sharding
+                    .map
+                    .locations
+                    .iter()
+                    .enumerate()
+                    .map(|(index, location)| {
+                        let seen = stats.in_doubt.iter().find(|d| d.shard == index);
+                        let details = json!({
+                            "componentId": location,
+                            "shard": index,
+                            "prepared": seen.map_or(0, |d| d.prepared),
+                            "oldestPreparedSeconds": seen.map_or(0.0, |d| d.oldest_seconds),
+                        });
+                        match seen {
+                            Some(d) if !d.reachable => {
+                                let mut details = details;
+                                details["output"] = json!("unreachable at the last recovery pass");
+                                check("fail", "datastore", serde_json::Value::Null, None, details)
+                            }
+                            Some(d) if d.older_than_grace > 0 => {
+                                let mut details = details;
+                                details["output"] = json!(format!(
+                                    "{} prepared transaction(s) in doubt past the grace period",
+                                    d.older_than_grace
+                                ));
+                                check(
+                                    "warn",
+                                    "datastore",
+                                    json!(d.older_than_grace),
+                                    None,
+                                    details,
+                                )
+                            }
+                            Some(d) => check(
+                                "pass",
+                                "datastore",
+                                json!(d.older_than_grace),
+                                None,
+                                details,
+                            ),
+                            None => check("pass", "datastore", json!(0), None, details),
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+                Err(_) => vec![unavailable("transaction coordinator unavailable")],
+            },
+        ),
+    };
+
     // Overall: fail when the database does not answer; warn while a component is degraded.
     let degraded = [&breaker, &hub, &events, &rate_limiter, &history]
         .iter()
-        .any(|check| check["status"] != "pass");
+        .any(|check| check["status"] != "pass")
+        || shards
+            .iter()
+            .flatten()
+            .any(|check| check["status"] != "pass");
     let status = match (ping.is_ok(), degraded) {
         (false, _) => "fail",
         (true, true) => "warn",
@@ -220,6 +284,10 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
             "uptime": [check("pass", "system", json!(uptime), Some("s"), json!({}))],
         },
     });
+    let mut body = body;
+    if let Some(shards) = shards {
+        body["checks"]["shards:inDoubt"] = json!(shards);
+    }
     let mut response = if ping.is_ok() {
         HttpResponse::Ok()
     } else {

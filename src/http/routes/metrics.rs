@@ -25,6 +25,14 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
             Some(writer) => writer.send(GetHistoryStats).await.ok(),
             None => None,
         },
+        tx: match state.db.sharding() {
+            Some(sharding) => sharding
+                .coordinator
+                .send(crate::actors::tx::GetTxStats)
+                .await
+                .ok(),
+            None => None,
+        },
     };
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -183,6 +183,7 @@ impl Application {
                 let config = crate::actors::tx::TxConfig {
                     recovery_interval: settings.database.tx_recovery_interval,
                     grace: settings.database.tx_in_doubt_grace,
+                    fault: crate::actors::tx::Fault::from_env(),
                 };
                 let (primary, dbs, deployment) =
                     (database.clone(), shards.clone(), map.deployment.clone());

@@ -66,7 +66,11 @@ async fn contents(
                 .into_iter()
                 .map(|r| (r[0].clone(), r[1].clone())),
         );
-        let prepared = rows(url, "SELECT gid FROM pg_prepared_xacts").await;
+        let prepared = rows(
+            url,
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+        )
+        .await;
         assert!(prepared.is_empty(), "left prepared on {url}: {prepared:?}");
     }
     (users, index, counts)
@@ -300,7 +304,11 @@ async fn recovery_resolves_in_doubt_transactions_from_the_decision_log() {
     // Past the grace period (2 s), the next pass (every 0.5 s) resolves ours only.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let prepared = rows(&shards[0], "SELECT gid FROM pg_prepared_xacts ORDER BY gid").await;
+        let prepared = rows(
+            &shards[0],
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid",
+        )
+        .await;
         if prepared == [vec![foreign.clone()]] {
             break;
         }
@@ -403,4 +411,174 @@ async fn migrate_and_shards_status_cover_the_primary_and_every_shard() {
     assert_eq!(slots_total, 4096);
     assert_eq!(users_total, 12);
     drop(app);
+}
+
+/// The binary serving the sharded databases of `settings`, with extra environment.
+fn sharded_server(
+    settings: &switchboard::config::DatabaseSettings,
+    env: &[(&str, &str)],
+) -> crate::process::Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = crate::process::switchboard(dir.path());
+    let primary = settings.url.clone();
+    let shards: Vec<String> = settings
+        .shards
+        .iter()
+        .map(|url| match url {
+            switchboard::config::DatabaseUrl::Postgres(url) => url.clone(),
+            other => panic!("not PostgreSQL: {other}"),
+        })
+        .collect();
+    let primary = match primary {
+        switchboard::config::DatabaseUrl::Postgres(url) => url,
+        other => panic!("not PostgreSQL: {other}"),
+    };
+    command.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]);
+    command.args([
+        "--database-url",
+        &primary,
+        "--database-shards",
+        &shards.join(","),
+    ]);
+    command.args(["--db-max-connections", "5", "--log-format", "json"]);
+    command.args([
+        "--tx-in-doubt-grace",
+        "2s",
+        "--tx-recovery-interval",
+        "500ms",
+    ]);
+    command.args(["--jwt-secret", crate::helpers::TEST_JWT_SECRET]);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let server = crate::process::Server::start(command);
+    // The directory only holds the working directory; the data is in PostgreSQL.
+    std::mem::forget(dir);
+    server
+}
+
+/// A user client for the server at `addr`.
+async fn client_at(addr: &str) -> crate::grpc_users::Client {
+    let channel = crate::helpers::grpc_channel(addr).await;
+    let token = format!("Bearer {}", crate::ws_client::token("crash-test", None));
+    let add: crate::grpc_users::AddToken = Box::new(move |mut request: tonic::Request<()>| {
+        request
+            .metadata_mut()
+            .insert("authorization", token.parse().unwrap());
+        Ok(request)
+    });
+    switchboard::grpc::pb::user_service_client::UserServiceClient::with_interceptor(channel, add)
+}
+
+/// Creates users one by one until a call hangs (the coordinator paused on a cross-shard
+/// one); returns the ids created and the email of the one left hanging.
+async fn create_until_paused(addr: &str) -> (BTreeSet<String>, String) {
+    let mut users = client_at(addr).await;
+    let mut created = BTreeSet::new();
+    for i in 0..40 {
+        let email = format!("c{i}@example.com");
+        let call = users.create_user(create(&format!("C{i}"), &email));
+        match tokio::time::timeout(Duration::from_secs(3), call).await {
+            Ok(Ok(user)) => {
+                created.insert(user.into_inner().id);
+            }
+            Ok(Err(status)) => panic!("{status:?}"),
+            Err(_) => return (created, email),
+        }
+    }
+    panic!("no user spanned two shards in 40 tries");
+}
+
+/// `kill -9` of the server while a cross-shard CreateUser is paused at `fault`; after a
+/// restart, recovery leaves every shard consistent — committed when the decision was
+/// logged, rolled back when not — and nothing prepared behind.
+async fn crash_and_recover(fault: &'static str) {
+    let Some(db) = TestDb::sharded(3).await else {
+        return;
+    };
+    let shards = shard_urls(&db);
+    let settings = db.settings.clone();
+    let server = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || sharded_server(&settings, &[("SWITCHBOARD_FAULT_TX", fault)])
+    })
+    .await
+    .unwrap();
+    let (created, paused_email) = create_until_paused(&server.grpc_addr.clone()).await;
+    let mut server = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        server.wait_for_line(|line| line.contains("fault injection: transaction paused"));
+        server
+    })
+    .await
+    .unwrap();
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+
+    // Still in doubt after the crash.
+    let mut prepared = Vec::new();
+    for url in &shards {
+        prepared.extend(
+            rows(
+                url,
+                "SELECT gid, database FROM pg_prepared_xacts WHERE database = current_database()",
+            )
+            .await,
+        );
+    }
+    assert_eq!(
+        prepared.len(),
+        2,
+        "both parts prepared when the process died: {prepared:?}"
+    );
+
+    let restarted = tokio::task::spawn_blocking(move || sharded_server(&settings, &[]))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut left = 0;
+        for url in &shards {
+            left += rows(
+                url,
+                "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+            )
+            .await
+            .len();
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} still prepared"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (stored, index, _) = contents(&shards).await;
+    assert_index_exact(&stored, &index);
+    let ids: BTreeSet<String> = stored.keys().cloned().collect();
+    let paused_stored = index.contains_key(&paused_email);
+    match fault {
+        "pause-after-prepare" => {
+            assert!(!paused_stored, "no decision: rolled back");
+            assert_eq!(ids, created);
+        }
+        _ => {
+            assert!(paused_stored, "decision logged: committed");
+            assert_eq!(ids.len(), created.len() + 1);
+        }
+    }
+    drop(restarted);
+    drop(db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_prepare_and_decision_rolls_back_everywhere() {
+    crash_and_recover("pause-after-prepare").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_decision_and_commit_commits_everywhere() {
+    crash_and_recover("pause-after-decision").await;
 }

@@ -118,6 +118,32 @@ pub struct TxConfig {
     pub recovery_interval: Duration,
     /// Prepared transactions younger than this are left to their coordinator.
     pub grace: Duration,
+    /// Fault injection for crash tests (never set in production).
+    pub fault: Option<Fault>,
+}
+
+/// Where a crash test wants the coordinator to stop, so it can `kill -9` the process
+/// there: set by `SWITCHBOARD_FAULT_TX=pause-after-prepare|pause-after-decision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Every part prepared, no decision logged yet.
+    PauseAfterPrepare,
+    /// Decision logged, nothing committed yet.
+    PauseAfterDecision,
+}
+
+impl Fault {
+    /// The fault named by `SWITCHBOARD_FAULT_TX`, if any.
+    pub fn from_env() -> Option<Self> {
+        match std::env::var("SWITCHBOARD_FAULT_TX").ok()?.as_str() {
+            "pause-after-prepare" => Some(Self::PauseAfterPrepare),
+            "pause-after-decision" => Some(Self::PauseAfterDecision),
+            other => {
+                tracing::warn!(fault = other, "unknown SWITCHBOARD_FAULT_TX ignored");
+                None
+            }
+        }
+    }
 }
 
 /// The coordinator actor. One per server.
@@ -205,7 +231,12 @@ impl Handler<Execute> for TxCoordinator {
             .into_iter()
             .map(|(shard, works)| (shard, self.shards[shard].clone(), works))
             .collect();
-        let run = protocol::two_phase(self.primary.clone(), base.clone(), participants);
+        let run = protocol::two_phase(
+            self.primary.clone(),
+            base.clone(),
+            participants,
+            self.config.fault,
+        );
         Box::pin(run.into_actor(self).map(move |(result, timing), act, _| {
             act.in_flight.remove(&base);
             act.stats.prepare_us += timing.prepare.as_micros() as u64;

@@ -19,7 +19,7 @@ use diesel_async::{
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::Work;
+use super::{Fault, Work};
 use crate::db::{schema::tx_decisions, Database, DbError};
 
 /// How a distributed transaction failed.
@@ -139,6 +139,7 @@ pub(super) async fn two_phase(
     primary: Database,
     base: String,
     participants: Vec<(usize, Database, Vec<Work>)>,
+    fault: Option<Fault>,
 ) -> (Result<(), Failure>, Timing) {
     let mut timing = Timing::default();
     let started = Instant::now();
@@ -175,6 +176,8 @@ pub(super) async fn two_phase(
         return (Err(Failure::Aborted(error)), timing);
     }
 
+    pause_if(fault, Fault::PauseAfterPrepare, &base).await;
+
     // The decision. No connection to the primary: nothing was written, roll back.
     let deciding = Instant::now();
     let mut primary_conn = match primary.pg_conn().await {
@@ -205,6 +208,8 @@ pub(super) async fn two_phase(
         tracing::warn!(gid = %base, %error, "commit decision not confirmed; left to recovery");
         return (Err(Failure::Unknown(error.into())), timing);
     }
+
+    pause_if(fault, Fault::PauseAfterDecision, &base).await;
 
     // Committed. Finish every part, retrying; what still fails is left to recovery.
     let committing = Instant::now();
@@ -237,6 +242,14 @@ pub(super) async fn two_phase(
             .await;
     }
     (Ok(()), timing)
+}
+
+/// Crash tests: stops here for good (the test kills the process) when `fault` is `at`.
+async fn pause_if(fault: Option<Fault>, at: Fault, gid: &str) {
+    if fault == Some(at) {
+        tracing::warn!(%gid, fault = ?at, "fault injection: transaction paused");
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn rollback_all(

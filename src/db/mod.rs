@@ -207,6 +207,22 @@ impl Database {
         self
     }
 
+    /// Where `room`'s history and offsets live: its shard, or this database.
+    pub(crate) fn room_db(&self, room: &crate::domain::RoomId) -> &Database {
+        match &self.sharding {
+            Some(sharding) => &sharding.shards[sharding.map.shard_of(room.as_str())],
+            None => self,
+        }
+    }
+
+    /// Every database holding data: the shards, or this one.
+    pub(crate) fn data_dbs(&self) -> Vec<&Database> {
+        match &self.sharding {
+            Some(sharding) => sharding.shards.iter().collect(),
+            None => vec![self],
+        }
+    }
+
     /// The shards, when the data is sharded.
     pub fn sharding(&self) -> Option<&shards::Sharding> {
         self.sharding.as_deref()

@@ -8,7 +8,7 @@ use switchboard::{config::Settings, domain::RoomId};
 
 use crate::{
     helpers::{spawn_app, spawn_app_with, test_settings, TestDb},
-    on_both_backends,
+    on_every_backend,
     ws_client::WsClient,
 };
 
@@ -79,7 +79,7 @@ async fn relays_and_acks_carry_rising_offsets_per_room() {
     );
 }
 
-on_both_backends!(owned: rejoining_with_since_offset_replays_then_goes_live_without_gap_or_duplicate);
+on_every_backend!(owned: rejoining_with_since_offset_replays_then_goes_live_without_gap_or_duplicate);
 
 /// Bob drops out at offset 2 and comes back while Alice keeps posting: he gets every
 /// message after 2 exactly once, in order, whether it was stored, still waiting for its
@@ -243,7 +243,7 @@ async fn typing_is_never_stored_and_private_messages_only_when_enabled() {
     }
 }
 
-on_both_backends!(owned: waiting_messages_are_written_at_shutdown_and_offsets_continue_after_restart);
+on_every_backend!(owned: waiting_messages_are_written_at_shutdown_and_offsets_continue_after_restart);
 
 async fn waiting_messages_are_written_at_shutdown_and_offsets_continue_after_restart(db: TestDb) {
     let settings = settings_with(&db, |s| {

@@ -9,7 +9,7 @@ use switchboard::{auth::JwtAuth, config::JwtSecret};
 use crate::{
     helpers::{spawn_app, spawn_app_with, TestApp, TestDb, TEST_JWT_SECRET},
     history::{post, settings_with},
-    on_both_backends,
+    on_every_backend,
     ws_client::{raw_connect, WsClient},
 };
 
@@ -76,7 +76,7 @@ async fn relayed_frames_carry_the_senders_name() {
     assert!(relayed.get("name").is_none(), "{relayed}");
 }
 
-on_both_backends!(owned: a_guest_resumes_its_id_after_a_restart_and_history_keeps_names);
+on_every_backend!(owned: a_guest_resumes_its_id_after_a_restart_and_history_keeps_names);
 
 /// Ann (a guest) and Bob (a named user) talk; the server restarts; Ann comes back with her
 /// resume token — same id, same name — and the stored history shows both names.

@@ -582,3 +582,61 @@ async fn a_crash_between_prepare_and_decision_rolls_back_everywhere() {
 async fn a_crash_between_decision_and_commit_commits_everywhere() {
     crash_and_recover("pause-after-decision").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_history_lives_on_the_rooms_shard() {
+    let Some(db) = TestDb::sharded(3).await else {
+        return;
+    };
+    let shards = shard_urls(&db);
+    let primary = match &db.settings.url {
+        switchboard::config::DatabaseUrl::Postgres(url) => url.clone(),
+        other => panic!("not PostgreSQL: {other}"),
+    };
+    let mut settings = crate::history::settings_with(&db, |_| {});
+    settings.history.flush_interval = Duration::from_millis(20);
+    let app = crate::helpers::spawn_app_with(db, settings).await;
+    let mut alice = crate::ws_client::WsClient::user(&app, "alice").await;
+    let rooms: Vec<String> = (0..8).map(|i| format!("room-{i}")).collect();
+    for room in &rooms {
+        alice.join(room).await;
+        crate::history::post(&mut alice, room, 2).await;
+    }
+    let map = switchboard::db::shards::ShardMap::new(
+        "any".into(),
+        (0..3).map(|i| i.to_string()).collect(),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut placed = Vec::new();
+        for url in &shards {
+            placed.push(
+                rows(
+                    url,
+                    "SELECT DISTINCT room_id FROM messages ORDER BY room_id",
+                )
+                .await,
+            );
+        }
+        let stored: usize = placed.iter().map(Vec::len).sum();
+        if stored == rooms.len() {
+            for (shard, found) in placed.iter().enumerate() {
+                for room in found {
+                    assert_eq!(map.shard_of(&room[0]), shard, "{room:?} on shard {shard}");
+                }
+            }
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stored: {placed:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rows(&primary, "SELECT room_id FROM messages")
+        .await
+        .is_empty());
+    // And a member reads it back from there.
+    alice
+        .send(serde_json::json!({"type": "history", "room_id": "room-3"}))
+        .await;
+    let history = alice.recv_kind("history").await;
+    assert_eq!(history["metadata"]["count"], 2, "{history}");
+}

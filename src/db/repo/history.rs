@@ -195,6 +195,9 @@ impl Database {
                 sender_name: p.sender_name.clone(),
             })
             .collect();
+        if let Some(sharding) = &self.sharding {
+            return append_sharded(sharding, rows, rooms, privates).await;
+        }
         let mut conn = self.conn().await?;
         // As in `bulk_create_users`: multi-row INSERTs run on SQLite's sync connection.
         match &mut conn {
@@ -221,6 +224,13 @@ impl Database {
     /// history writer's test of whether a refused batch is the data's fault or the
     /// database's).
     pub async fn takes_transactions(&self) -> Result<(), DbError> {
+        for db in self.data_dbs() {
+            db.local_takes_transactions().await?;
+        }
+        Ok(())
+    }
+
+    async fn local_takes_transactions(&self) -> Result<(), DbError> {
         let mut conn = self.conn().await?;
         match &mut conn {
             Conn::Postgres(c) => {
@@ -246,7 +256,7 @@ impl Database {
         after: u64,
         upto: u64,
     ) -> Result<Vec<StoredMessage>, DbError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.room_db(room).conn().await?;
         let rows: Vec<MessageRow> = with_conn!(&mut conn, |c| {
             messages::table
                 .filter(messages::room_id.eq(room.as_str()))
@@ -268,7 +278,7 @@ impl Database {
         upto: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, DbError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.room_db(room).conn().await?;
         let rows: Vec<MessageRow> = with_conn!(&mut conn, |c| {
             messages::table
                 .filter(messages::room_id.eq(room.as_str()))
@@ -291,6 +301,18 @@ impl Database {
     /// (room and private) created before `older_than`; returns how many went.
     #[tracing::instrument(skip(self))]
     pub async fn prune_history(
+        &self,
+        keep_per_room: Option<u64>,
+        older_than: Option<DateTime<Utc>>,
+    ) -> Result<u64, DbError> {
+        let mut deleted = 0;
+        for db in self.data_dbs() {
+            deleted += db.local_prune_history(keep_per_room, older_than).await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn local_prune_history(
         &self,
         keep_per_room: Option<u64>,
         older_than: Option<DateTime<Utc>>,
@@ -328,7 +350,7 @@ impl Database {
 
     /// How many room messages are stored for `room`.
     pub async fn stored_messages(&self, room: &RoomId) -> Result<u64, DbError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.room_db(room).conn().await?;
         let count: i64 = with_conn!(&mut conn, |c| {
             messages::table
                 .filter(messages::room_id.eq(room.as_str()))
@@ -341,10 +363,64 @@ impl Database {
 
     /// How many private messages are stored.
     pub async fn stored_private_messages(&self) -> Result<u64, DbError> {
-        let mut conn = self.conn().await?;
-        let count: i64 = with_conn!(&mut conn, |c| {
-            private_messages::table.count().get_result(c).await
-        })?;
-        Ok(count as u64)
+        let mut total = 0;
+        for db in self.data_dbs() {
+            let mut conn = db.conn().await?;
+            let count: i64 = with_conn!(&mut conn, |c| {
+                private_messages::table.count().get_result(c).await
+            })?;
+            total += count as u64;
+        }
+        Ok(total)
     }
+}
+
+/// [`Database::append_history`] over shards: room messages and offsets on the room's
+/// shard, private messages on the recipient's, all in one distributed transaction (one
+/// phase when the batch lands on one shard), so a batch stays all or nothing.
+async fn append_sharded(
+    sharding: &crate::db::shards::Sharding,
+    rows: Vec<MessageRow>,
+    rooms: Vec<RoomRow>,
+    privates: Vec<PrivateRow>,
+) -> Result<(), DbError> {
+    use futures_util::FutureExt;
+
+    type Batch = (Vec<MessageRow>, Vec<RoomRow>, Vec<PrivateRow>);
+    let mut by_shard: HashMap<usize, Batch> = HashMap::new();
+    for row in rows {
+        by_shard
+            .entry(sharding.map.shard_of(&row.room_id))
+            .or_default()
+            .0
+            .push(row);
+    }
+    for room in rooms {
+        by_shard
+            .entry(sharding.map.shard_of(&room.room_id))
+            .or_default()
+            .1
+            .push(room);
+    }
+    for private in privates {
+        by_shard
+            .entry(sharding.map.shard_of(&private.recipient))
+            .or_default()
+            .2
+            .push(private);
+    }
+    let parts = by_shard
+        .into_iter()
+        .map(|(shard, (rows, rooms, privates))| {
+            crate::actors::tx::Part::new(shard, move |c| {
+                async move {
+                    let written: Result<(), diesel::result::Error> =
+                        async { append_batch!(c, run_async, rows, rooms, privates) }.await;
+                    written.map_err(DbError::from)
+                }
+                .boxed()
+            })
+        })
+        .collect();
+    sharding.execute(parts).await
 }

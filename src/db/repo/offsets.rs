@@ -28,7 +28,7 @@ impl Database {
     #[tracing::instrument(skip(self))]
     pub async fn reserve_offsets(&self, room: &RoomId, count: u64) -> Result<Reservation, DbError> {
         let count = column(count);
-        let mut conn = self.conn().await?;
+        let mut conn = self.room_db(room).conn().await?;
         let end: i64 = with_conn!(&mut conn, |c| {
             diesel::insert_into(rooms::table)
                 .values((
@@ -61,7 +61,7 @@ impl Database {
     /// message leave nothing behind.
     #[tracing::instrument(skip(self))]
     pub async fn return_offsets(&self, room: &RoomId, used: u64, end: u64) -> Result<(), DbError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.room_db(room).conn().await?;
         let ours = rooms::room_id
             .eq(room.as_str())
             .and(rooms::reserved_offset.eq(column(end)));
@@ -83,14 +83,18 @@ impl Database {
 
     /// How many rooms have a row (numbering that outlives their members).
     pub async fn numbered_rooms(&self) -> Result<u64, DbError> {
-        let mut conn = self.conn().await?;
-        let count: i64 = with_conn!(&mut conn, |c| rooms::table.count().get_result(c).await)?;
-        Ok(count as u64)
+        let mut total = 0;
+        for db in self.data_dbs() {
+            let mut conn = db.conn().await?;
+            let count: i64 = with_conn!(&mut conn, |c| rooms::table.count().get_result(c).await)?;
+            total += count as u64;
+        }
+        Ok(total)
     }
 
     /// `room`'s reserved offset, if it has a row.
     pub async fn reserved_offset(&self, room: &RoomId) -> Result<Option<u64>, DbError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.room_db(room).conn().await?;
         let reserved: Option<i64> = with_conn!(&mut conn, |c| {
             rooms::table
                 .filter(rooms::room_id.eq(room.as_str()))

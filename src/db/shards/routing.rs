@@ -83,7 +83,8 @@ impl Sharding {
         self.map.shard_of(email)
     }
 
-    async fn execute(&self, parts: Vec<Part>) -> Result<(), DbError> {
+    /// Runs `parts` through the coordinator.
+    pub(crate) async fn execute(&self, parts: Vec<Part>) -> Result<(), DbError> {
         self.coordinator
             .send(Execute { parts })
             .await

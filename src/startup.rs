@@ -557,14 +557,14 @@ async fn open_shards(
         let mut shard_settings = settings.clone();
         shard_settings.url = url.clone();
         shard_settings.shards = Vec::new();
-        let shard =
-            Database::connect(&shard_settings)
-                .await
-                .map_err(|source| StartupError::Database {
-                    backend: url.backend(),
-                    url: url.to_string(),
-                    source,
-                })?;
+        let shard = Database::connect(&shard_settings)
+            .await
+            .map_err(|source| StartupError::Database {
+                backend: url.backend(),
+                url: url.to_string(),
+                source,
+            })?
+            .as_shard(shards.len());
         if settings.migrate_on_start {
             let applied = migrate::run_pending(&shard_settings)
                 .await

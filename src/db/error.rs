@@ -26,6 +26,15 @@ pub enum DbError {
     /// The database could not be reached.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// One shard could not be reached: what needs it fails, the rest keeps working (so it
+    /// does not count against the database circuit breaker).
+    #[error("shard {shard} unavailable: {reason}")]
+    ShardUnavailable {
+        /// The shard's index.
+        shard: usize,
+        /// What went wrong.
+        reason: String,
+    },
     /// Every pooled connection was lent out for longer than the checkout timeout: the
     /// server is overloaded, the database itself is fine. Callers should retry shortly.
     #[error("the server is busy: all {max_connections} database connections stayed in use for {waited:?}; retry shortly")]
@@ -61,6 +70,14 @@ impl From<diesel::result::Error> for DbError {
         match error {
             Error::NotFound => Self::NotFound { entity: "row" },
             Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                Self::Unavailable(info.message().to_owned())
+            }
+            // The server went away under a pooled connection (tokio-postgres says
+            // "connection closed"; a shutdown says "terminating connection …").
+            Error::DatabaseError(_, info)
+                if info.message() == "connection closed"
+                    || info.message().starts_with("terminating connection") =>
+            {
                 Self::Unavailable(info.message().to_owned())
             }
             other => Self::Query(other),

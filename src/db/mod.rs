@@ -99,6 +99,8 @@ pub struct Database {
     /// With `--database-shards`: where users, posts and the email index live (this
     /// database, the primary, keeps the shard map and the decision log).
     sharding: Option<Arc<shards::Sharding>>,
+    /// Set on a shard's pool: its index, named in its connection errors.
+    shard: Option<usize>,
 }
 
 impl std::fmt::Debug for Database {
@@ -192,6 +194,7 @@ impl Database {
             created: None,
             probe,
             sharding: None,
+            shard: None,
         })
     }
 
@@ -199,6 +202,24 @@ impl Database {
     pub fn announcing_to(mut self, events: actix::Addr<Events>) -> Self {
         self.created = Some(events);
         self
+    }
+
+    /// This database as shard `index`: a connection it cannot get is
+    /// [`DbError::ShardUnavailable`].
+    pub fn as_shard(mut self, index: usize) -> Self {
+        self.shard = Some(index);
+        self
+    }
+
+    /// `error` as this database's: on a shard, unreachability is
+    /// [`DbError::ShardUnavailable`] (what needs this shard fails; the rest works).
+    pub(crate) fn scoped(&self, error: DbError) -> DbError {
+        match (self.shard, error) {
+            (Some(shard), DbError::Unavailable(reason)) => {
+                DbError::ShardUnavailable { shard, reason }
+            }
+            (_, error) => error,
+        }
     }
 
     /// This database as the primary of `sharding`: user and post calls go to the shards.
@@ -268,6 +289,16 @@ impl Database {
         };
         result.map_err(|reason| {
             let status = self.pool_status();
+            if let Some(shard) = self.shard {
+                self.stats.record_unavailable();
+                return DbError::ShardUnavailable {
+                    shard,
+                    reason: format!(
+                        "no connection within {:?}: {}",
+                        self.connect_timeout, reason.message
+                    ),
+                };
+            }
             if reason.timed_out && status.open >= self.max_connections && status.idle == 0 {
                 return DbError::Busy {
                     max_connections: self.max_connections,

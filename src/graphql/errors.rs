@@ -16,6 +16,8 @@ pub mod code {
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
     /// The database is unreachable.
     pub const UNAVAILABLE: &str = "UNAVAILABLE";
+    /// One shard could not be reached (what does not need it keeps working).
+    pub const SHARD_UNAVAILABLE: &str = "SHARD_UNAVAILABLE";
     /// The server is overloaded (every database connection is in use); retry shortly.
     pub const BUSY: &str = "BUSY";
     /// Anything else; details are logged, not returned.
@@ -56,6 +58,7 @@ pub fn db(error: DbError) -> FieldError {
         DbError::UnknownAuthor(_) => coded(&error, code::UNKNOWN_AUTHOR),
         DbError::InvalidCursor(_) | DbError::NotFound { .. } => coded(&error, code::BAD_USER_INPUT),
         DbError::Unavailable(_) => coded(&error, code::UNAVAILABLE),
+        DbError::ShardUnavailable { .. } => coded(&error, code::SHARD_UNAVAILABLE),
         DbError::Busy { .. } => coded(&error, code::BUSY),
         DbError::Query(_) | DbError::Corrupt(_) => {
             tracing::error!(%error, "database failure in a GraphQL resolver");

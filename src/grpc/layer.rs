@@ -236,7 +236,16 @@ where
             };
             if let Some(permit) = permit {
                 let code = response.headers().get("grpc-status").map(|v| v.as_bytes());
-                permit.record(breaker_outcome(code));
+                let outcome = if response
+                    .headers()
+                    .contains_key(super::status::SHARD_UNAVAILABLE)
+                {
+                    // One shard down says nothing about the rest.
+                    Outcome::Unknown
+                } else {
+                    breaker_outcome(code)
+                };
+                permit.record(outcome);
             }
             if let Ok(value) = HeaderValue::from_str(&log.id) {
                 response.headers_mut().insert(REQUEST_ID, value);
@@ -260,15 +269,15 @@ where
     }
 }
 
-/// What a call's status says about the database: only `UNAVAILABLE` says it could not be
-/// reached. `INTERNAL`, `RESOURCE_EXHAUSTED` (an overloaded pool) and `DEADLINE_EXCEEDED`
-/// say nothing either way; any other code (or a streaming answer's head) means the
 /// The canonical name of a `grpc-status` value; a missing or unreadable one is
 /// `UNKNOWN`, as clients take it.
 fn code_name(status: Option<&[u8]>) -> &'static str {
     super::code_name(status.map_or(tonic::Code::Unknown, tonic::Code::from_bytes))
 }
 
+/// What a call's status says about the database: only `UNAVAILABLE` says it could not be
+/// reached. `INTERNAL`, `RESOURCE_EXHAUSTED` (an overloaded pool) and `DEADLINE_EXCEEDED`
+/// say nothing either way; any other code (or a streaming answer's head) means the
 /// database answered.
 fn breaker_outcome(code: Option<&[u8]>) -> Outcome {
     match code {

@@ -4,6 +4,9 @@ use tonic::{Code, Status};
 
 use crate::db::DbError;
 
+/// Metadata on an `UNAVAILABLE` status that only one shard was unreachable.
+pub const SHARD_UNAVAILABLE: &str = "switchboard-shard-unavailable";
+
 impl From<DbError> for Status {
     fn from(error: DbError) -> Self {
         match &error {
@@ -12,6 +15,15 @@ impl From<DbError> for Status {
             DbError::UnknownAuthor(_) => Status::failed_precondition(error.to_string()),
             DbError::InvalidCursor(_) => Status::invalid_argument(error.to_string()),
             DbError::Unavailable(_) => Status::unavailable(error.to_string()),
+            DbError::ShardUnavailable { shard, .. } => {
+                let mut status = Status::unavailable(error.to_string());
+                // Read by the tonic layer: not a reason to open the database breaker.
+                status.metadata_mut().insert(
+                    SHARD_UNAVAILABLE,
+                    shard.to_string().parse().expect("digits"),
+                );
+                status
+            }
             DbError::Busy { .. } => Status::resource_exhausted(error.to_string()),
             DbError::Query(_) | DbError::Corrupt(_) => {
                 tracing::error!(%error, "database failure");

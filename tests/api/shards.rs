@@ -640,3 +640,147 @@ async fn room_history_lives_on_the_rooms_shard() {
     let history = alice.recv_kind("history").await;
     assert_eq!(history["metadata"]["count"], 2, "{history}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_shard_fails_only_what_needs_it_and_its_doubts_resolve_when_it_returns() {
+    use crate::private_pg::PrivateCluster;
+    let conf = "max_prepared_transactions = 64\nmax_connections = 200";
+    let Some(main) = PrivateCluster::start_with(conf) else {
+        return;
+    };
+    let Some(lone) = PrivateCluster::start_with(conf) else {
+        return;
+    };
+    for name in ["sb_primary", "sb_shard_0", "sb_shard_1"] {
+        crate::helpers::pg_admin(&main.url, &format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+    }
+    crate::helpers::pg_admin(&lone.url, "CREATE DATABASE sb_shard_2")
+        .await
+        .unwrap();
+    let primary = main.url_of("sb_primary");
+    let shards = vec![
+        main.url_of("sb_shard_0"),
+        main.url_of("sb_shard_1"),
+        lone.url_of("sb_shard_2"),
+    ];
+    let placeholder = TestDb::sqlite();
+    let mut settings = crate::helpers::test_settings(&placeholder);
+    settings.database.url = primary.parse().unwrap();
+    settings.database.shards = shards.iter().map(|u| u.parse().unwrap()).collect();
+    settings.database.connect_timeout = Duration::from_secs(1);
+    settings.database.tx_recovery_interval = Duration::from_millis(500);
+    settings.database.tx_in_doubt_grace = Duration::from_secs(2);
+    let app = crate::helpers::spawn_app_with(placeholder, settings).await;
+    let map = switchboard::db::shards::ShardMap::new(
+        "any".into(),
+        (0..3).map(|i| i.to_string()).collect(),
+    );
+    let mut users = client(&app).await;
+    let mut ids = Vec::new();
+    for i in 0..9 {
+        let user = users
+            .create_user(create(&format!("Up{i}"), &format!("up{i}@example.com")))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(user.id);
+    }
+
+    // A transaction in doubt on shard 2, its decision logged, when shard 2 goes down.
+    let deployment = rows(&primary, "SELECT id FROM shard_deployment").await[0][0].clone();
+    let gid = format!("sb_{deployment}_cafebabe_1");
+    crate::helpers::pg_admin(
+        &shards[2],
+        &format!(
+            "BEGIN; INSERT INTO user_emails VALUES ('doubt@example.com', 'x'); \
+             PREPARE TRANSACTION '{gid}_2';"
+        ),
+    )
+    .await
+    .unwrap();
+    crate::helpers::pg_admin(
+        &primary,
+        &format!("INSERT INTO tx_decisions VALUES ('{gid}', '2', now() AT TIME ZONE 'UTC')"),
+    )
+    .await
+    .unwrap();
+    lone.halt();
+
+    // Writes that need shard 2 fail with UNAVAILABLE; the others go through.
+    let (mut ok, mut unavailable) = (0, 0);
+    for i in 0..12 {
+        match users
+            .create_user(create(&format!("Down{i}"), &format!("down{i}@example.com")))
+            .await
+        {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(status.message().contains("shard 2"), "{status:?}");
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(
+        ok > 0 && unavailable > 0,
+        "ok {ok}, unavailable {unavailable}"
+    );
+    // Reads of users on the shards that are up still work.
+    let on = |shard: usize| ids.iter().find(|id| map.shard_of(id) == shard).cloned();
+    if let Some(id) = on(0) {
+        users
+            .get_user(switchboard::grpc::pb::GetUserRequest { id })
+            .await
+            .unwrap();
+    }
+    if let Some(id) = on(2) {
+        let status = users
+            .get_user(switchboard::grpc::pb::GetUserRequest { id })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    // One shard down does not open the database breaker; /health names the shard.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = app.get_json("/health").await;
+        assert_eq!(
+            health["checks"]["circuitBreaker:state"][0]["observedValue"],
+            "closed"
+        );
+        if health["checks"]["shards:inDoubt"][2]["status"] == "fail" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{health}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Back up: recovery commits the doubt, and writes work everywhere again.
+    lone.resume().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !rows(
+        &shards[2],
+        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+    )
+    .await
+    .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "still in doubt");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let emails = rows(
+        &shards[2],
+        "SELECT email FROM user_emails WHERE user_id = 'x'",
+    )
+    .await;
+    assert_eq!(emails, [vec!["doubt@example.com".to_owned()]]);
+    for i in 0..6 {
+        users
+            .create_user(create(&format!("Back{i}"), &format!("back{i}@example.com")))
+            .await
+            .unwrap();
+    }
+    drop(app);
+}

@@ -151,7 +151,10 @@ pub(super) async fn store(
 /// Whether `error` is the data's fault: the database is reachable and takes an empty
 /// transaction right now.
 async fn refused_for_its_data(db: &Database, error: &DbError) -> bool {
-    if matches!(error, DbError::Unavailable(_) | DbError::Busy { .. }) {
+    if matches!(
+        error,
+        DbError::Unavailable(_) | DbError::ShardUnavailable { .. } | DbError::Busy { .. }
+    ) {
         return false;
     }
     db.takes_transactions().await.is_ok()

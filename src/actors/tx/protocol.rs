@@ -52,6 +52,10 @@ pub(super) struct Timing {
 
 /// Runs `works` in one transaction on `db`.
 pub(super) async fn one_phase(db: Database, works: Vec<Work>) -> Result<(), DbError> {
+    one_phase_on(&db, works).await.map_err(|e| db.scoped(e))
+}
+
+async fn one_phase_on(db: &Database, works: Vec<Work>) -> Result<(), DbError> {
     let mut conn = db.pg_conn().await?;
     let c: &mut AsyncPgConnection = &mut conn;
     AnsiTransactionManager::begin_transaction(c).await?;
@@ -149,7 +153,7 @@ pub(super) async fn two_phase(
         .collect();
     let prepared = join_all(participants.into_iter().map(|(shard, db, works)| {
         let gid = gid(&base, shard);
-        async move { prepare(&db, works, &gid).await }
+        async move { prepare(&db, works, &gid).await.map_err(|e| db.scoped(e)) }
     }))
     .await;
     timing.prepare = started.elapsed();
@@ -160,9 +164,15 @@ pub(super) async fn two_phase(
             Ok(conn) => ready.push((shard, db, conn)),
             Err(error) => {
                 // A request error (a taken email) says more than an unreachable shard.
+                let unreachable = |e: &DbError| {
+                    matches!(
+                        e,
+                        DbError::Unavailable(_) | DbError::ShardUnavailable { .. }
+                    )
+                };
                 let better = match &failure {
                     None => true,
-                    Some(DbError::Unavailable(_)) => !error.is_unavailable(),
+                    Some(current) if unreachable(current) => !unreachable(&error),
                     Some(_) => false,
                 };
                 if better {

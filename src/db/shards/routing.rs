@@ -125,7 +125,10 @@ impl Sharding {
 
     /// See [`Database::get_user`].
     pub(crate) async fn get_user(&self, id: UserId) -> Result<User, DbError> {
-        self.shards[self.user_shard(&id)].local_get_user(id).await
+        {
+            let db = &self.shards[self.user_shard(&id)];
+            db.local_get_user(id).await.map_err(|e| db.scoped(e))
+        }
     }
 
     /// See [`Database::get_users`].
@@ -134,11 +137,10 @@ impl Sharding {
         for id in ids {
             by_shard.entry(self.user_shard(id)).or_default().push(*id);
         }
-        let found = join_all(
-            by_shard
-                .iter()
-                .map(|(shard, ids)| self.shards[*shard].local_get_users(ids)),
-        )
+        let found = join_all(by_shard.iter().map(|(shard, ids)| {
+            let db = &self.shards[*shard];
+            async move { db.local_get_users(ids).await.map_err(|e| db.scoped(e)) }
+        }))
         .await;
         let mut users = Vec::with_capacity(ids.len());
         for part in found {
@@ -152,12 +154,25 @@ impl Sharding {
     pub(crate) async fn update_user(&self, id: UserId, patch: UserPatch) -> Result<User, DbError> {
         let shard = self.user_shard(&id);
         let Some(new_email) = patch.email.as_ref().map(|e| e.as_str().to_owned()) else {
-            return self.shards[shard].local_update_user(id, patch).await;
+            return {
+                let db = &self.shards[shard];
+                db.local_update_user(id, patch)
+                    .await
+                    .map_err(|e| db.scoped(e))
+            };
         };
-        let current = self.shards[shard].local_get_user(id).await?;
+        let current = {
+            let db = &self.shards[shard];
+            db.local_get_user(id).await.map_err(|e| db.scoped(e))
+        }?;
         let old_email = current.email.as_str().to_owned();
         if old_email == new_email {
-            return self.shards[shard].local_update_user(id, patch).await;
+            return {
+                let db = &self.shards[shard];
+                db.local_update_user(id, patch)
+                    .await
+                    .map_err(|e| db.scoped(e))
+            };
         }
         let key = id.to_string();
         let changes = (
@@ -219,14 +234,20 @@ impl Sharding {
             }),
         ];
         self.execute(parts).await?;
-        self.shards[shard].local_get_user(id).await
+        {
+            let db = &self.shards[shard];
+            db.local_get_user(id).await.map_err(|e| db.scoped(e))
+        }
     }
 
     /// See [`Database::delete_user`]: the user (and by cascade their posts) and the email
     /// index row go together.
     pub(crate) async fn delete_user(&self, id: UserId) -> Result<(), DbError> {
         let shard = self.user_shard(&id);
-        let current = self.shards[shard].local_get_user(id).await?;
+        let current = {
+            let db = &self.shards[shard];
+            db.local_get_user(id).await.map_err(|e| db.scoped(e))
+        }?;
         let email = current.email.as_str().to_owned();
         let (key, index_key) = (id.to_string(), id.to_string());
         let index_email = email.clone();
@@ -267,11 +288,11 @@ impl Sharding {
         after: Option<&PageCursor>,
     ) -> Result<UserPage, DbError> {
         let size = page_size.clamp(1, MAX_PAGE_SIZE) as usize;
-        let pages = join_all(
-            self.shards
-                .iter()
-                .map(|db| db.local_list_users(filter, page_size, after)),
-        )
+        let pages = join_all(self.shards.iter().map(|db| async move {
+            db.local_list_users(filter, page_size, after)
+                .await
+                .map_err(|e| db.scoped(e))
+        }))
         .await;
         let mut users = Vec::new();
         let mut total_count = 0;
@@ -310,11 +331,11 @@ impl Sharding {
         offset: u32,
     ) -> Result<Vec<User>, DbError> {
         let reach = limit.saturating_add(offset);
-        let parts = join_all(
-            self.shards
-                .iter()
-                .map(|db| db.local_users_at_offset(filter, reach, 0)),
-        )
+        let parts = join_all(self.shards.iter().map(|db| async move {
+            db.local_users_at_offset(filter, reach, 0)
+                .await
+                .map_err(|e| db.scoped(e))
+        }))
         .await;
         let mut users = Vec::new();
         for part in parts {
@@ -419,15 +440,21 @@ impl Sharding {
 
     /// See [`Database::create_post`]: on the author's shard, where the author's row is.
     pub(crate) async fn create_post(&self, new: crate::domain::NewPost) -> Result<Post, DbError> {
-        self.shards[self.user_shard(&new.author_id)]
-            .local_create_post(new)
-            .await
+        {
+            let db = &self.shards[self.user_shard(&new.author_id)];
+            db.local_create_post(new).await.map_err(|e| db.scoped(e))
+        }
     }
 
     /// See [`Database::get_post`]: a post id does not name its shard, so every shard is
     /// asked.
     pub(crate) async fn get_post(&self, id: PostId) -> Result<Post, DbError> {
-        let found = join_all(self.shards.iter().map(|db| db.local_get_post(id))).await;
+        let found = join_all(
+            self.shards
+                .iter()
+                .map(|db| async move { db.local_get_post(id).await.map_err(|e| db.scoped(e)) }),
+        )
+        .await;
         let mut unavailable = None;
         for result in found {
             match result {
@@ -448,11 +475,14 @@ impl Sharding {
         for id in authors {
             by_shard.entry(self.user_shard(id)).or_default().push(*id);
         }
-        let found = join_all(
-            by_shard
-                .iter()
-                .map(|(shard, ids)| self.shards[*shard].local_posts_by_authors(ids)),
-        )
+        let found = join_all(by_shard.iter().map(|(shard, ids)| {
+            let db = &self.shards[*shard];
+            async move {
+                db.local_posts_by_authors(ids)
+                    .await
+                    .map_err(|e| db.scoped(e))
+            }
+        }))
         .await;
         let mut posts = HashMap::new();
         for part in found {

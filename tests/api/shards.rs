@@ -660,7 +660,7 @@ async fn a_stopped_shard_fails_only_what_needs_it_and_its_doubts_resolve_when_it
         .await
         .unwrap();
     let primary = main.url_of("sb_primary");
-    let shards = vec![
+    let shards = [
         main.url_of("sb_shard_0"),
         main.url_of("sb_shard_1"),
         lone.url_of("sb_shard_2"),

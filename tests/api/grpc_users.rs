@@ -220,7 +220,7 @@ async fn updates_are_partial_and_keep_emails_unique(db: TestDb) {
     assert_eq!(taken.code(), Code::AlreadyExists);
 }
 
-async fn list_all(users: &mut Client, filter: &str, page_size: i32) -> (Vec<User>, i32) {
+pub(crate) async fn list_all(users: &mut Client, filter: &str, page_size: i32) -> (Vec<User>, i32) {
     let mut all = Vec::new();
     let mut token = String::new();
     let mut total = 0;

@@ -784,3 +784,60 @@ async fn a_stopped_shard_fails_only_what_needs_it_and_its_doubts_resolve_when_it
     }
     drop(app);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_across_shards_stay_exact_while_users_come_and_go() {
+    let Some(db) = TestDb::sharded(3).await else {
+        return;
+    };
+    let app = spawn_app_on(db).await;
+    let mut users = client(&app).await;
+    let mut stable = BTreeSet::new();
+    let mut doomed = Vec::new();
+    for i in 0..60 {
+        let user = users
+            .create_user(create(
+                &format!("Stay {i}"),
+                &format!("stay{i}@example.com"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if i % 3 == 0 {
+            doomed.push(user.id);
+        } else {
+            stable.insert(user.id);
+        }
+    }
+    // While the pages are read, others are created and a third of the first ones deleted.
+    let mut churn = client(&app).await;
+    let churning = tokio::spawn(async move {
+        for (i, id) in doomed.into_iter().enumerate() {
+            churn
+                .create_user(create(&format!("New {i}"), &format!("new{i}@example.com")))
+                .await
+                .unwrap();
+            churn.delete_user(DeleteUserRequest { id }).await.unwrap();
+        }
+    });
+    let (seen, _) = crate::grpc_users::list_all(&mut users, "", 4).await;
+    churning.await.unwrap();
+
+    let ids: Vec<&String> = seen.iter().map(|u| &u.id).collect();
+    let unique: BTreeSet<&String> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "no user twice");
+    for id in &stable {
+        assert!(
+            unique.contains(id),
+            "{id} was there throughout and was missed"
+        );
+    }
+    let order: Vec<(i64, i32, &String)> = seen
+        .iter()
+        .map(|u| {
+            let at = u.created_at.as_ref().expect("a creation time");
+            (at.seconds, at.nanos, &u.id)
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in creation order");
+}

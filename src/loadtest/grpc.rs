@@ -1,5 +1,6 @@
-//! `switchboard bench grpc`: `GetUser` unary calls or `StreamUsers` snapshots against a
-//! UserService, with the same summary, JSON line and HTML report as `bench ws`.
+//! `switchboard bench grpc`: `GetUser`, `CreateUser` or `ListUsers` unary calls, or
+//! `StreamUsers` snapshots, against a UserService, with the same summary, JSON line and
+//! HTML report as `bench ws`.
 
 use std::{
     collections::BTreeMap,
@@ -35,6 +36,10 @@ pub enum GrpcCall {
     GetUser,
     /// `StreamUsers`: each call reads the whole snapshot, then the next starts.
     StreamUsers,
+    /// Unary `CreateUser` of new users (unique emails); with shards most are two-phase.
+    CreateUser,
+    /// `ListUsers`: the first page of `--page-size` users (a fan-out across shards).
+    ListUsers,
 }
 
 /// Options of `switchboard bench grpc`.
@@ -55,6 +60,9 @@ pub struct GrpcBenchArgs {
     /// Users created first with `BulkCreateUsers` (at most 1000000).
     #[arg(long, default_value_t = 1000)]
     pub users: usize,
+    /// Users per `ListUsers` page (list-users).
+    #[arg(long, default_value_t = 50)]
+    pub page_size: i32,
     /// A JWT for the `authorization` header (the UserService requires one).
     #[arg(long)]
     pub token: String,
@@ -159,6 +167,11 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
     let calls_done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + args.duration;
+    // Distinguishes this run's emails from earlier runs' against the same database.
+    let started_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
         // Channels multiplex; a few of them spread the load over HTTP/2 connections.
@@ -168,6 +181,7 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
             seeder.clone()
         };
         let (ids, done, call) = (ids.clone(), calls_done.clone(), args.call);
+        let (page_size, run) = (args.page_size, started_at_ms);
         workers.push(tokio::spawn(async move {
             let mut worker = Worker {
                 calls: 0,
@@ -187,6 +201,25 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
                         client.get_user(GetUserRequest { id }).await.map(|_| 1)
                     }
                     GrpcCall::StreamUsers => read_snapshot(&mut client, snapshot).await,
+                    GrpcCall::CreateUser => {
+                        next += 1;
+                        let email = format!("bench-{run}-{w}-{next}@example.com");
+                        client
+                            .create_user(CreateUserRequest {
+                                name: format!("Bench {w} {next}"),
+                                email,
+                                ..Default::default()
+                            })
+                            .await
+                            .map(|_| 1)
+                    }
+                    GrpcCall::ListUsers => client
+                        .list_users(ListUsersRequest {
+                            page_size,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|page| page.into_inner().users.len() as u64),
                 };
                 match result {
                     Ok(items) => {
@@ -229,6 +262,8 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
     let call_name = match args.call {
         GrpcCall::GetUser => "GetUser",
         GrpcCall::StreamUsers => "StreamUsers",
+        GrpcCall::CreateUser => "CreateUser",
+        GrpcCall::ListUsers => "ListUsers",
     };
     let ok = calls - errors;
     let per_second = (calls as f64 / elapsed).round();

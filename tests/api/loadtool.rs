@@ -143,13 +143,18 @@ async fn bench_ws_reports_consistent_fanout_figures_and_an_html_report() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_grpc_measures_get_user_and_stream_users() {
+async fn bench_grpc_measures_each_call() {
     let db = TestDb::sqlite();
     let settings = server_settings(&db);
     let app = spawn_app_with(db, settings).await;
     let addr = format!("http://{}", app.grpc_addr);
     let service_token = token("bench", None);
-    for (call, users) in [("get-user", "50"), ("stream-users", "20")] {
+    for (call, users) in [
+        ("get-user", "50"),
+        ("stream-users", "20"),
+        ("create-user", "10"),
+        ("list-users", "10"),
+    ] {
         let json = bench(
             [
                 "bench",
@@ -179,10 +184,21 @@ async fn bench_grpc_measures_get_user_and_stream_users() {
             let snapshot = u(&json, "snapshot_users");
             assert!(snapshot >= 20, "{json}");
             assert_eq!(u(&json, "users_received"), u(&json, "calls") * snapshot);
+        } else if call == "list-users" {
+            // Pages of 50 from at least the 10 seeded (and the users created meanwhile).
+            assert!(u(&json, "users_received") >= u(&json, "calls") * 10, "{json}");
         } else {
             assert_eq!(u(&json, "users_received"), u(&json, "calls"));
         }
     }
+    // Every created user is stored (and under a unique email).
+    let stored = app
+        .database
+        .list_users(&switchboard::domain::SearchFilter::parse("bench-").unwrap(), 1, None)
+        .await
+        .unwrap()
+        .total_count;
+    assert!(stored > 0, "CreateUser calls stored users");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,8 @@ run() { # name, extra server flags...
     --log-level warn "$@" >"$WORK/$name.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 100); do curl -fs http://127.0.0.1:8095/readyz >/dev/null 2>&1 && break; sleep 0.1; done
-  for call in create-user list-users; do
+  # ListUsers first, over the 1,000 seeded users (the same data for each layout), then CreateUser.
+  for call in list-users create-user; do
     "$SB" bench grpc --addr http://127.0.0.1:50095 --token "$TOKEN" --call "$call" \
       --concurrency "$CONCURRENCY" --duration "$DUR" --users 1000 2>/dev/null | tail -1 |
       python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"$name $call ok/s={d['ok_per_sec']:.0f} errors={d['errors']} p50={d['p50_ms']}ms p99={d['p99_ms']}ms\")"

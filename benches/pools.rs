@@ -51,7 +51,15 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
     }
 }
 
-type Row = (String, String, String, Option<i32>, String, chrono::NaiveDateTime, chrono::NaiveDateTime);
+type Row = (
+    String,
+    String,
+    String,
+    Option<i32>,
+    String,
+    chrono::NaiveDateTime,
+    chrono::NaiveDateTime,
+);
 
 /// The domain work `Database::bulk_create_users` does around its INSERTs — the users it
 /// returns, and their rows — so both variants differ only in how they reach SQLite.
@@ -92,7 +100,9 @@ async fn r2d2_bulk(
     batch: Vec<NewUser>,
 ) -> Vec<User> {
     let mut seen = std::collections::HashSet::with_capacity(batch.len());
-    assert!(batch.iter().all(|u| seen.insert(u.email.as_str().to_owned())));
+    assert!(batch
+        .iter()
+        .all(|u| seen.insert(u.email.as_str().to_owned())));
     let (users, batch) = users_and_rows(batch);
     let pool = pool.clone();
     tokio::task::spawn_blocking(move || {
@@ -113,7 +123,9 @@ async fn r2d2_bulk(
                         )
                     })
                     .collect();
-                diesel::insert_into(users::table).values(values).execute(c)?;
+                diesel::insert_into(users::table)
+                    .values(values)
+                    .execute(c)?;
             }
             Ok::<_, diesel::result::Error>(())
         })

@@ -186,7 +186,10 @@ async fn bench_grpc_measures_each_call() {
             assert_eq!(u(&json, "users_received"), u(&json, "calls") * snapshot);
         } else if call == "list-users" {
             // Pages of 50 from at least the 10 seeded (and the users created meanwhile).
-            assert!(u(&json, "users_received") >= u(&json, "calls") * 10, "{json}");
+            assert!(
+                u(&json, "users_received") >= u(&json, "calls") * 10,
+                "{json}"
+            );
         } else {
             assert_eq!(u(&json, "users_received"), u(&json, "calls"));
         }
@@ -194,7 +197,11 @@ async fn bench_grpc_measures_each_call() {
     // Every created user is stored (and under a unique email).
     let stored = app
         .database
-        .list_users(&switchboard::domain::SearchFilter::parse("bench-").unwrap(), 1, None)
+        .list_users(
+            &switchboard::domain::SearchFilter::parse("bench-").unwrap(),
+            1,
+            None,
+        )
         .await
         .unwrap()
         .total_count;

@@ -11,10 +11,16 @@ use std::{
 use switchboard::grpc::pb::{CreateUserRequest, DeleteUserRequest, UpdateUserRequest};
 use tonic::Code;
 
-use crate::{
-    grpc_users::client,
-    helpers::{spawn_app_on, TestDb},
-};
+use crate::{grpc_users::client, helpers::TestDb};
+
+/// A server on `db` whose per-client rate limits do not get in the way of a test that
+/// makes hundreds of calls as one client.
+async fn lifted(db: TestDb) -> crate::helpers::TestApp {
+    let mut settings = crate::helpers::test_settings(&db);
+    settings.rate_limit_per_second = 100_000.0;
+    settings.rate_limit_burst = 100_000;
+    crate::helpers::spawn_app_with(db, settings).await
+}
 
 /// Every row of `sql`'s answer on the database at `url`, as text.
 async fn rows(url: &str, sql: &str) -> Vec<Vec<String>> {
@@ -105,7 +111,7 @@ async fn users_spread_over_the_shards_and_the_email_index_stays_exact() {
         return;
     };
     let shards = shard_urls(&db);
-    let app = spawn_app_on(db).await;
+    let app = lifted(db).await;
 
     // 60 users from four concurrent clients.
     let mut writers = Vec::new();
@@ -221,7 +227,7 @@ async fn a_part_that_cannot_prepare_leaves_nothing_anywhere() {
         return;
     };
     let shards = shard_urls(&db);
-    let app = spawn_app_on(db).await;
+    let app = lifted(db).await;
     // Touching a temporary table makes PREPARE TRANSACTION fail: every email index insert
     // now does, so a user whose row and email live on different shards cannot be created
     // (one on a single shard commits in one phase and is fine).
@@ -269,7 +275,7 @@ async fn recovery_resolves_in_doubt_transactions_from_the_decision_log() {
         switchboard::config::DatabaseUrl::Postgres(url) => url.clone(),
         other => panic!("not PostgreSQL: {other}"),
     };
-    let app = spawn_app_on(db).await;
+    let app = lifted(db).await;
     let deployment = rows(&primary, "SELECT id FROM shard_deployment").await[0][0].clone();
 
     // Three prepared transactions on shard 0, as a crashed server would leave them: one
@@ -384,7 +390,7 @@ async fn migrate_and_shards_status_cover_the_primary_and_every_shard() {
     }
     assert!(!status.stdout.contains("pending"), "{}", status.stdout);
 
-    let app = spawn_app_on(db).await;
+    let app = lifted(db).await;
     let mut users = client(&app).await;
     for i in 0..12 {
         users
@@ -672,6 +678,8 @@ async fn a_stopped_shard_fails_only_what_needs_it_and_its_doubts_resolve_when_it
     settings.database.connect_timeout = Duration::from_secs(1);
     settings.database.tx_recovery_interval = Duration::from_millis(500);
     settings.database.tx_in_doubt_grace = Duration::from_secs(2);
+    settings.rate_limit_per_second = 100_000.0;
+    settings.rate_limit_burst = 100_000;
     let app = crate::helpers::spawn_app_with(placeholder, settings).await;
     let map = switchboard::db::shards::ShardMap::new(
         "any".into(),
@@ -790,7 +798,7 @@ async fn pages_across_shards_stay_exact_while_users_come_and_go() {
     let Some(db) = TestDb::sharded(3).await else {
         return;
     };
-    let app = spawn_app_on(db).await;
+    let app = lifted(db).await;
     let mut users = client(&app).await;
     let mut stable = BTreeSet::new();
     let mut doomed = Vec::new();

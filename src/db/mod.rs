@@ -326,6 +326,31 @@ impl Database {
         }
     }
 
+    /// A PostgreSQL connection of its own, outside the pool (its driver on the runtime
+    /// the pool's run on): what resolving prepared transactions uses, so it never waits
+    /// behind pooled connections that are themselves waiting for those transactions'
+    /// locks.
+    pub(crate) async fn direct_pg_conn(&self) -> Result<AsyncPgConnection, DbError> {
+        let probe::Target::Postgres {
+            url,
+            runtime,
+            connect_timeout,
+        } = &self.probe
+        else {
+            return Err(DbError::Unavailable(
+                "this needs PostgreSQL, and the database is SQLite".into(),
+            ));
+        };
+        let (url, timeout) = (url.clone(), *connect_timeout);
+        let connected = runtime
+            .spawn(async move { connect_postgres(&url, timeout).await })
+            .await
+            .map_err(|e| DbError::Unavailable(format!("connection task failed: {e}")))?;
+        connected
+            .map_err(DbError::connect)
+            .map_err(|e| self.scoped(e))
+    }
+
     /// PostgreSQL's `max_prepared_transactions` (0 means two-phase commit is disabled).
     pub async fn max_prepared_transactions(&self) -> Result<u32, DbError> {
         use diesel_async::RunQueryDsl;

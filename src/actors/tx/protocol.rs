@@ -123,10 +123,9 @@ fn prepare_error(error: diesel::result::Error) -> DbError {
     error.into()
 }
 
-/// `COMMIT PREPARED` or `ROLLBACK PREPARED` of `gid` on `db`; an unknown gid (42704:
+/// `COMMIT PREPARED` or `ROLLBACK PREPARED` of `gid` on `conn`; an unknown gid (42704:
 /// already resolved) counts as done.
-async fn finish(db: &Database, gid: &str, commit: bool) -> Result<(), DbError> {
-    let mut conn = db.pg_conn().await?;
+async fn finish_on(conn: &mut AsyncPgConnection, gid: &str, commit: bool) -> Result<(), DbError> {
     let verb = if commit { "COMMIT" } else { "ROLLBACK" };
     match conn
         .batch_execute(&format!("{verb} PREPARED '{gid}'"))
@@ -136,6 +135,13 @@ async fn finish(db: &Database, gid: &str, commit: bool) -> Result<(), DbError> {
         Err(error) if error.to_string().contains("does not exist") => Ok(()),
         Err(error) => Err(error.into()),
     }
+}
+
+/// [`finish_on`] over a connection of its own: never one from the pool, whose
+/// connections may all be waiting for the locks this transaction holds.
+async fn finish(db: &Database, gid: &str, commit: bool) -> Result<(), DbError> {
+    let mut conn = db.direct_pg_conn().await?;
+    finish_on(&mut conn, gid, commit).await
 }
 
 /// Two-phase commit of `participants` (shard index, database, work) under `base`.
@@ -223,9 +229,14 @@ pub(super) async fn two_phase(
 
     // Committed. Finish every part, retrying; what still fails is left to recovery.
     let committing = Instant::now();
-    let finished = join_all(ready.into_iter().map(|(shard, db, conn)| {
+    let finished = join_all(ready.into_iter().map(|(shard, db, mut conn)| {
         let gid = gid(&base, shard);
         async move {
+            // First on the connection that prepared it (so a pool whose connections all
+            // wait for this transaction's locks cannot stop it), then on fresh ones.
+            if finish_on(&mut conn, &gid, true).await.is_ok() {
+                return true;
+            }
             drop(conn);
             let mut wait = Duration::from_millis(20);
             for attempt in 1..=5 {
@@ -270,9 +281,12 @@ async fn rollback_all(
         bb8::PooledConnection<'static, crate::db::PgManager>,
     )>,
 ) {
-    join_all(ready.into_iter().map(|(shard, db, conn)| {
+    join_all(ready.into_iter().map(|(shard, db, mut conn)| {
         let gid = gid(base, shard);
         async move {
+            if finish_on(&mut conn, &gid, false).await.is_ok() {
+                return;
+            }
             drop(conn);
             if let Err(error) = finish(&db, &gid, false).await {
                 // Still prepared: recovery finds no decision and rolls it back.
@@ -323,14 +337,14 @@ struct PreparedRow {
 
 /// This deployment's prepared transactions in `db`'s database, with their age.
 async fn list_prepared(db: &Database, prefix: &str) -> Result<Vec<(String, f64)>, DbError> {
-    let mut conn = db.pg_conn().await?;
+    let mut conn = db.direct_pg_conn().await?;
     let rows: Vec<PreparedRow> = diesel::sql_query(
         "SELECT gid, EXTRACT(EPOCH FROM (now() - prepared))::float8 AS age \
          FROM pg_prepared_xacts \
          WHERE database = current_database() AND left(gid, length($1)) = $1",
     )
     .bind::<Text, _>(prefix)
-    .load(&mut *conn)
+    .load(&mut conn)
     .await?;
     Ok(rows.into_iter().map(|r| (r.gid, r.age)).collect())
 }

@@ -44,6 +44,10 @@ pub enum DbError {
         /// How long the checkout waited.
         waited: std::time::Duration,
     },
+    /// The write waited too long for a lock held by a concurrent write (on a shard, a
+    /// possible cross-shard deadlock): nothing was written; retry.
+    #[error("the write conflicted with a concurrent one and was abandoned; retry: {0}")]
+    Conflict(String),
     /// The database rejected or failed a statement.
     #[error("database error: {0}")]
     Query(#[source] diesel::result::Error),
@@ -74,6 +78,9 @@ impl From<diesel::result::Error> for DbError {
             }
             // The server went away under a pooled connection (tokio-postgres says
             // "connection closed"; a shutdown says "terminating connection …").
+            Error::DatabaseError(_, info) if info.message().contains("lock timeout") => {
+                Self::Conflict(info.message().to_owned())
+            }
             Error::DatabaseError(_, info)
                 if info.message() == "connection closed"
                     || info.message().starts_with("terminating connection") =>

@@ -18,6 +18,8 @@ pub mod code {
     pub const UNAVAILABLE: &str = "UNAVAILABLE";
     /// One shard could not be reached (what does not need it keeps working).
     pub const SHARD_UNAVAILABLE: &str = "SHARD_UNAVAILABLE";
+    /// A write gave up waiting for a concurrent one; retry.
+    pub const CONFLICT: &str = "CONFLICT";
     /// The server is overloaded (every database connection is in use); retry shortly.
     pub const BUSY: &str = "BUSY";
     /// Anything else; details are logged, not returned.
@@ -60,6 +62,7 @@ pub fn db(error: DbError) -> FieldError {
         DbError::Unavailable(_) => coded(&error, code::UNAVAILABLE),
         DbError::ShardUnavailable { .. } => coded(&error, code::SHARD_UNAVAILABLE),
         DbError::Busy { .. } => coded(&error, code::BUSY),
+        DbError::Conflict(_) => coded(&error, code::CONFLICT),
         DbError::Query(_) | DbError::Corrupt(_) => {
             tracing::error!(%error, "database failure in a GraphQL resolver");
             coded("internal database error", code::INTERNAL)

@@ -25,6 +25,7 @@ impl From<DbError> for Status {
                 status
             }
             DbError::Busy { .. } => Status::resource_exhausted(error.to_string()),
+            DbError::Conflict(_) => Status::aborted(error.to_string()),
             DbError::Query(_) | DbError::Corrupt(_) => {
                 tracing::error!(%error, "database failure");
                 Status::internal("internal database error")

@@ -47,6 +47,8 @@ pub struct Part {
     pub shard: usize,
     /// What to run there.
     pub work: Work,
+    /// Prepared before the other parts (see [`Part::first`]).
+    pub first: bool,
 }
 
 impl Part {
@@ -60,6 +62,23 @@ impl Part {
         Self {
             shard,
             work: Box::new(work),
+            first: false,
+        }
+    }
+
+    /// A part prepared before the others: the one that claims something unique (an email
+    /// index row). Writers racing for the same key then queue on it alone, and one that
+    /// loses fails before it has touched — and locked — anything else, so two writes can
+    /// never each hold a prepared part the other waits for.
+    pub fn first(
+        shard: usize,
+        work: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, Result<(), DbError>>
+            + Send
+            + 'static,
+    ) -> Self {
+        Self {
+            first: true,
+            ..Self::new(shard, work)
         }
     }
 }
@@ -200,18 +219,30 @@ impl Handler<Execute> for TxCoordinator {
     type Result = ResponseActFuture<Self, Result<(), DbError>>;
 
     fn handle(&mut self, msg: Execute, _ctx: &mut Self::Context) -> Self::Result {
-        let mut by_shard: HashMap<usize, Vec<Work>> = HashMap::new();
+        // Per shard: its works (first ones first), and whether it holds a first part.
+        let mut by_shard: HashMap<usize, (bool, Vec<(bool, Work)>)> = HashMap::new();
         for part in msg.parts {
-            by_shard.entry(part.shard).or_default().push(part.work);
+            let entry = by_shard.entry(part.shard).or_default();
+            entry.0 |= part.first;
+            entry.1.push((part.first, part.work));
         }
-        let mut groups: Vec<(usize, Vec<Work>)> = by_shard.into_iter().collect();
-        groups.sort_by_key(|(shard, _)| *shard);
-        if let Some((shard, _)) = groups.iter().find(|(shard, _)| *shard >= self.shards.len()) {
+        let mut groups: Vec<(usize, bool, Vec<Work>)> = by_shard
+            .into_iter()
+            .map(|(shard, (first, mut works))| {
+                works.sort_by_key(|(first, _)| !*first);
+                (shard, first, works.into_iter().map(|(_, w)| w).collect())
+            })
+            .collect();
+        groups.sort_by_key(|(shard, _, _)| *shard);
+        if let Some((shard, _, _)) = groups
+            .iter()
+            .find(|(shard, _, _)| *shard >= self.shards.len())
+        {
             let error = DbError::Unavailable(format!("no shard {shard}"));
             return Box::pin(fut::ready(Err(error)));
         }
         if groups.len() <= 1 {
-            let Some((shard, works)) = groups.pop() else {
+            let Some((shard, _, works)) = groups.pop() else {
                 return Box::pin(fut::ready(Ok(())));
             };
             let db = self.shards[shard].clone();
@@ -229,7 +260,7 @@ impl Handler<Execute> for TxCoordinator {
         self.in_flight.insert(base.clone());
         let participants = groups
             .into_iter()
-            .map(|(shard, works)| (shard, self.shards[shard].clone(), works))
+            .map(|(shard, first, works)| (shard, self.shards[shard].clone(), works, first))
             .collect();
         let run = protocol::two_phase(
             self.primary.clone(),

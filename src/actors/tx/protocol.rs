@@ -69,6 +69,9 @@ async fn one_phase_on(db: &Database, works: Vec<Work>) -> Result<(), DbError> {
     Ok(())
 }
 
+/// How long a part of a distributed transaction waits for a lock.
+const LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '5s'";
+
 /// The gid of `shard`'s part of transaction `base`.
 fn gid(base: &str, shard: usize) -> String {
     format!("{base}_{shard}")
@@ -91,6 +94,13 @@ async fn prepare(
     // Begun through the manager: a future dropped from here on leaves it at depth 1, and
     // the pool then discards the connection instead of lending out an open transaction.
     AnsiTransactionManager::begin_transaction(c).await?;
+    // Waiting on a lock across shards can form a cycle no single server sees (each
+    // write holding a prepared part the other waits for): a part that waits this long
+    // gives up, its write fails with `Conflict`, and the other goes through.
+    if let Err(error) = c.batch_execute(LOCK_TIMEOUT).await {
+        let _ = AnsiTransactionManager::rollback_transaction(c).await;
+        return Err(error.into());
+    }
     for work in works {
         if let Err(error) = work(c).await {
             let _ = AnsiTransactionManager::rollback_transaction(c).await;
@@ -148,20 +158,28 @@ async fn finish(db: &Database, gid: &str, commit: bool) -> Result<(), DbError> {
 pub(super) async fn two_phase(
     primary: Database,
     base: String,
-    participants: Vec<(usize, Database, Vec<Work>)>,
+    participants: Vec<(usize, Database, Vec<Work>, bool)>,
     fault: Option<Fault>,
 ) -> (Result<(), Failure>, Timing) {
     let mut timing = Timing::default();
     let started = Instant::now();
-    let shards: Vec<(usize, Database)> = participants
-        .iter()
-        .map(|(shard, db, _)| (*shard, db.clone()))
-        .collect();
-    let prepared = join_all(participants.into_iter().map(|(shard, db, works)| {
-        let gid = gid(&base, shard);
-        async move { prepare(&db, works, &gid).await.map_err(|e| db.scoped(e)) }
-    }))
-    .await;
+    // The parts that claim unique keys first, then the rest (see `Part::first`).
+    let (firsts, rest): (Vec<_>, Vec<_>) = participants.into_iter().partition(|p| p.3);
+    let mut shards: Vec<(usize, Database)> = Vec::new();
+    let mut prepared = Vec::new();
+    for stage in [firsts, rest] {
+        if prepared.iter().any(Result::is_err) {
+            break;
+        }
+        shards.extend(stage.iter().map(|(shard, db, _, _)| (*shard, db.clone())));
+        prepared.extend(
+            join_all(stage.into_iter().map(|(shard, db, works, _)| {
+                let gid = gid(&base, shard);
+                async move { prepare(&db, works, &gid).await.map_err(|e| db.scoped(e)) }
+            }))
+            .await,
+        );
+    }
     timing.prepare = started.elapsed();
     let mut failure = None;
     let mut ready = Vec::new();

@@ -115,7 +115,7 @@ impl Sharding {
                 }
                 .boxed()
             }),
-            Part::new(self.email_shard(&email), move |c| {
+            Part::first(self.email_shard(&email), move |c| {
                 async move { insert_emails(c, &index).await }.boxed()
             }),
         ];
@@ -229,7 +229,7 @@ impl Sharding {
                 }
                 .boxed()
             }),
-            Part::new(self.email_shard(&new_email), move |c| {
+            Part::first(self.email_shard(&new_email), move |c| {
                 async move { insert_emails(c, &index).await }.boxed()
             }),
         ];
@@ -389,7 +389,7 @@ impl Sharding {
             }));
         }
         for (shard, index) in index {
-            parts.push(Part::new(shard, move |c| {
+            parts.push(Part::first(shard, move |c| {
                 async move { insert_emails(c, &index).await }.boxed()
             }));
         }

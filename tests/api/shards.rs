@@ -44,6 +44,40 @@ async fn rows(url: &str, sql: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The URL of a PostgreSQL database setting.
+fn pg_url(url: &switchboard::config::DatabaseUrl) -> String {
+    match url {
+        switchboard::config::DatabaseUrl::Postgres(url) => url.clone(),
+        other => panic!("not PostgreSQL: {other}"),
+    }
+}
+
+/// Leaves a prepared transaction `gid` on the database at `url` that inserted `email` into
+/// the email index, as a server that died mid-commit would.
+async fn prepare_in_doubt(url: &str, gid: &str, email: &str) {
+    crate::helpers::pg_admin(
+        url,
+        &format!(
+            "BEGIN; INSERT INTO user_emails VALUES ('{email}', 'x'); \
+             PREPARE TRANSACTION '{gid}';"
+        ),
+    )
+    .await
+    .unwrap();
+}
+
+/// Logs the commit decision of transaction `gid` (touching `participants`) in the primary.
+async fn log_decision(primary: &str, gid: &str, participants: &str) {
+    crate::helpers::pg_admin(
+        primary,
+        &format!(
+            "INSERT INTO tx_decisions VALUES ('{gid}', '{participants}', now() AT TIME ZONE 'UTC')"
+        ),
+    )
+    .await
+    .unwrap();
+}
+
 fn create(name: &str, email: &str) -> CreateUserRequest {
     CreateUserRequest {
         name: name.into(),
@@ -95,14 +129,7 @@ fn assert_index_exact(users: &BTreeMap<String, String>, index: &BTreeMap<String,
 }
 
 fn shard_urls(db: &TestDb) -> Vec<String> {
-    db.settings
-        .shards
-        .iter()
-        .map(|url| match url {
-            switchboard::config::DatabaseUrl::Postgres(url) => url.clone(),
-            other => panic!("not PostgreSQL: {other}"),
-        })
-        .collect()
+    db.settings.shards.iter().map(pg_url).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,10 +298,7 @@ async fn recovery_resolves_in_doubt_transactions_from_the_decision_log() {
         return;
     };
     let shards = shard_urls(&db);
-    let primary = match &db.settings.url {
-        switchboard::config::DatabaseUrl::Postgres(url) => url.clone(),
-        other => panic!("not PostgreSQL: {other}"),
-    };
+    let primary = pg_url(&db.settings.url);
     let app = lifted(db).await;
     let deployment = rows(&primary, "SELECT id FROM shard_deployment").await[0][0].clone();
 
@@ -287,25 +311,9 @@ async fn recovery_resolves_in_doubt_transactions_from_the_decision_log() {
         (format!("{}_0", ours(2)), "roll-me-back@example.com"),
         (foreign.clone(), "not-ours@example.com"),
     ] {
-        crate::helpers::pg_admin(
-            &shards[0],
-            &format!(
-                "BEGIN; INSERT INTO user_emails VALUES ('{email}', 'x'); \
-                 PREPARE TRANSACTION '{gid}';"
-            ),
-        )
-        .await
-        .unwrap();
+        prepare_in_doubt(&shards[0], &gid, email).await;
     }
-    crate::helpers::pg_admin(
-        &primary,
-        &format!(
-            "INSERT INTO tx_decisions VALUES ('{}', '0', now() AT TIME ZONE 'UTC')",
-            ours(1)
-        ),
-    )
-    .await
-    .unwrap();
+    log_decision(&primary, &ours(1), "0").await;
 
     // Past the grace period (2 s), the next pass (every 0.5 s) resolves ours only.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -367,10 +375,7 @@ async fn migrate_and_shards_status_cover_the_primary_and_every_shard() {
         return;
     };
     let shards = shard_urls(&db);
-    let primary = match &db.settings.url {
-        switchboard::config::DatabaseUrl::Postgres(url) => url.clone(),
-        other => panic!("not PostgreSQL: {other}"),
-    };
+    let primary = pg_url(&db.settings.url);
     let database = |action: &[&str]| {
         let mut args: Vec<String> = action.iter().map(|s| (*s).to_owned()).collect();
         args.extend(["--database-url".into(), primary.clone()]);
@@ -426,19 +431,8 @@ fn sharded_server(
 ) -> crate::process::Server {
     let dir = tempfile::tempdir().unwrap();
     let mut command = crate::process::switchboard(dir.path());
-    let primary = settings.url.clone();
-    let shards: Vec<String> = settings
-        .shards
-        .iter()
-        .map(|url| match url {
-            switchboard::config::DatabaseUrl::Postgres(url) => url.clone(),
-            other => panic!("not PostgreSQL: {other}"),
-        })
-        .collect();
-    let primary = match primary {
-        switchboard::config::DatabaseUrl::Postgres(url) => url,
-        other => panic!("not PostgreSQL: {other}"),
-    };
+    let primary = pg_url(&settings.url);
+    let shards: Vec<String> = settings.shards.iter().map(pg_url).collect();
     command.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]);
     command.args([
         "--database-url",
@@ -595,10 +589,7 @@ async fn room_history_lives_on_the_rooms_shard() {
         return;
     };
     let shards = shard_urls(&db);
-    let primary = match &db.settings.url {
-        switchboard::config::DatabaseUrl::Postgres(url) => url.clone(),
-        other => panic!("not PostgreSQL: {other}"),
-    };
+    let primary = pg_url(&db.settings.url);
     let mut settings = crate::history::settings_with(&db, |_| {});
     settings.history.flush_interval = Duration::from_millis(20);
     let app = crate::helpers::spawn_app_with(db, settings).await;
@@ -699,21 +690,8 @@ async fn a_stopped_shard_fails_only_what_needs_it_and_its_doubts_resolve_when_it
     // A transaction in doubt on shard 2, its decision logged, when shard 2 goes down.
     let deployment = rows(&primary, "SELECT id FROM shard_deployment").await[0][0].clone();
     let gid = format!("sb_{deployment}_cafebabe_1");
-    crate::helpers::pg_admin(
-        &shards[2],
-        &format!(
-            "BEGIN; INSERT INTO user_emails VALUES ('doubt@example.com', 'x'); \
-             PREPARE TRANSACTION '{gid}_2';"
-        ),
-    )
-    .await
-    .unwrap();
-    crate::helpers::pg_admin(
-        &primary,
-        &format!("INSERT INTO tx_decisions VALUES ('{gid}', '2', now() AT TIME ZONE 'UTC')"),
-    )
-    .await
-    .unwrap();
+    prepare_in_doubt(&shards[2], &format!("{gid}_2"), "doubt@example.com").await;
+    log_decision(&primary, &gid, "2").await;
     lone.halt();
 
     // Writes that need shard 2 fail with UNAVAILABLE; the others go through.

@@ -136,6 +136,49 @@ async fn r2d2_bulk(
     users
 }
 
+/// BulkCreate over a bare diesel-async `SyncConnectionWrapper` (no pool, no data layer):
+/// tells the wrapper's cost from the data layer's.
+async fn wrapper_bulk(
+    conn: &tokio::sync::Mutex<
+        diesel_async::sync_connection_wrapper::SyncConnectionWrapper<SqliteConnection>,
+    >,
+    batch: Vec<NewUser>,
+) -> Vec<User> {
+    let mut seen = std::collections::HashSet::with_capacity(batch.len());
+    assert!(batch
+        .iter()
+        .all(|u| seen.insert(u.email.as_str().to_owned())));
+    let (users, batch) = users_and_rows(batch);
+    let mut conn = conn.lock().await;
+    conn.spawn_blocking(move |c| {
+        c.immediate_transaction(|c| {
+            for chunk in batch.chunks(500) {
+                let values: Vec<_> = chunk
+                    .iter()
+                    .map(|(id, name, email, age, metadata, created, updated)| {
+                        (
+                            users::id.eq(id),
+                            users::name.eq(name),
+                            users::email.eq(email),
+                            users::age.eq(age),
+                            users::metadata.eq(metadata),
+                            users::created_at.eq(created),
+                            users::updated_at.eq(updated),
+                        )
+                    })
+                    .collect();
+                diesel::insert_into(users::table)
+                    .values(values)
+                    .execute(c)?;
+            }
+            Ok::<_, diesel::result::Error>(())
+        })
+    })
+    .await
+    .unwrap();
+    users
+}
+
 /// A page of 50 and the total count over r2d2: both statements in one blocking task.
 async fn r2d2_page(pool: &Pool<ConnectionManager<SqliteConnection>>) -> (usize, i64) {
     let pool = pool.clone();
@@ -198,6 +241,24 @@ fn pools(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    let wrapper_settings = settings(&wrapper_dir);
+    runtime
+        .block_on(migrate::run_pending(&wrapper_settings))
+        .unwrap();
+    let mut bare =
+        SqliteConnection::establish(&wrapper_dir.path().join("pool.db").to_string_lossy()).unwrap();
+    Pragmas.on_acquire(&mut bare).unwrap();
+    let wrapper = tokio::sync::Mutex::new(
+        diesel_async::sync_connection_wrapper::SyncConnectionWrapper::new(bare),
+    );
+    group.bench_function("bulk_create_100k/bare_sync_wrapper", |b| {
+        b.to_async(&runtime).iter_batched(
+            || (0..BULK).map(|_| new_user()).collect::<Vec<_>>(),
+            |batch| wrapper_bulk(&wrapper, batch),
+            BatchSize::PerIteration,
+        )
+    });
     group.finish();
 
     let mut group = c.benchmark_group("sqlite_pool");
@@ -209,6 +270,22 @@ fn pools(c: &mut Criterion) {
     });
     group.bench_function("page_and_count/r2d2_spawn_blocking", |b| {
         b.to_async(&runtime).iter(|| r2d2_page(&pool))
+    });
+    group.bench_function("page_and_count/bare_sync_wrapper_one_hop", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let mut conn = wrapper.lock().await;
+            conn.spawn_blocking(|c| {
+                let page: Vec<String> = users::table
+                    .select(users::id)
+                    .order((users::created_at.asc(), users::id.asc()))
+                    .limit(51)
+                    .load(c)?;
+                let total: i64 = users::table.count().get_result(c)?;
+                Ok::<_, diesel::result::Error>((page.len(), total))
+            })
+            .await
+            .unwrap()
+        })
     });
     group.finish();
 }

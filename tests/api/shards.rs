@@ -478,7 +478,9 @@ async fn create_until_paused(addr: &str) -> (BTreeSet<String>, String) {
     for i in 0..40 {
         let email = format!("c{i}@example.com");
         let call = users.create_user(create(&format!("C{i}"), &email));
-        match tokio::time::timeout(Duration::from_secs(3), call).await {
+        // A normal create takes milliseconds; a paused one never ends. 15 s leaves a busy
+        // machine room without mistaking a slow call for the paused one.
+        match tokio::time::timeout(Duration::from_secs(15), call).await {
             Ok(Ok(user)) => {
                 created.insert(user.into_inner().id);
             }

@@ -94,45 +94,52 @@ fn users_and_rows(batch: Vec<NewUser>) -> (Vec<User>, Vec<Row>) {
     (users, rows)
 }
 
+/// The data layer's duplicate check and domain work, then the rows to insert.
+fn prepare_batch(batch: Vec<NewUser>) -> (Vec<User>, Vec<Row>) {
+    let mut seen = std::collections::HashSet::with_capacity(batch.len());
+    assert!(batch
+        .iter()
+        .all(|u| seen.insert(u.email.as_str().to_owned())));
+    users_and_rows(batch)
+}
+
+/// Inserts `rows` in one IMMEDIATE transaction, 500 rows per statement (as the data layer).
+fn insert_all(c: &mut SqliteConnection, rows: &[Row]) -> Result<(), diesel::result::Error> {
+    c.immediate_transaction(|c| {
+        for chunk in rows.chunks(500) {
+            let values: Vec<_> = chunk
+                .iter()
+                .map(|(id, name, email, age, metadata, created, updated)| {
+                    (
+                        users::id.eq(id),
+                        users::name.eq(name),
+                        users::email.eq(email),
+                        users::age.eq(age),
+                        users::metadata.eq(metadata),
+                        users::created_at.eq(created),
+                        users::updated_at.eq(updated),
+                    )
+                })
+                .collect();
+            diesel::insert_into(users::table)
+                .values(values)
+                .execute(c)?;
+        }
+        Ok(())
+    })
+}
+
 /// BulkCreate over r2d2: the whole transaction in one blocking task.
 async fn r2d2_bulk(
     pool: &Pool<ConnectionManager<SqliteConnection>>,
     batch: Vec<NewUser>,
 ) -> Vec<User> {
-    let mut seen = std::collections::HashSet::with_capacity(batch.len());
-    assert!(batch
-        .iter()
-        .all(|u| seen.insert(u.email.as_str().to_owned())));
-    let (users, batch) = users_and_rows(batch);
+    let (users, rows) = prepare_batch(batch);
     let pool = pool.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut conn = pool.get().unwrap();
-        conn.immediate_transaction(|c| {
-            for chunk in batch.chunks(500) {
-                let values: Vec<_> = chunk
-                    .iter()
-                    .map(|(id, name, email, age, metadata, created, updated)| {
-                        (
-                            users::id.eq(id),
-                            users::name.eq(name),
-                            users::email.eq(email),
-                            users::age.eq(age),
-                            users::metadata.eq(metadata),
-                            users::created_at.eq(created),
-                            users::updated_at.eq(updated),
-                        )
-                    })
-                    .collect();
-                diesel::insert_into(users::table)
-                    .values(values)
-                    .execute(c)?;
-            }
-            Ok::<_, diesel::result::Error>(())
-        })
+    tokio::task::spawn_blocking(move || insert_all(&mut pool.get().unwrap(), &rows))
+        .await
+        .unwrap()
         .unwrap();
-    })
-    .await
-    .unwrap();
     users
 }
 
@@ -144,38 +151,11 @@ async fn wrapper_bulk(
     >,
     batch: Vec<NewUser>,
 ) -> Vec<User> {
-    let mut seen = std::collections::HashSet::with_capacity(batch.len());
-    assert!(batch
-        .iter()
-        .all(|u| seen.insert(u.email.as_str().to_owned())));
-    let (users, batch) = users_and_rows(batch);
+    let (users, rows) = prepare_batch(batch);
     let mut conn = conn.lock().await;
-    conn.spawn_blocking(move |c| {
-        c.immediate_transaction(|c| {
-            for chunk in batch.chunks(500) {
-                let values: Vec<_> = chunk
-                    .iter()
-                    .map(|(id, name, email, age, metadata, created, updated)| {
-                        (
-                            users::id.eq(id),
-                            users::name.eq(name),
-                            users::email.eq(email),
-                            users::age.eq(age),
-                            users::metadata.eq(metadata),
-                            users::created_at.eq(created),
-                            users::updated_at.eq(updated),
-                        )
-                    })
-                    .collect();
-                diesel::insert_into(users::table)
-                    .values(values)
-                    .execute(c)?;
-            }
-            Ok::<_, diesel::result::Error>(())
-        })
-    })
-    .await
-    .unwrap();
+    conn.spawn_blocking(move |c| insert_all(c, &rows))
+        .await
+        .unwrap();
     users
 }
 

@@ -354,15 +354,17 @@ struct PreparedRow {
 }
 
 /// This deployment's prepared transactions in `db`'s database, with their age.
-async fn list_prepared(db: &Database, prefix: &str) -> Result<Vec<(String, f64)>, DbError> {
-    let mut conn = db.direct_pg_conn().await?;
+async fn list_prepared(
+    conn: &mut AsyncPgConnection,
+    prefix: &str,
+) -> Result<Vec<(String, f64)>, DbError> {
     let rows: Vec<PreparedRow> = diesel::sql_query(
         "SELECT gid, EXTRACT(EPOCH FROM (now() - prepared))::float8 AS age \
          FROM pg_prepared_xacts \
          WHERE database = current_database() AND left(gid, length($1)) = $1",
     )
     .bind::<Text, _>(prefix)
-    .load(&mut conn)
+    .load(conn)
     .await?;
     Ok(rows.into_iter().map(|r| (r.gid, r.age)).collect())
 }
@@ -382,6 +384,20 @@ async fn decisions(primary: &Database, prefix: &str) -> Result<Vec<(String, f64)
         .collect())
 }
 
+/// [`list_prepared`] on every shard's connection (an error where there is none).
+async fn list_all(
+    conns: &mut [Result<AsyncPgConnection, String>],
+    prefix: &str,
+) -> Vec<Result<Vec<(String, f64)>, String>> {
+    join_all(conns.iter_mut().map(|conn| async move {
+        match conn {
+            Ok(conn) => list_prepared(conn, prefix).await.map_err(|e| e.to_string()),
+            Err(error) => Err(error.clone()),
+        }
+    }))
+    .await
+}
+
 /// One recovery pass (see the module documentation).
 pub(super) async fn recover(
     primary: Database,
@@ -392,9 +408,16 @@ pub(super) async fn recover(
 ) -> RecoveryReport {
     let mut report = RecoveryReport::default();
     let grace_s = grace.as_secs_f64();
-    let first = join_all(shards.iter().map(|db| list_prepared(db, &prefix))).await;
+    // One connection per shard for the whole pass, outside the pool (see `finish`).
+    let mut conns: Vec<Result<AsyncPgConnection, String>> =
+        join_all(shards.iter().map(|db| db.direct_pg_conn()))
+            .await
+            .into_iter()
+            .map(|c| c.map_err(|e| e.to_string()))
+            .collect();
+    let first = list_all(&mut conns, &prefix).await;
     let logged = decisions(&primary, &prefix).await;
-    let second = join_all(shards.iter().map(|db| list_prepared(db, &prefix))).await;
+    let second = list_all(&mut conns, &prefix).await;
     let logged: Option<HashSet<String>> = match &logged {
         Ok(rows) => Some(rows.iter().map(|(gid, _)| gid.clone()).collect()),
         Err(error) => {
@@ -439,7 +462,10 @@ pub(super) async fn recover(
             }
             let Some(logged) = &logged else { continue };
             let commit = logged.contains(&base);
-            match finish(&shards[shard], gid, commit).await {
+            let Ok(conn) = &mut conns[shard] else {
+                continue;
+            };
+            match finish_on(conn, gid, commit).await {
                 Ok(()) if commit => report.committed += 1,
                 Ok(()) => report.rolled_back += 1,
                 Err(error) => report.errors.push(format!("shard {shard}: {gid}: {error}")),

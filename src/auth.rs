@@ -84,6 +84,9 @@ pub enum AuthError {
     /// The subject for a new token is empty.
     #[error("a token needs a non-empty subject")]
     EmptySubject,
+    /// The token's subject is a user that is being deleted or was deleted.
+    #[error("the token's user has been deleted")]
+    Deleted,
 }
 
 /// Clock skew forgiven on `exp` and `nbf`.
@@ -98,7 +101,13 @@ pub struct JwtAuth {
     decoding: DecodingKey,
     validation: Validation,
     guest_validation: Validation,
+    /// Subjects whose tokens are refused (users being deleted or deleted), as the
+    /// `Deletions` actor publishes them.
+    refused: Option<tokio::sync::watch::Receiver<RefusedSubjects>>,
 }
+
+/// The subjects whose tokens are refused, published whole on each change.
+pub type RefusedSubjects = std::sync::Arc<std::collections::HashSet<String>>;
 
 impl std::fmt::Debug for JwtAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,6 +130,7 @@ impl JwtAuth {
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
             guest_validation,
+            refused: None,
         }
     }
 
@@ -210,7 +220,18 @@ impl JwtAuth {
             _ => AuthError::Invalid(e.to_string()),
         })?;
         check_subject(&data.claims.sub)?;
+        if let Some(refused) = &self.refused {
+            if refused.borrow().contains(&data.claims.sub) {
+                return Err(AuthError::Deleted);
+            }
+        }
         Ok(data.claims)
+    }
+
+    /// This verifier, refusing tokens of the subjects `refused` holds.
+    pub fn refusing(mut self, refused: tokio::sync::watch::Receiver<RefusedSubjects>) -> Self {
+        self.refused = Some(refused);
+        self
     }
 }
 

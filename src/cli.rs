@@ -209,6 +209,25 @@ pub struct SettingsArgs {
     /// Prepared transactions younger than this are left to their coordinator [default: 10s].
     #[arg(long, env = "SWITCHBOARD_TX_IN_DOUBT_GRACE", value_name = "DURATION")]
     pub tx_in_doubt_grace: Option<String>,
+    /// How long a server holds a saga without renewing; another may resume it after
+    /// that [default: 15s].
+    #[arg(long, env = "SWITCHBOARD_SAGA_LEASE", value_name = "DURATION")]
+    pub saga_lease: Option<String>,
+    /// How often unfinished sagas with an expired lease are resumed [default: 5s].
+    #[arg(long, env = "SWITCHBOARD_SAGA_RESUME_INTERVAL", value_name = "DURATION")]
+    pub saga_resume_interval: Option<String>,
+    /// Time limit of one attempt of a saga step [default: 60s].
+    #[arg(long, env = "SWITCHBOARD_SAGA_STEP_TIMEOUT", value_name = "DURATION")]
+    pub saga_step_timeout: Option<String>,
+    /// First retry delay of a failed saga step; doubles each attempt [default: 200ms].
+    #[arg(long, env = "SWITCHBOARD_SAGA_RETRY_INITIAL", value_name = "DURATION")]
+    pub saga_retry_initial: Option<String>,
+    /// Longest retry delay of a failed saga step [default: 30s].
+    #[arg(long, env = "SWITCHBOARD_SAGA_RETRY_MAX", value_name = "DURATION")]
+    pub saga_retry_max: Option<String>,
+    /// Failed attempts of one step after which a saga is marked stuck [default: 8].
+    #[arg(long, env = "SWITCHBOARD_SAGA_STUCK_AFTER", value_name = "N")]
+    pub saga_stuck_after: Option<u32>,
     /// HS256 secret for tokens (at least 16 bytes); random per run when unset.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -327,6 +346,12 @@ impl SettingsArgs {
                 shards: self.database_shards.clone(),
                 tx_recovery_interval: self.tx_recovery_interval.clone(),
                 tx_in_doubt_grace: self.tx_in_doubt_grace.clone(),
+                saga_lease: self.saga_lease.clone(),
+                saga_resume_interval: self.saga_resume_interval.clone(),
+                saga_step_timeout: self.saga_step_timeout.clone(),
+                saga_retry_initial: self.saga_retry_initial.clone(),
+                saga_retry_max: self.saga_retry_max.clone(),
+                saga_stuck_after: self.saga_stuck_after,
             },
             websocket: self.websocket.layer(),
             graphql: self.graphql.layer(),

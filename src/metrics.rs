@@ -154,6 +154,8 @@ pub struct Scrape {
     pub history: Option<crate::actors::history::HistoryStats>,
     /// The transaction coordinator's counters (when the data is sharded).
     pub tx: Option<crate::actors::tx::TxStats>,
+    /// The saga supervisor's counters.
+    pub sagas: Option<crate::actors::saga::SagaStats>,
 }
 
 /// Writes one labelled sample per `(labels, value)` under a single HELP/TYPE header.
@@ -368,6 +370,65 @@ impl Scrape {
                         )
                     })
                     .collect::<Vec<_>>(),
+            );
+        }
+        if let Some(sagas) = &self.sagas {
+            let mut samples = Vec::new();
+            for (outcome, counts) in [
+                ("started", &sagas.started),
+                ("completed", &sagas.completed),
+                ("compensated", &sagas.compensated),
+            ] {
+                let mut counts: Vec<_> = counts.iter().collect();
+                counts.sort();
+                for (saga_type, n) in counts {
+                    samples.push((
+                        format!("type=\"{saga_type}\",outcome=\"{outcome}\""),
+                        n.to_string(),
+                    ));
+                }
+            }
+            labelled(
+                out,
+                "switchboard_sagas_total",
+                "counter",
+                "Saga runs started (or resumed) here and how they ended, by type.",
+                &samples,
+            );
+            metric(
+                out,
+                "switchboard_sagas_running",
+                "gauge",
+                "Saga runs this server holds now.",
+                sagas.running,
+            );
+            metric(
+                out,
+                "switchboard_sagas_stuck",
+                "gauge",
+                "Saga runs held here that kept failing past the limit (still retried).",
+                sagas.stuck,
+            );
+            metric(
+                out,
+                "switchboard_saga_step_retries_total",
+                "counter",
+                "Failed attempts of saga steps and compensations.",
+                sagas.step_retries,
+            );
+            metric(
+                out,
+                "switchboard_saga_compensations_total",
+                "counter",
+                "Compensation attempts of saga steps.",
+                sagas.compensations,
+            );
+            metric(
+                out,
+                "switchboard_sagas_resumed_total",
+                "counter",
+                "Saga runs resumed from the log (after a crash or an expired lease).",
+                sagas.resumed,
             );
         }
         if let Some(events) = &self.events {

@@ -173,7 +173,9 @@ impl Application {
             "database ready"
         );
 
-        let auth = JwtAuth::new(&jwt_secret(settings.jwt_secret.as_ref()));
+        // Tokens of users being deleted are refused; the `Deletions` actor publishes who.
+        let (refused, refused_rx) = watch::channel(crate::auth::RefusedSubjects::default());
+        let auth = JwtAuth::new(&jwt_secret(settings.jwt_secret.as_ref())).refusing(refused_rx);
         let (draining, draining_rx) = watch::channel(false);
 
         let singletons = Arbiter::new();
@@ -233,6 +235,22 @@ impl Application {
         let hub = Hub::start_in_arbiter(&singletons.handle(), move |_| hub);
         let events = Events::start_in_arbiter(&singletons.handle(), |_| Events::new());
         let database = database.announcing_to(events.clone());
+        let sagas = {
+            use crate::actors::saga::{delete_user, Saga};
+            let config = settings.database.saga.clone();
+            let deletions = delete_user::Deletions::start_in_arbiter(&singletons.handle(), {
+                let (db, hub, every) = (database.clone(), hub.clone(), config.resume_interval);
+                move |_| delete_user::Deletions::new(db, hub, refused, every)
+            });
+            let (db, hub, events) = (database.clone(), hub.clone(), events.clone());
+            Saga::start_in_arbiter(&singletons.handle(), move |_| {
+                let saga = Saga::new(db.clone(), config);
+                let fault = saga.fault();
+                saga.with_definition(std::sync::Arc::new(delete_user::DeleteUser::new(
+                    db, hub, events, deletions, fault,
+                )))
+            })
+        };
 
         let (limiters, limiter_arbiters) = RateLimiters::start(
             Quota {
@@ -271,6 +289,7 @@ impl Application {
             started_at: Instant::now(),
             draining: draining_rx,
             events: events.clone(),
+            sagas: sagas.clone(),
             graphql: http::routes::graphql::GraphqlState {
                 schema: std::sync::Arc::new(crate::graphql::schema(&settings.graphql)),
                 introspection: std::sync::Arc::new(crate::graphql::introspection_schema(
@@ -342,6 +361,7 @@ impl Application {
             grpc::Users::new(
                 database.clone(),
                 events.clone(),
+                sagas.clone(),
                 settings.grpc_stream_buffer,
                 settings.grpc_max_streams_per_client,
             ),

@@ -7,5 +7,6 @@ pub mod health;
 pub mod history;
 pub mod hub;
 pub mod rate_limit;
+pub mod saga;
 pub mod session;
 pub mod tx;

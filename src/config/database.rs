@@ -35,6 +35,8 @@ pub struct DatabaseSettings {
     pub tx_recovery_interval: Duration,
     /// A prepared transaction younger than this is left to the server running it.
     pub tx_in_doubt_grace: Duration,
+    /// How sagas (a user's deletion) are run; their log is in the primary.
+    pub saga: crate::actors::saga::SagaConfig,
 }
 
 impl Default for DatabaseSettings {
@@ -52,6 +54,7 @@ impl Default for DatabaseSettings {
             shards: Vec::new(),
             tx_recovery_interval: Duration::from_secs(30),
             tx_in_doubt_grace: Duration::from_secs(10),
+            saga: crate::actors::saga::SagaConfig::default(),
         }
     }
 }
@@ -196,6 +199,18 @@ pub struct DatabaseLayer {
     pub tx_recovery_interval: Option<String>,
     /// See [`DatabaseSettings::tx_in_doubt_grace`].
     pub tx_in_doubt_grace: Option<String>,
+    /// See [`SagaConfig::lease`](crate::actors::saga::SagaConfig::lease).
+    pub saga_lease: Option<String>,
+    /// See [`SagaConfig::resume_interval`](crate::actors::saga::SagaConfig::resume_interval).
+    pub saga_resume_interval: Option<String>,
+    /// See [`SagaConfig::step_timeout`](crate::actors::saga::SagaConfig::step_timeout).
+    pub saga_step_timeout: Option<String>,
+    /// See [`SagaConfig::retry_initial`](crate::actors::saga::SagaConfig::retry_initial).
+    pub saga_retry_initial: Option<String>,
+    /// See [`SagaConfig::retry_max`](crate::actors::saga::SagaConfig::retry_max).
+    pub saga_retry_max: Option<String>,
+    /// See [`SagaConfig::stuck_after`](crate::actors::saga::SagaConfig::stuck_after).
+    pub saga_stuck_after: Option<u32>,
 }
 
 impl DatabaseSettings {
@@ -232,6 +247,36 @@ impl DatabaseSettings {
         }
         if let Some(raw) = layer.tx_in_doubt_grace {
             self.tx_in_doubt_grace = parse_duration("transaction in-doubt grace", &raw)?;
+        }
+        if let Some(raw) = layer.saga_lease {
+            self.saga.lease = positive("saga lease", &raw)?;
+            if self.saga.lease < Duration::from_secs(1) {
+                return Err(ConfigError::invalid(
+                    "saga lease",
+                    format!("{raw} is too short: at least 1s"),
+                ));
+            }
+        }
+        if let Some(raw) = layer.saga_resume_interval {
+            self.saga.resume_interval = positive("saga resume interval", &raw)?;
+        }
+        if let Some(raw) = layer.saga_step_timeout {
+            self.saga.step_timeout = positive("saga step timeout", &raw)?;
+        }
+        if let Some(raw) = layer.saga_retry_initial {
+            self.saga.retry_initial = positive("saga retry initial delay", &raw)?;
+        }
+        if let Some(raw) = layer.saga_retry_max {
+            self.saga.retry_max = positive("saga retry max delay", &raw)?;
+        }
+        if self.saga.retry_initial > self.saga.retry_max {
+            return Err(ConfigError::invalid(
+                "saga retry delays",
+                "the initial delay is longer than the max delay",
+            ));
+        }
+        if let Some(n) = layer.saga_stuck_after {
+            self.saga.stuck_after = at_least("saga stuck-after attempts", n as usize, 1)? as u32;
         }
         if let Some(shards) = layer.shards {
             self.shards = shards

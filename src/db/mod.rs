@@ -29,6 +29,8 @@ use futures_util::FutureExt;
 use serde::Serialize;
 
 pub use error::DbError;
+pub(crate) use error::is_unique_violation;
+pub(crate) use models::UserRow;
 pub use probe::Probe;
 
 use crate::actors::events::{Events, PostCreated, UsersCreated};

@@ -21,7 +21,7 @@ pub(crate) fn now() -> DateTime<Utc> {
         .unwrap_or(now)
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, serde::Serialize, serde::Deserialize)]
 #[diesel(table_name = users)]
 pub(crate) struct UserRow {
     pub id: String,

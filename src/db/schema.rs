@@ -97,3 +97,41 @@ diesel::table! {
         user_id -> Text,
     }
 }
+
+diesel::table! {
+    sagas (id) {
+        id -> Text,
+        saga_type -> Text,
+        saga_key -> Text,
+        state -> Text,
+        input -> Text,
+        stuck -> Bool,
+        owner -> Nullable<Text>,
+        lease_until -> Nullable<Timestamp>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    saga_steps (saga_id, step_index) {
+        saga_id -> Text,
+        step_index -> Integer,
+        name -> Text,
+        state -> Text,
+        attempts -> Integer,
+        compensation_attempts -> Integer,
+        output -> Nullable<Text>,
+        last_error -> Nullable<Text>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    user_deletions (user_id) {
+        user_id -> Text,
+        saga_id -> Text,
+        created_at -> Timestamp,
+    }
+}

@@ -2,7 +2,11 @@
 
 use actix::Addr;
 
-use crate::{actors::events::Events, auth::Claims, db::Database};
+use crate::{
+    actors::{events::Events, saga::Saga},
+    auth::Claims,
+    db::Database,
+};
 
 /// What resolvers need. Cloning copies a few handles.
 #[derive(Clone)]
@@ -11,6 +15,8 @@ pub struct Context {
     pub db: Database,
     /// Domain events (for subscriptions).
     pub events: Addr<Events>,
+    /// Runs sagas (a user's deletion).
+    pub sagas: Addr<Saga>,
     /// The caller: `Ok(None)` without a token, `Err(reason)` with a bad one.
     pub identity: Result<Option<Claims>, String>,
 }

@@ -37,6 +37,13 @@ pub mod code {
     pub const BAD_REQUEST: &str = "BAD_REQUEST";
     /// A mutation sent with `GET` (405, `Allow: POST`).
     pub const METHOD_NOT_ALLOWED: &str = "METHOD_NOT_ALLOWED";
+    /// The object does not exist.
+    pub const NOT_FOUND: &str = "NOT_FOUND";
+    /// A multi-step change failed before its point of no return and was undone;
+    /// `extensions.sagaId` names it.
+    pub const UNDONE: &str = "UNDONE";
+    /// A multi-step change is still in progress; `extensions.sagaId` names it.
+    pub const IN_PROGRESS: &str = "IN_PROGRESS";
 }
 
 /// An error with a code.
@@ -67,5 +74,25 @@ pub fn db(error: DbError) -> FieldError {
             tracing::error!(%error, "database failure in a GraphQL resolver");
             coded("internal database error", code::INTERNAL)
         }
+    }
+}
+
+/// A failed user deletion.
+pub fn deletion(error: crate::actors::saga::delete_user::DeleteError) -> FieldError {
+    use crate::actors::saga::delete_user::DeleteError;
+    match error {
+        DeleteError::NotFound => coded(&error, code::NOT_FOUND),
+        DeleteError::Compensated { ref id, .. } => {
+            let id = id.clone();
+            FieldError::new(&error, graphql_value!({ "code": (code::UNDONE), "sagaId": id }))
+        }
+        DeleteError::Pending { ref id } => {
+            let id = id.clone();
+            FieldError::new(
+                &error,
+                graphql_value!({ "code": (code::IN_PROGRESS), "sagaId": id }),
+            )
+        }
+        DeleteError::Db(error) => db(error),
     }
 }

@@ -85,4 +85,32 @@ impl Mutation {
         let post = context.db.create_post(new).await.map_err(errors::db)?;
         Ok(PostObject::single(post))
     }
+
+    /// Deletes a user everywhere: its row and email at once, then its posts and stored
+    /// messages (a saga; see `/admin/sagas/{sagaId}`). Answers once the user row is
+    /// gone; deleting a user whose deletion is running or done answers with that saga.
+    async fn delete_user(context: &Context, id: juniper::ID) -> FieldResult<UserDeletion> {
+        require_token(context)?;
+        let user = UserId::parse(&id)
+            .map_err(|e| errors::invalid(crate::domain::ValidationError::new("id", e.reason)))?;
+        let started = crate::actors::saga::delete_user::start(&context.db, &context.sagas, user)
+            .await
+            .map_err(errors::deletion)?;
+        Ok(UserDeletion {
+            user_id: id,
+            saga_id: started.id,
+            completed: started.completed,
+        })
+    }
+}
+
+/// A user's deletion, past its point of no return.
+#[derive(Debug, juniper::GraphQLObject)]
+pub struct UserDeletion {
+    /// The deleted user.
+    pub user_id: juniper::ID,
+    /// The saga doing it (`GET /admin/sagas/{sagaId}`).
+    pub saga_id: String,
+    /// Whether the clean-up after the user row (posts, messages) has finished too.
+    pub completed: bool,
 }

@@ -13,7 +13,7 @@ use super::{
     objects::{PostObject, UserObject},
     Context,
 };
-use crate::actors::events::{Subscribe, SubscribePosts};
+use crate::actors::events::{Subscribe, SubscribePosts, UserEvent, UserEventKinds};
 
 /// New users or posts a subscription may hold for a slow client.
 pub const SUBSCRIPTION_BUFFER: usize = 1024;
@@ -68,12 +68,36 @@ impl Subscription {
                 buffer: SUBSCRIPTION_BUFFER,
                 // A GraphQL connection is capped by its own operation limit.
                 client: None,
+                kinds: UserEventKinds::Created,
             })
             .await
             .map_err(|_| unavailable())?
             .map_err(|error| errors::coded(error, errors::code::BUSY))?;
-        Ok(live(subscription.users, subscription.overflowed, |user| {
-            UserObject::single((*user).clone())
+        Ok(live(subscription.users, subscription.overflowed, |event| {
+            match event {
+                UserEvent::Created(user) | UserEvent::Deleted(user) => {
+                    UserObject::single((*user).clone())
+                }
+            }
+        }))
+    }
+
+    /// The id of every user deleted from now on (once its row is gone).
+    async fn user_deleted(context: &Context) -> FieldResult<Live<juniper::ID>> {
+        let subscription = context
+            .events
+            .send(Subscribe {
+                filter: String::new(),
+                buffer: SUBSCRIPTION_BUFFER,
+                client: None,
+                kinds: UserEventKinds::Deleted,
+            })
+            .await
+            .map_err(|_| unavailable())?
+            .map_err(|error| errors::coded(error, errors::code::BUSY))?;
+        Ok(live(subscription.users, subscription.overflowed, |event| {
+            let (UserEvent::Created(user) | UserEvent::Deleted(user)) = event;
+            juniper::ID::new(user.id.to_string())
         }))
     }
 

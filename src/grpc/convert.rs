@@ -23,6 +23,7 @@ impl From<User> for pb::User {
             updated_at: Some(timestamp(user.updated_at)),
             metadata: user.metadata.entries().clone().into_iter().collect(),
             age: user.age.map(Age::get),
+            deleted: false,
         }
     }
 }

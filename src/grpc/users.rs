@@ -13,8 +13,9 @@ use super::{
 };
 use crate::{
     actors::{
-        events::{Events, Subscribe, Subscription, Unsubscribe},
+        events::{Events, Subscribe, Subscription, Unsubscribe, UserEvent, UserEventKinds},
         rate_limit::{address_key, subject_key},
+        saga::{delete_user, Saga},
     },
     auth::Claims,
     db::{Database, DbError, PageCursor, MAX_PAGE_SIZE},
@@ -35,11 +36,34 @@ const WIRE_BUFFER: usize = 64;
 /// A `StreamUsers` page that finds the pool busy is tried again this many times.
 const BUSY_RETRIES: u32 = 8;
 
+/// Response metadata naming the saga a `DeleteUser` started or joined.
+pub const SAGA_ID_HEADER: &str = "switchboard-saga-id";
+
+/// A failed deletion as a status (with the saga's id in the metadata when there is one).
+fn deletion_status(error: delete_user::DeleteError) -> Status {
+    use delete_user::DeleteError;
+    let saga = match &error {
+        DeleteError::Compensated { id, .. } | DeleteError::Pending { id } => Some(id.clone()),
+        DeleteError::NotFound | DeleteError::Db(_) => None,
+    };
+    let mut status = match error {
+        DeleteError::NotFound => Status::not_found(error.to_string()),
+        error @ DeleteError::Compensated { .. } => Status::aborted(error.to_string()),
+        error @ DeleteError::Pending { .. } => Status::unavailable(error.to_string()),
+        DeleteError::Db(error) => error.into(),
+    };
+    if let Some(value) = saga.and_then(|id| id.parse().ok()) {
+        status.metadata_mut().insert(SAGA_ID_HEADER, value);
+    }
+    status
+}
+
 /// The service: thin, turning protobuf into repository calls and back.
 #[derive(Clone)]
 pub struct Users {
     db: Database,
     events: Addr<Events>,
+    sagas: Addr<Saga>,
     stream_buffer: usize,
     /// `StreamUsers` calls one client may hold at once.
     max_streams_per_client: usize,
@@ -54,6 +78,7 @@ impl Users {
     pub fn new(
         db: Database,
         events: Addr<Events>,
+        sagas: Addr<Saga>,
         stream_buffer: usize,
         max_streams_per_client: usize,
     ) -> Self {
@@ -61,6 +86,7 @@ impl Users {
         Self {
             db,
             events,
+            sagas,
             stream_buffer,
             max_streams_per_client,
             snapshot_reads: Arc::new(Semaphore::new(readers)),
@@ -153,8 +179,14 @@ impl UserService for Users {
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<()>, Status> {
         let id = user_id(&request.into_inner().id)?;
-        self.db.delete_user(id).await?;
-        Ok(Response::new(()))
+        let started = delete_user::start(&self.db, &self.sagas, id)
+            .await
+            .map_err(deletion_status)?;
+        let mut response = Response::new(());
+        if let Ok(value) = started.id.parse() {
+            response.metadata_mut().insert(SAGA_ID_HEADER, value);
+        }
+        Ok(response)
     }
 
     async fn list_users(
@@ -195,7 +227,8 @@ impl UserService for Users {
         request: Request<pb::StreamUsersRequest>,
     ) -> Result<Response<Self::StreamUsersStream>, Status> {
         let client = client_key(&request);
-        let filter = SearchFilter::parse(&request.into_inner().filter)
+        let request = request.into_inner();
+        let filter = SearchFilter::parse(&request.filter)
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
         // Subscribe before reading the snapshot: a user committed in between is in both,
         // and the feeder drops the second copy.
@@ -205,6 +238,11 @@ impl UserService for Users {
                 filter: filter.as_str().to_owned(),
                 buffer: self.stream_buffer,
                 client: Some((client, self.max_streams_per_client)),
+                kinds: if request.include_deletions {
+                    UserEventKinds::All
+                } else {
+                    UserEventKinds::Created
+                },
             })
             .await
             .map_err(|_| Status::unavailable("the event service is not running"))?
@@ -298,8 +336,16 @@ impl Feeder {
                 user = subscription.users.recv() => user,
             };
             match user {
-                Some(user) if seen.remove(&user.id) => {}
-                Some(user) => self.send(Ok(User::clone(&user).into())).await?,
+                Some(UserEvent::Created(user)) if seen.remove(&user.id) => {}
+                Some(UserEvent::Created(user)) => {
+                    self.send(Ok(User::clone(&user).into())).await?
+                }
+                Some(UserEvent::Deleted(user)) => {
+                    seen.remove(&user.id);
+                    let mut gone = pb::User::from(User::clone(&user));
+                    gone.deleted = true;
+                    self.send(Ok(gone)).await?
+                }
                 None => break,
             }
         }

@@ -28,6 +28,8 @@ pub struct HttpState {
     pub draining: watch::Receiver<bool>,
     /// The domain-event actor (for `/health`).
     pub events: actix::Addr<Events>,
+    /// Runs sagas; admin routes read their log.
+    pub sagas: actix::Addr<crate::actors::saga::Saga>,
     /// What the WebSocket and room routes need.
     pub chat: ChatState,
     /// What the GraphQL routes need.
@@ -62,6 +64,7 @@ pub struct ChatState {
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::health::configure(cfg);
+    routes::admin::configure(cfg);
     routes::rooms::configure(cfg);
     routes::metrics::configure(cfg);
     routes::graphql::configure(cfg);

@@ -117,6 +117,7 @@ async fn the_filter_applies_to_both_parts(db: TestDb) {
     let mut stream = users
         .stream_users(StreamUsersRequest {
             filter: "KEEP".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -160,6 +160,7 @@ async fn filters_the_database_would_choke_on_are_invalid_input_and_never_open_th
             let status = grpc
                 .stream_users(StreamUsersRequest {
                     filter: filter.clone(),
+                    ..Default::default()
                 })
                 .await
                 .expect_err("the filter is refused");

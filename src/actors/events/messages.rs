@@ -16,6 +16,23 @@ pub struct UsersCreated {
     pub users: Arc<[User]>,
 }
 
+/// A user deleted (its deletion saga passed the point of no return). Sent by the saga.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct UserDeleted {
+    /// The user as it was.
+    pub user: Arc<User>,
+}
+
+/// What a user subscription receives.
+#[derive(Debug, Clone)]
+pub enum UserEvent {
+    /// A user was created.
+    Created(Arc<User>),
+    /// A user was deleted (only for subscriptions that asked for deletions).
+    Deleted(Arc<User>),
+}
+
 /// Subscribe to new users whose name or email contains `filter` (case-insensitively).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Subscription, TooManySubscriptions>")]
@@ -26,6 +43,30 @@ pub struct Subscribe {
     pub buffer: usize,
     /// Who asks, with how many live subscriptions they may hold; `None`: no cap.
     pub client: Option<(Arc<str>, usize)>,
+    /// Which events: creations, deletions (matching the filter as the user was), or both.
+    pub kinds: UserEventKinds,
+}
+
+/// Which user events a subscription receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserEventKinds {
+    /// New users only.
+    Created,
+    /// Deleted users only.
+    Deleted,
+    /// Both.
+    All,
+}
+
+impl UserEventKinds {
+    /// Whether a creation (`false`) or deletion (`true`) is wanted.
+    pub fn wants(self, deleted: bool) -> bool {
+        match self {
+            Self::Created => !deleted,
+            Self::Deleted => deleted,
+            Self::All => true,
+        }
+    }
 }
 
 /// The client holds as many live subscriptions as it may.
@@ -41,8 +82,8 @@ pub struct TooManySubscriptions {
 pub struct Subscription {
     /// Its id, for [`Unsubscribe`].
     pub id: u64,
-    /// New users, in commit order.
-    pub users: mpsc::Receiver<Arc<User>>,
+    /// New (and, when asked for, deleted) users, in commit order.
+    pub users: mpsc::Receiver<UserEvent>,
     /// Resolves with `Ok(())` if the subscription was dropped because its buffer overflowed.
     pub overflowed: oneshot::Receiver<()>,
 }
@@ -67,6 +108,8 @@ pub struct EventStats {
     pub subscribers: usize,
     /// Users announced by the data layer.
     pub users_created: u64,
+    /// User deletions announced.
+    pub users_deleted: u64,
     /// Posts announced by the data layer.
     pub posts_created: u64,
     /// Subscriptions ended because the subscriber fell behind.

@@ -42,7 +42,9 @@ struct Subscriber {
     filter: String,
     /// The client it counts against, when capped.
     client: Option<Arc<str>>,
-    users: mpsc::Sender<Arc<User>>,
+    /// Which events it is told about.
+    kinds: UserEventKinds,
+    users: mpsc::Sender<UserEvent>,
     overflowed: oneshot::Sender<()>,
 }
 
@@ -120,6 +122,7 @@ impl Handler<Subscribe> for Events {
             Subscriber {
                 filter: msg.filter.trim().to_lowercase(),
                 client,
+                kinds: msg.kinds,
                 users,
                 overflowed,
             },
@@ -151,20 +154,52 @@ impl Handler<UsersCreated> for Events {
         let mut ended = Vec::new();
         for user in msg.users.iter() {
             let user = Arc::new(user.clone());
-            for (id, subscriber) in &self.subscribers {
-                if ended.contains(id) || !matches(&user, &subscriber.filter) {
-                    continue;
+            self.deliver(&user, false, &mut ended);
+        }
+        self.end(ended);
+    }
+}
+
+impl Handler<UserDeleted> for Events {
+    type Result = ();
+
+    fn handle(&mut self, msg: UserDeleted, _ctx: &mut Self::Context) {
+        self.stats.users_deleted += 1;
+        let mut ended = Vec::new();
+        self.deliver(&msg.user, true, &mut ended);
+        self.end(ended);
+    }
+}
+
+impl Events {
+    /// Hands `user` to every matching subscription (that wants deletions, for a
+    /// deletion); those that are full or gone go to `ended`.
+    fn deliver(&mut self, user: &Arc<User>, deleted: bool, ended: &mut Vec<u64>) {
+        for (id, subscriber) in &self.subscribers {
+            if ended.contains(id)
+                || !subscriber.kinds.wants(deleted)
+                || !matches(user, &subscriber.filter)
+            {
+                continue;
+            }
+            let event = if deleted {
+                UserEvent::Deleted(user.clone())
+            } else {
+                UserEvent::Created(user.clone())
+            };
+            match subscriber.users.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    self.stats.overflows += 1;
+                    ended.push(*id);
                 }
-                match subscriber.users.try_send(user.clone()) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => {
-                        self.stats.overflows += 1;
-                        ended.push(*id);
-                    }
-                    Err(TrySendError::Closed(_)) => ended.push(*id),
-                }
+                Err(TrySendError::Closed(_)) => ended.push(*id),
             }
         }
+    }
+
+    /// Drops the subscriptions in `ended`, telling those that overflowed.
+    fn end(&mut self, ended: Vec<u64>) {
         for id in ended {
             if let Some(subscriber) = self.remove(id) {
                 // Only an overflow is reported; a closed receiver has nobody to tell.

@@ -225,3 +225,15 @@ pub struct Shutdown;
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Drain;
+
+/// Close every session of `user_id` (a user being deleted); answers how many.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct CloseUser {
+    /// The user (a token's subject).
+    pub user_id: String,
+    /// The close code.
+    pub code: u16,
+    /// The close reason.
+    pub reason: String,
+}

@@ -554,6 +554,25 @@ impl Handler<Shutdown> for Hub {
     }
 }
 
+impl Handler<CloseUser> for Hub {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CloseUser, _ctx: &mut Self::Context) -> usize {
+        let Some(sessions) = self.users.get(msg.user_id.as_str()) else {
+            return 0;
+        };
+        for session in sessions.as_slice() {
+            if let Some(member) = self.sessions.get(session) {
+                member.addr.push_control(ToSession::Close(CloseReason {
+                    code: CloseCode::Other(msg.code),
+                    description: Some(msg.reason.clone()),
+                }));
+            }
+        }
+        sessions.len()
+    }
+}
+
 impl Handler<Drain> for Hub {
     type Result = ResponseActFuture<Self, ()>;
 

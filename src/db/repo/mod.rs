@@ -1,12 +1,14 @@
 //! Repositories: every query, written once for both backends.
 
 mod cursor;
+mod deletion;
 mod history;
 mod offsets;
 mod posts;
 mod users;
 
 pub use cursor::PageCursor;
+pub use deletion::REDACTED_SENDER;
 pub use offsets::Reservation;
 pub(crate) use users::build_user;
 pub use users::{UserPage, MAX_PAGE_SIZE};

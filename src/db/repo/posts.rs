@@ -3,14 +3,13 @@
 use std::collections::HashMap;
 
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::LOOKUP_CHUNK;
 use crate::db::{
-    error::is_foreign_key_violation,
     models::{now, PostRow},
-    schema::posts,
-    with_conn, Database, DbError,
+    schema::{posts, users},
+    with_conn, Conn, Database, DbError,
 };
 use crate::domain::{NewPost, Post, PostId, UserId};
 
@@ -38,20 +37,57 @@ impl Database {
             created_at: now(),
         };
         let row = PostRow::from_post(&post);
+        let author = post.author_id.to_string();
         let mut conn = self.conn().await?;
-        with_conn!(&mut conn, |c| {
-            diesel::insert_into(posts::table)
-                .values(&row)
-                .execute(c)
+        // Posts do not cascade with their author (a user's deletion removes them after
+        // the user row), so the author is checked here, in the insert's transaction:
+        // under a key-share lock on PostgreSQL (a concurrent delete of the author waits,
+        // or this insert sees the row gone), under SQLite's write lock on SQLite.
+        let stored = match &mut conn {
+            Conn::Postgres(c) => {
+                c.transaction::<_, diesel::result::Error, _>(async |c| {
+                    let found: Option<String> = users::table
+                        .find(&author)
+                        .select(users::id)
+                        .for_key_share()
+                        .first(c)
+                        .await
+                        .optional()?;
+                    if found.is_none() {
+                        return Ok(false);
+                    }
+                    diesel::insert_into(posts::table)
+                        .values(&row)
+                        .execute(c)
+                        .await?;
+                    Ok(true)
+                })
                 .await
-        })
-        .map_err(|e| {
-            if is_foreign_key_violation(&e) {
-                DbError::UnknownAuthor(post.author_id)
-            } else {
-                e.into()
             }
-        })?;
+            Conn::Sqlite(c) => {
+                c.spawn_blocking(move |c| {
+                    c.immediate_transaction(|c| {
+                        let found: Option<String> = diesel::RunQueryDsl::first(
+                            users::table.find(&author).select(users::id),
+                            c,
+                        )
+                        .optional()?;
+                        if found.is_none() {
+                            return Ok(false);
+                        }
+                        diesel::RunQueryDsl::execute(
+                            diesel::insert_into(posts::table).values(&row),
+                            c,
+                        )?;
+                        Ok(true)
+                    })
+                })
+                .await
+            }
+        }?;
+        if !stored {
+            return Err(DbError::UnknownAuthor(post.author_id));
+        }
         Ok(post)
     }
 

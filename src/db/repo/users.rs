@@ -169,24 +169,6 @@ impl Database {
         row.ok_or(DbError::NotFound { entity: "user" })?.try_into()
     }
 
-    /// Deletes a user and, by cascade, their posts.
-    #[tracing::instrument(skip(self))]
-    pub async fn delete_user(&self, id: UserId) -> Result<(), DbError> {
-        if let Some(sharding) = &self.sharding {
-            return sharding.delete_user(id).await;
-        }
-        let mut conn = self.conn().await?;
-        let deleted = with_conn!(&mut conn, |c| {
-            diesel::delete(users::table.find(id.to_string()))
-                .execute(c)
-                .await
-        })?;
-        if deleted == 0 {
-            return Err(DbError::NotFound { entity: "user" });
-        }
-        Ok(())
-    }
-
     /// Lists users whose name or email contains `filter` (case-insensitively), in creation
     /// order, `page_size` at a time (clamped to 1..=[`MAX_PAGE_SIZE`]), starting after
     /// `after` when given.

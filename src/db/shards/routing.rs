@@ -240,29 +240,19 @@ impl Sharding {
         }
     }
 
-    /// See [`Database::delete_user`]: the user (and by cascade their posts) and the email
-    /// index row go together.
-    pub(crate) async fn delete_user(&self, id: UserId) -> Result<(), DbError> {
-        let shard = self.user_shard(&id);
-        let current = {
-            let db = &self.shards[shard];
-            db.local_get_user(id).await.map_err(|e| db.scoped(e))
-        }?;
-        let email = current.email.as_str().to_owned();
-        let (key, index_key) = (id.to_string(), id.to_string());
-        let index_email = email.clone();
+    /// See [`Database::remove_user`]: the user row and the email index row go together;
+    /// either may already be gone.
+    pub(crate) async fn remove_user(&self, id: UserId, email: &str) -> Result<(), DbError> {
+        let (key, index_key, index_email) = (id.to_string(), id.to_string(), email.to_owned());
         let parts = vec![
-            Part::new(shard, move |c| {
+            Part::new(self.user_shard(&id), move |c| {
                 async move {
-                    let deleted = diesel::delete(users::table.find(&key)).execute(c).await?;
-                    if deleted == 0 {
-                        return Err(DbError::NotFound { entity: "user" });
-                    }
+                    diesel::delete(users::table.find(&key)).execute(c).await?;
                     Ok(())
                 }
                 .boxed()
             }),
-            Part::new(self.email_shard(&email), move |c| {
+            Part::new(self.email_shard(email), move |c| {
                 async move {
                     diesel::delete(
                         user_emails::table

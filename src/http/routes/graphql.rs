@@ -62,6 +62,7 @@ pub(super) fn context(state: &HttpState, identity: Result<Option<Claims>, String
     Context {
         db: state.db.clone(),
         events: state.events.clone(),
+        sagas: state.sagas.clone(),
         identity,
     }
 }

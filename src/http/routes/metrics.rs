@@ -33,6 +33,11 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
                 .ok(),
             None => None,
         },
+        sagas: state
+            .sagas
+            .send(crate::actors::saga::GetSagaStats)
+            .await
+            .ok(),
     };
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -1,5 +1,6 @@
 //! Route groups, one file each.
 
+pub mod admin;
 pub mod console;
 pub mod graphql;
 pub mod graphql_ws;

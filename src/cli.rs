@@ -214,7 +214,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "SWITCHBOARD_SAGA_LEASE", value_name = "DURATION")]
     pub saga_lease: Option<String>,
     /// How often unfinished sagas with an expired lease are resumed [default: 5s].
-    #[arg(long, env = "SWITCHBOARD_SAGA_RESUME_INTERVAL", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SAGA_RESUME_INTERVAL",
+        value_name = "DURATION"
+    )]
     pub saga_resume_interval: Option<String>,
     /// Time limit of one attempt of a saga step [default: 60s].
     #[arg(long, env = "SWITCHBOARD_SAGA_STEP_TIMEOUT", value_name = "DURATION")]

@@ -28,13 +28,13 @@ use diesel_async::{
 use futures_util::FutureExt;
 use serde::Serialize;
 
-pub use error::DbError;
 pub(crate) use error::is_unique_violation;
+pub use error::DbError;
 pub(crate) use models::UserRow;
 pub use probe::Probe;
 
 use crate::actors::events::{Events, PostCreated, UsersCreated};
-pub use repo::{PageCursor, Reservation, UserPage, MAX_PAGE_SIZE};
+pub use repo::{PageCursor, Reservation, UserPage, MAX_PAGE_SIZE, REDACTED_SENDER};
 pub use stats::{DbStats, DbStatsSnapshot, LatencyBucket, LATENCY_BUCKETS_MS};
 
 use crate::config::{DatabaseSettings, DatabaseUrl};

@@ -84,7 +84,10 @@ pub fn deletion(error: crate::actors::saga::delete_user::DeleteError) -> FieldEr
         DeleteError::NotFound => coded(&error, code::NOT_FOUND),
         DeleteError::Compensated { ref id, .. } => {
             let id = id.clone();
-            FieldError::new(&error, graphql_value!({ "code": (code::UNDONE), "sagaId": id }))
+            FieldError::new(
+                &error,
+                graphql_value!({ "code": (code::UNDONE), "sagaId": id }),
+            )
         }
         DeleteError::Pending { ref id } => {
             let id = id.clone();

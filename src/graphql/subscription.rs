@@ -73,13 +73,15 @@ impl Subscription {
             .await
             .map_err(|_| unavailable())?
             .map_err(|error| errors::coded(error, errors::code::BUSY))?;
-        Ok(live(subscription.users, subscription.overflowed, |event| {
-            match event {
+        Ok(live(
+            subscription.users,
+            subscription.overflowed,
+            |event| match event {
                 UserEvent::Created(user) | UserEvent::Deleted(user) => {
                     UserObject::single((*user).clone())
                 }
-            }
-        }))
+            },
+        ))
     }
 
     /// The id of every user deleted from now on (once its row is gone).

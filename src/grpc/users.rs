@@ -337,9 +337,7 @@ impl Feeder {
             };
             match user {
                 Some(UserEvent::Created(user)) if seen.remove(&user.id) => {}
-                Some(UserEvent::Created(user)) => {
-                    self.send(Ok(User::clone(&user).into())).await?
-                }
+                Some(UserEvent::Created(user)) => self.send(Ok(User::clone(&user).into())).await?,
                 Some(UserEvent::Deleted(user)) => {
                     seen.remove(&user.id);
                     let mut gone = pb::User::from(User::clone(&user));

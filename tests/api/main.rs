@@ -33,6 +33,7 @@ mod private_pg;
 mod process;
 mod rate_limit;
 mod repository;
+mod sagas;
 mod shards;
 mod shutdown;
 mod sockets;

@@ -184,7 +184,11 @@ async fn deleting_a_user_removes_their_posts(db: &TestDb) {
         .unwrap();
     let mut posts = Vec::new();
     for n in 0..5 {
-        posts.push(db.create_post(new_post(ann.id, &format!("Hello {n}"))).await.unwrap());
+        posts.push(
+            db.create_post(new_post(ann.id, &format!("Hello {n}")))
+                .await
+                .unwrap(),
+        );
     }
     let bob = db
         .create_user(new_user("Bob", "bob@example.com"))

@@ -402,9 +402,7 @@ impl SagaLog {
                 if held == 0 {
                     return Err(LogError::LeaseLost);
                 }
-                let step = |index: usize| {
-                    saga_steps::table.find((id.to_owned(), index as i32))
-                };
+                let step = |index: usize| saga_steps::table.find((id.to_owned(), index as i32));
                 match record {
                     Record::Renew | Record::State(..) | Record::Stuck(_) => 0,
                     Record::StepStarted(index) => {

@@ -357,9 +357,9 @@ impl Handler<Start> for Saga {
 
     fn handle(&mut self, msg: Start, _ctx: &mut Self::Context) -> Self::Result {
         let Some(definition) = self.definitions.get(msg.saga_type).cloned() else {
-            return Box::pin(actix::fut::ready(Err(StartError::Db(DbError::Unavailable(
-                format!("no saga type `{}`", msg.saga_type),
-            )))));
+            return Box::pin(actix::fut::ready(Err(StartError::Db(
+                DbError::Unavailable(format!("no saga type `{}`", msg.saga_type)),
+            ))));
         };
         let id = uuid::Uuid::now_v7().to_string();
         let (log, node, lease) = (self.log.clone(), self.node.clone(), self.config.lease);
@@ -451,9 +451,9 @@ async fn poll(log: &SagaLog, id: &str, pivot: &str) -> Result<Reached, StartErro
                     return Ok(Reached::Compensated(saga.last_error.unwrap_or_default()))
                 }
                 log::state::RUNNING
-                    if steps.iter().any(|s| {
-                        s.state == log::step_state::DONE && s.name == pivot
-                    }) =>
+                    if steps
+                        .iter()
+                        .any(|s| s.state == log::step_state::DONE && s.name == pivot) =>
                 {
                     return Ok(Reached::Pivot)
                 }

@@ -136,7 +136,13 @@ impl Run {
     }
 
     /// Records (once) that the saga is stuck, or that it no longer is.
-    async fn stuck(&self, stuck: &mut bool, now: bool, what: &str, error: &str) -> Result<(), Ended> {
+    async fn stuck(
+        &self,
+        stuck: &mut bool,
+        now: bool,
+        what: &str,
+        error: &str,
+    ) -> Result<(), Ended> {
         if *stuck == now {
             return Ok(());
         }
@@ -223,7 +229,10 @@ impl Run {
         stuck: &mut bool,
     ) -> Result<Option<String>, Ended> {
         let pivot = self.definition.pivot();
-        if steps.get(pivot).is_some_and(|s| s.state == step_state::DONE) {
+        if steps
+            .get(pivot)
+            .is_some_and(|s| s.state == step_state::DONE)
+        {
             self.notify(SagaEvent::Reached(Reached::Pivot));
         }
         for (index, step) in steps.iter_mut().enumerate() {
@@ -373,7 +382,10 @@ mod tests {
         for attempt in 1..40 {
             let wait = backoff(attempt, initial, max);
             let base = (initial * 2u32.pow((attempt - 1).min(20))).min(max);
-            assert!(wait >= base / 2 && wait <= base, "attempt {attempt}: {wait:?}");
+            assert!(
+                wait >= base / 2 && wait <= base,
+                "attempt {attempt}: {wait:?}"
+            );
         }
         let waits: std::collections::HashSet<_> =
             (0..20).map(|_| backoff(10, initial, max)).collect();

@@ -103,12 +103,15 @@ impl Database {
                 .limit(batch)
                 .load(c)
                 .await?;
-            if ids.is_empty() {
-                return Ok(0);
+            // (No early `return` here: the macro body is not a closure.)
+            match ids.is_empty() {
+                true => Ok(0),
+                false => {
+                    diesel::delete(posts::table.filter(posts::id.eq_any(&ids)))
+                        .execute(c)
+                        .await
+                }
             }
-            diesel::delete(posts::table.filter(posts::id.eq_any(&ids)))
-                .execute(c)
-                .await
         })
         .map_err(|e| db.scoped(e.into()))?;
         Ok(deleted as u64)
@@ -170,12 +173,18 @@ impl Database {
                     .limit(batch)
                     .load(c)
                     .await?;
-                if ids.is_empty() {
-                    return Ok(0);
+                // (No early `return` here: the macro body is not a closure, and a
+                // `return` would skip the other shards.)
+                match ids.is_empty() {
+                    true => Ok(0),
+                    false => {
+                        diesel::delete(
+                            private_messages::table.filter(private_messages::id.eq_any(&ids)),
+                        )
+                        .execute(c)
+                        .await
+                    }
                 }
-                diesel::delete(private_messages::table.filter(private_messages::id.eq_any(&ids)))
-                    .execute(c)
-                    .await
             })
             .map_err(|e| db.scoped(e.into()))?;
             total += deleted as u64;

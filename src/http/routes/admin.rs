@@ -93,7 +93,10 @@ fn saga_json(saga: SagaRecord) -> Value {
 }
 
 fn step_json(step: StepRecord) -> Value {
-    let output: Option<Value> = step.output.as_deref().and_then(|o| serde_json::from_str(o).ok());
+    let output: Option<Value> = step
+        .output
+        .as_deref()
+        .and_then(|o| serde_json::from_str(o).ok());
     json!({
         "index": step.step_index,
         "name": step.name,
@@ -116,13 +119,19 @@ async fn list(
         return refused;
     }
     let Ok(query) = query else {
-        return error(StatusCode::BAD_REQUEST, "bad query: expected state and limit");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad query: expected state and limit",
+        );
     };
     if let Some(wanted) = &query.state {
         if !STATES.contains(&wanted.as_str()) {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("unknown state `{wanted}`: expected one of {}", STATES.join(", ")),
+                format!(
+                    "unknown state `{wanted}`: expected one of {}",
+                    STATES.join(", ")
+                ),
             );
         }
     }

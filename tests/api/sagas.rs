@@ -781,3 +781,129 @@ async fn a_deletion_interrupted_by_kill_9_resumes_after_restart_and_completes() 
         "{metrics}"
     );
 }
+
+/// A shard holding the user's email index row is stopped while the deletion is at its
+/// pivot: the pivot cannot commit, so the deletion is compensated and the user stays
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_stopped_during_the_pivot_compensates_and_the_user_stays_usable() {
+    use crate::private_pg::PrivateCluster;
+    let conf = "max_prepared_transactions = 64\nmax_connections = 200";
+    let Some(main) = PrivateCluster::start_with(conf) else {
+        return;
+    };
+    let Some(lone) = PrivateCluster::start_with(conf) else {
+        return;
+    };
+    for name in ["sb_primary", "sb_shard_0", "sb_shard_1"] {
+        crate::helpers::pg_admin(&main.url, &format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+    }
+    crate::helpers::pg_admin(&lone.url, "CREATE DATABASE sb_shard_2")
+        .await
+        .unwrap();
+    let hold = tempfile::NamedTempFile::new().unwrap();
+    let placeholder = TestDb::sqlite();
+    let mut settings = fast(&placeholder);
+    settings.database.url = main.url_of("sb_primary").parse().unwrap();
+    settings.database.shards = [
+        main.url_of("sb_shard_0"),
+        main.url_of("sb_shard_1"),
+        lone.url_of("sb_shard_2"),
+    ]
+    .iter()
+    .map(|u| u.parse().unwrap())
+    .collect();
+    settings.database.connect_timeout = Duration::from_secs(1);
+    settings.database.tx_recovery_interval = Duration::from_millis(500);
+    settings.database.tx_in_doubt_grace = Duration::from_secs(2);
+    settings.database.saga.fault =
+        Fault::parse(&format!("pause:remove_user:{}", hold.path().display()));
+    let app = spawn_app_with(placeholder, settings).await;
+    let map = switchboard::db::shards::ShardMap::new(
+        "any".into(),
+        (0..3).map(|i| i.to_string()).collect(),
+    );
+    let mut users = client(&app).await;
+    // A user on shard 0 or 1 whose email's index row is on shard 2.
+    let mut user = None;
+    for i in 0..200 {
+        let email = format!("u{i}@example.com");
+        if map.shard_of(&email) != 2 {
+            continue;
+        }
+        let created = users
+            .create_user(create("Ann", &email))
+            .await
+            .unwrap()
+            .into_inner();
+        if map.shard_of(&created.id) != 2 {
+            user = Some(created);
+            break;
+        }
+    }
+    let ann = user.expect("such a user");
+    post(&app.database, &ann.id, 1).await;
+
+    let mut deleter = client(&app).await;
+    let deletion = tokio::spawn({
+        let id = ann.id.clone();
+        async move { deleter.delete_user(DeleteUserRequest { id }).await }
+    });
+    let http = reqwest::Client::new();
+    let base = app.url("");
+    let deadline = Instant::now() + PATIENCE;
+    let id = loop {
+        let (_, list) = admin_get(&http, &base, "/admin/sagas").await;
+        if let Some(saga) = list["sagas"].as_array().and_then(|s| s.first()) {
+            break saga["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no saga started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    saga_until(&base, &id, "at its pivot", |s| {
+        step(s, "remove_user")["state"] == "started"
+    })
+    .await;
+    lone.halt();
+    drop(hold);
+
+    let status = deletion
+        .await
+        .unwrap()
+        .expect_err("the deletion cannot pass its pivot");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().contains("shard 2"), "{status:?}");
+    let (_, saga) = admin_get(&http, &base, &format!("/admin/sagas/{id}")).await;
+    assert_eq!(saga["state"], "compensated", "{saga}");
+    assert_eq!(step(&saga, "remove_user")["state"], "failed", "{saga}");
+    assert!(step(&saga, "remove_user")["attempts"].as_i64().unwrap() >= 3);
+    assert_eq!(
+        step(&saga, "mark_deleting")["state"],
+        "compensated",
+        "{saga}"
+    );
+    assert_eq!(step(&saga, "delete_posts")["attempts"], 0, "{saga}");
+
+    // Whole and usable: found, posts kept, token accepted; and once the shard is back,
+    // its email is still its own.
+    users
+        .get_user(GetUserRequest { id: ann.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(posts_of(&app.database, &ann.id).await, 1);
+    WsClient::user(&app, &ann.id).await;
+    lone.resume().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match users.create_user(create("Copy", &ann.email)).await {
+            Err(status) if status.code() == Code::AlreadyExists => break,
+            Err(status) if status.code() == Code::Unavailable => {
+                assert!(Instant::now() < deadline, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("the email should still be taken: {other:?}"),
+        }
+    }
+}

@@ -232,6 +232,10 @@ pub struct SettingsArgs {
     /// Failed attempts of one step after which a saga is marked stuck [default: 8].
     #[arg(long, env = "SWITCHBOARD_SAGA_STUCK_AFTER", value_name = "N")]
     pub saga_stuck_after: Option<u32>,
+    /// How long finished sagas (and the marks refusing deleted users' tokens) are kept
+    /// [default: 7d].
+    #[arg(long, env = "SWITCHBOARD_SAGA_RETENTION", value_name = "DURATION")]
+    pub saga_retention: Option<String>,
     /// HS256 secret for tokens (at least 16 bytes); random per run when unset.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -356,6 +360,7 @@ impl SettingsArgs {
                 saga_retry_initial: self.saga_retry_initial.clone(),
                 saga_retry_max: self.saga_retry_max.clone(),
                 saga_stuck_after: self.saga_stuck_after,
+                saga_retention: self.saga_retention.clone(),
             },
             websocket: self.websocket.layer(),
             graphql: self.graphql.layer(),

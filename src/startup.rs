@@ -29,6 +29,7 @@ use crate::{
         history::{self, HistoryWriter},
         hub::{self, Hub},
         rate_limit::{Quota, RateLimiters},
+        saga::{self, Saga},
         session::Session,
     },
     auth::JwtAuth,
@@ -95,6 +96,7 @@ pub struct Application {
     auth: JwtAuth,
     hub: Addr<Hub>,
     events: Addr<Events>,
+    sagas: Addr<Saga>,
     /// The thread of the singleton actors (hub, events), stopped last.
     singletons: Arbiter,
     /// The rate limiter shards' threads.
@@ -236,7 +238,7 @@ impl Application {
         let events = Events::start_in_arbiter(&singletons.handle(), |_| Events::new());
         let database = database.announcing_to(events.clone());
         let sagas = {
-            use crate::actors::saga::{delete_user, Saga};
+            use saga::delete_user;
             let config = settings.database.saga.clone();
             let deletions = delete_user::Deletions::start_in_arbiter(&singletons.handle(), {
                 let (db, hub, every) = (database.clone(), hub.clone(), config.resume_interval);
@@ -393,6 +395,7 @@ impl Application {
             hub,
             history,
             events,
+            sagas,
             singletons,
             limiter_arbiters,
             shutdown_timeout: settings.shutdown_timeout,
@@ -483,6 +486,13 @@ impl Application {
                 Ok(Err(error)) => tracing::error!(%error, "history writer unavailable"),
                 Err(_) => tracing::error!("chat history flush timed out"),
             }
+        }
+        // Runs still going here are stopped and their leases given up, so whoever starts
+        // next resumes them at once rather than after the lease.
+        match tokio::time::timeout(self.shutdown_timeout, self.sagas.send(saga::Release)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the saga supervisor did not answer"),
+            Err(_) => tracing::warn!("handing back running sagas timed out"),
         }
         self.singletons.stop();
         for arbiter in &self.limiter_arbiters {

@@ -211,6 +211,8 @@ pub struct DatabaseLayer {
     pub saga_retry_max: Option<String>,
     /// See [`SagaConfig::stuck_after`](crate::actors::saga::SagaConfig::stuck_after).
     pub saga_stuck_after: Option<u32>,
+    /// See [`SagaConfig::retention`](crate::actors::saga::SagaConfig::retention).
+    pub saga_retention: Option<String>,
 }
 
 impl DatabaseSettings {
@@ -274,6 +276,9 @@ impl DatabaseSettings {
                 "saga retry delays",
                 "the initial delay is longer than the max delay",
             ));
+        }
+        if let Some(raw) = layer.saga_retention {
+            self.saga.retention = positive("saga retention", &raw)?;
         }
         if let Some(n) = layer.saga_stuck_after {
             self.saga.stuck_after = at_least("saga stuck-after attempts", n as usize, 1)? as u32;

@@ -135,3 +135,5 @@ diesel::table! {
         created_at -> Timestamp,
     }
 }
+
+diesel::allow_tables_to_appear_in_same_query!(sagas, saga_steps, user_deletions);

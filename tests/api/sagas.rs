@@ -222,6 +222,15 @@ async fn deleting_a_user_removes_it_everywhere(db: TestDb) {
         .err()
         .expect("her token is refused");
     assert_eq!(refused.status, 401, "{refused:?}");
+    let mut as_ann =
+        crate::grpc_users::client_with(&app, Some(format!("Bearer {}", token(&ann.id, None))))
+            .await;
+    let status = as_ann
+        .get_user(GetUserRequest { id: bob.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("deleted"), "{status:?}");
     // Her email is free at once.
     users
         .create_user(create("Another Ann", "ann@example.com"))
@@ -418,6 +427,13 @@ async fn a_failure_after_the_pivot_is_retried_marked_stuck_and_completes_once_fi
     );
     let metrics = app.get_text("/metrics").await;
     assert!(metrics.contains("switchboard_sagas_stuck 1"), "{metrics}");
+    let health = app.get_json("/health").await;
+    let check = &health["checks"]["sagas:running"][0];
+    assert_eq!(check["status"], "warn", "{health}");
+    assert!(
+        check["output"].as_str().unwrap().contains("stuck"),
+        "{health}"
+    );
     assert!(!metrics.contains("switchboard_saga_step_retries_total 0"));
 
     // The cause is fixed: it completes, and is no longer stuck.
@@ -427,6 +443,11 @@ async fn a_failure_after_the_pivot_is_retried_marked_stuck_and_completes_once_fi
     assert_eq!(step(&saga, "redact_messages")["output"]["rows"], 1);
     let (_, stuck) = admin_get(&app.http, &base, "/admin/sagas?state=stuck").await;
     assert!(stuck["sagas"].as_array().unwrap().is_empty(), "{stuck}");
+    let health = app.get_json("/health").await;
+    assert_eq!(
+        health["checks"]["sagas:running"][0]["status"], "pass",
+        "{health}"
+    );
     let metrics = app.get_text("/metrics").await;
     assert!(
         metrics.contains("switchboard_sagas_total{type=\"delete_user\",outcome=\"completed\"} 1"),
@@ -906,4 +927,82 @@ async fn a_shard_stopped_during_the_pivot_compensates_and_the_user_stays_usable(
             other => panic!("the email should still be taken: {other:?}"),
         }
     }
+}
+
+/// A clean stop hands running sagas back: with a lease far longer than the test's
+/// patience, the other server can only finish the saga because the first gave it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_hands_running_sagas_over_at_once() {
+    let db = TestDb::sqlite();
+    let hold = tempfile::NamedTempFile::new().unwrap();
+    let long = |db: &TestDb| {
+        let mut settings = fast(db);
+        settings.database.saga.lease = Duration::from_secs(600);
+        settings
+    };
+    let mut settings_a = long(&db);
+    settings_a.database.saga.fault =
+        Fault::parse(&format!("pause:delete_posts:{}", hold.path().display()));
+    let settings_b = long(&db);
+    let a = spawn_app_with(db, settings_a).await;
+    let b = spawn_app_with(TestDb::sqlite(), settings_b).await;
+    let mut users = client(&a).await;
+    let ann = users
+        .create_user(create("Ann", "ann@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = saga_id(
+        &users
+            .delete_user(DeleteUserRequest { id: ann.id.clone() })
+            .await
+            .unwrap(),
+    );
+    saga_until(&a.url(""), &id, "paused in delete_posts", |s| {
+        step(s, "delete_posts")["state"] == "started"
+    })
+    .await;
+    let _kept = a.stop_keeping_db().await;
+    let saga = saga_until(&b.url(""), &id, "completed by B", |s| {
+        s["state"] == "completed"
+    })
+    .await;
+    assert_eq!(step(&saga, "delete_posts")["attempts"], 2, "{saga}");
+    drop(hold);
+}
+
+/// Finished sagas (and the marks refusing a deleted user's tokens) go after the
+/// retention period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_sagas_are_deleted_after_the_retention_period() {
+    let db = TestDb::sqlite();
+    let mut settings = fast(&db);
+    settings.database.saga.retention = Duration::from_secs(2);
+    let app = spawn_app_with(db, settings).await;
+    let mut users = client(&app).await;
+    let ann = users
+        .create_user(create("Ann", "ann@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = saga_id(
+        &users
+            .delete_user(DeleteUserRequest { id: ann.id.clone() })
+            .await
+            .unwrap(),
+    );
+    saga_until(&app.url(""), &id, "completed", |s| {
+        s["state"] == "completed"
+    })
+    .await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, _) = admin_get(&app.http, &app.url(""), &format!("/admin/sagas/{id}")).await;
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the saga was never pruned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(app.database.deletion_marks().await.unwrap().is_empty());
 }

@@ -10,7 +10,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
 
 use crate::db::{
-    schema::{saga_steps, sagas},
+    schema::{saga_steps, sagas, user_deletions},
     with_conn, Database, DbError,
 };
 
@@ -348,6 +348,55 @@ impl SagaLog {
                 None => {}
             }
             query.load(c).await
+        })?)
+    }
+
+    /// Gives up `owner`'s lease on `id` (a clean stop), so another server may resume it
+    /// at once.
+    pub async fn release(&self, id: &str, owner: &str) -> Result<(), DbError> {
+        let mut conn = self.db.conn().await?;
+        with_conn!(&mut conn, |c| {
+            diesel::update(sagas::table.find(id).filter(sagas::owner.eq(owner)))
+                .set((
+                    sagas::owner.eq(None::<String>),
+                    sagas::lease_until.eq(None::<NaiveDateTime>),
+                ))
+                .execute(c)
+                .await
+        })?;
+        Ok(())
+    }
+
+    /// Deletes finished runs last written before `cutoff` (and their steps), and the
+    /// deletion marks whose saga is gone; answers how many runs.
+    pub async fn prune(&self, cutoff: NaiveDateTime) -> Result<usize, DbError> {
+        let mut conn = self.db.conn().await?;
+        Ok(with_conn!(&mut conn, |c| {
+            c.transaction::<_, diesel::result::Error, _>(async |c| {
+                let finished = sagas::table
+                    .filter(sagas::state.eq_any([state::COMPLETED, state::COMPENSATED]))
+                    .filter(sagas::updated_at.lt(cutoff))
+                    .select(sagas::id);
+                diesel::delete(saga_steps::table.filter(saga_steps::saga_id.eq_any(finished)))
+                    .execute(c)
+                    .await?;
+                let pruned = diesel::delete(
+                    sagas::table
+                        .filter(sagas::state.eq_any([state::COMPLETED, state::COMPENSATED]))
+                        .filter(sagas::updated_at.lt(cutoff)),
+                )
+                .execute(c)
+                .await?;
+                diesel::delete(user_deletions::table.filter(
+                    user_deletions::created_at.lt(cutoff).and(diesel::dsl::not(
+                        user_deletions::saga_id.eq_any(sagas::table.select(sagas::id)),
+                    )),
+                ))
+                .execute(c)
+                .await?;
+                Ok(pruned)
+            })
+            .await
         })?)
     }
 

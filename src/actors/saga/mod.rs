@@ -57,6 +57,9 @@ pub struct SagaConfig {
     /// Attempts a step before the pivot gets when its outcome is unknown, before the
     /// saga compensates.
     pub pre_pivot_attempts: u32,
+    /// Finished runs (and deletion marks) older than this are deleted
+    /// (`--saga-retention`).
+    pub retention: Duration,
     /// Test-only fault injection (else `SWITCHBOARD_FAULT_SAGA` is read).
     pub fault: Option<Arc<Fault>>,
 }
@@ -71,6 +74,7 @@ impl Default for SagaConfig {
             retry_max: Duration::from_secs(30),
             stuck_after: 8,
             pre_pivot_attempts: 3,
+            retention: Duration::from_secs(7 * 24 * 3600),
             fault: None,
         }
     }
@@ -236,6 +240,12 @@ struct RunEnded {
 #[rtype(result = "usize")]
 pub struct Resume;
 
+/// The server is stopping: stop every run here and give up their leases, so another
+/// server (or this one, restarted) resumes them at once; answers how many.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct Release;
+
 /// The supervisor's counters.
 #[derive(Debug, Message)]
 #[rtype(result = "SagaStats")]
@@ -270,6 +280,7 @@ struct Running {
     waiters: Vec<oneshot::Sender<Reached>>,
     pivot_passed: bool,
     stuck: bool,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The supervisor actor. One per server.
@@ -324,6 +335,7 @@ impl Saga {
             waiters: Vec::new(),
             pivot_passed: false,
             stuck: false,
+            task: None,
         });
         let run = Run {
             id: id.clone(),
@@ -335,10 +347,14 @@ impl Saga {
             fault: self.fault.clone(),
         };
         let supervisor = ctx.address();
-        actix::spawn(async move {
+        let key = id.clone();
+        let task = actix::spawn(async move {
             let ended = run.execute().await;
             supervisor.do_send(RunEnded { id, ended });
         });
+        if let Some(running) = self.running.get_mut(&key) {
+            running.task = Some(task);
+        }
     }
 }
 
@@ -356,6 +372,11 @@ impl Handler<Start> for Saga {
     type Result = ResponseActFuture<Self, Result<Started, StartError>>;
 
     fn handle(&mut self, msg: Start, _ctx: &mut Self::Context) -> Self::Result {
+        if self.stopping {
+            return Box::pin(actix::fut::ready(Err(StartError::Db(
+                DbError::Unavailable("the server is shutting down".into()),
+            ))));
+        }
         let Some(definition) = self.definitions.get(msg.saga_type).cloned() else {
             return Box::pin(actix::fut::ready(Err(StartError::Db(
                 DbError::Unavailable(format!("no saga type `{}`", msg.saga_type)),
@@ -532,8 +553,16 @@ impl Handler<Resume> for Saga {
         self.resuming = true;
         let (log, node, lease) = (self.log.clone(), self.node.clone(), self.config.lease);
         let known: Vec<String> = self.running.keys().cloned().collect();
+        let retention = self.config.retention;
         Box::pin(
             async move {
+                let cutoff = chrono::Utc::now().naive_utc()
+                    - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+                match log.prune(cutoff).await {
+                    Ok(0) => {}
+                    Ok(pruned) => tracing::info!(pruned, "finished sagas past retention deleted"),
+                    Err(error) => tracing::debug!(%error, "could not prune finished sagas"),
+                }
                 let mut claimed = Vec::new();
                 let candidates = match log.claimable(100).await {
                     Ok(ids) => ids,
@@ -574,6 +603,42 @@ impl Handler<Resume> for Saga {
                 count
             }),
         )
+    }
+}
+
+impl Handler<Release> for Saga {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, _msg: Release, _ctx: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        // Runs are tasks on this actor's thread: aborted here, none is polled again.
+        let ids: Vec<String> = self
+            .running
+            .iter_mut()
+            .map(|(id, running)| {
+                if let Some(task) = running.task.take() {
+                    task.abort();
+                }
+                id.clone()
+            })
+            .collect();
+        self.running.clear();
+        let (log, node) = (self.log.clone(), self.node.clone());
+        Box::pin(async move {
+            let mut released = 0;
+            for id in ids {
+                match log.release(&id, &node).await {
+                    Ok(()) => released += 1,
+                    Err(error) => {
+                        tracing::warn!(saga = %id, %error, "could not give up the saga's lease; it is resumed once the lease runs out")
+                    }
+                }
+            }
+            if released > 0 {
+                tracing::info!(released, "running sagas handed back for resumption");
+            }
+            released
+        })
     }
 }
 

@@ -9,7 +9,7 @@
 //! messages sent by or to the user are deleted.
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use crate::db::{
     models::now,
@@ -123,32 +123,35 @@ impl Database {
         let mut total = 0;
         for db in self.data_dbs() {
             let mut conn = db.conn().await.map_err(|e| db.scoped(e))?;
+            // Two statements, no transaction: the update re-checks the sender, so a
+            // row redacted meanwhile is not counted twice (and on SQLite a read that
+            // turns into a write inside one transaction fails at once when another
+            // writer is busy, instead of waiting).
             let redacted = with_conn!(&mut conn, |c| {
-                c.transaction::<_, diesel::result::Error, _>(async |c| {
-                    let ids: Vec<String> = messages::table
-                        .filter(messages::sender.eq(sender))
-                        .select(messages::id)
-                        .limit(batch)
-                        .load(c)
-                        .await?;
-                    if ids.is_empty() {
-                        return Ok(0);
+                let ids: Vec<String> = messages::table
+                    .filter(messages::sender.eq(sender))
+                    .select(messages::id)
+                    .limit(batch)
+                    .load(c)
+                    .await?;
+                match ids.is_empty() {
+                    true => Ok(0),
+                    false => {
+                        diesel::update(
+                            messages::table
+                                .filter(messages::sender.eq(sender))
+                                .filter(messages::id.eq_any(&ids)),
+                        )
+                        .set((
+                            messages::sender.eq(REDACTED_SENDER),
+                            messages::sender_name.eq(None::<String>),
+                            messages::content.eq(""),
+                            messages::metadata.eq(None::<String>),
+                        ))
+                        .execute(c)
+                        .await
                     }
-                    diesel::update(
-                        messages::table
-                            .filter(messages::sender.eq(sender))
-                            .filter(messages::id.eq_any(&ids)),
-                    )
-                    .set((
-                        messages::sender.eq(REDACTED_SENDER),
-                        messages::sender_name.eq(None::<String>),
-                        messages::content.eq(""),
-                        messages::metadata.eq(None::<String>),
-                    ))
-                    .execute(c)
-                    .await
-                })
-                .await
+                }
             })
             .map_err(|e| db.scoped(e.into()))?;
             total += redacted as u64;

@@ -194,6 +194,29 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
         },
     };
 
+    // Sagas this server runs; `warn` while one is stuck (still retried).
+    let sagas = match state
+        .sagas
+        .send(crate::actors::saga::GetSagaStats)
+        .timeout(ASK_TIMEOUT)
+        .await
+    {
+        Ok(stats) => {
+            let mut details = json!({ "stats": stats });
+            let status = if stats.stuck == 0 {
+                "pass"
+            } else {
+                details["output"] = json!(format!(
+                    "{} saga(s) stuck; see /admin/sagas?state=stuck",
+                    stats.stuck
+                ));
+                "warn"
+            };
+            check(status, "component", json!(stats.running), None, details)
+        }
+        Err(_) => unavailable("saga supervisor unavailable"),
+    };
+
     // With shards: one check per shard (reachable, prepared transactions past the grace
     // period as recovery last saw them).
     let shards = match state.db.sharding() {
@@ -255,7 +278,7 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
     };
 
     // Overall: fail when the database does not answer; warn while a component is degraded.
-    let degraded = [&breaker, &hub, &events, &rate_limiter, &history]
+    let degraded = [&breaker, &hub, &events, &rate_limiter, &history, &sagas]
         .iter()
         .any(|check| check["status"] != "pass")
         || shards
@@ -281,6 +304,7 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
             "events:subscriptions": [events],
             "rateLimiter:keys": [rate_limiter],
             "history:pending": [history],
+            "sagas:running": [sagas],
             "uptime": [check("pass", "system", json!(uptime), Some("s"), json!({}))],
         },
     });

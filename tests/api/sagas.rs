@@ -1006,3 +1006,287 @@ async fn finished_sagas_are_deleted_after_the_retention_period() {
     }
     assert!(app.database.deletion_marks().await.unwrap().is_empty());
 }
+
+/// The orchestrator's rules, on a scripted test definition over a real database:
+/// `reserve` and `charge` can be undone, `commit` is the pivot, `notify` comes after it.
+mod scripted {
+    use std::{
+        collections::HashMap,
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use futures_util::{future::BoxFuture, FutureExt};
+    use serde_json::{json, Value};
+    use switchboard::actors::saga::{
+        Definition, Saga, SagaConfig, SagaLog, Start, StartError, StepContext, StepError, StepSpec,
+    };
+
+    use crate::helpers::TestDb;
+
+    const STEPS: &[StepSpec] = &[
+        StepSpec {
+            name: "reserve",
+            compensable: true,
+        },
+        StepSpec {
+            name: "charge",
+            compensable: true,
+        },
+        StepSpec {
+            name: "commit",
+            compensable: false,
+        },
+        StepSpec {
+            name: "notify",
+            compensable: false,
+        },
+    ];
+
+    /// How a step fails: this many times, definitely (a refusal) or not.
+    #[derive(Clone, Copy)]
+    struct Failing {
+        times: u32,
+        definite: bool,
+    }
+
+    #[derive(Default)]
+    struct Script {
+        failing: HashMap<&'static str, Failing>,
+        /// What `pivot_took_effect` says.
+        pivot_took_effect: bool,
+        calls: Mutex<Vec<String>>,
+        attempts: Mutex<HashMap<&'static str, u32>>,
+    }
+
+    struct Scripted(Arc<Script>);
+
+    impl Definition for Scripted {
+        fn saga_type(&self) -> &'static str {
+            "scripted"
+        }
+
+        fn steps(&self) -> &'static [StepSpec] {
+            STEPS
+        }
+
+        fn pivot(&self) -> usize {
+            2
+        }
+
+        fn run(&self, ctx: StepContext) -> BoxFuture<'static, Result<Value, StepError>> {
+            let script = self.0.clone();
+            async move {
+                let name = STEPS[ctx.step].name;
+                script.calls.lock().unwrap().push(format!("run {name}"));
+                let attempt = {
+                    let mut attempts = script.attempts.lock().unwrap();
+                    let n = attempts.entry(name).or_default();
+                    *n += 1;
+                    *n
+                };
+                match script.failing.get(name) {
+                    Some(f) if attempt <= f.times && f.definite => {
+                        Err(StepError::definite("refused"))
+                    }
+                    Some(f) if attempt <= f.times => Err(StepError::unknown("timed out")),
+                    _ => Ok(json!({ "step": name, "key": ctx.idempotency_key() })),
+                }
+            }
+            .boxed()
+        }
+
+        fn compensate(&self, ctx: StepContext) -> BoxFuture<'static, Result<(), StepError>> {
+            let script = self.0.clone();
+            async move {
+                let name = STEPS[ctx.step].name;
+                script.calls.lock().unwrap().push(format!("undo {name}"));
+                Ok(())
+            }
+            .boxed()
+        }
+
+        fn pivot_took_effect(
+            &self,
+            _ctx: StepContext,
+        ) -> BoxFuture<'static, Result<bool, StepError>> {
+            let answer = self.0.pivot_took_effect;
+            async move { Ok(answer) }.boxed()
+        }
+    }
+
+    /// Runs one saga of `script` to its end; answers what `Start` said, the calls made
+    /// and the saga's final state.
+    fn run(script: Script) -> (Result<String, String>, Vec<String>, String) {
+        let script = Arc::new(script);
+        let db = TestDb::sqlite();
+        let settings = db.settings.clone();
+        let definition = script.clone();
+        let (started, state) = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                switchboard::db::migrate::run_pending(&settings)
+                    .await
+                    .unwrap();
+                let database = switchboard::db::Database::connect(&settings).await.unwrap();
+                let config = SagaConfig {
+                    retry_initial: Duration::from_millis(5),
+                    retry_max: Duration::from_millis(20),
+                    ..SagaConfig::default()
+                };
+                let saga = actix::Actor::start(
+                    Saga::new(database.clone(), config)
+                        .with_definition(Arc::new(Scripted(definition))),
+                );
+                let started = saga
+                    .send(Start {
+                        saga_type: "scripted",
+                        key: "order-1".into(),
+                        input: json!({ "order": 1 }),
+                    })
+                    .await
+                    .unwrap();
+                let id = match &started {
+                    Ok(started) => started.id.clone(),
+                    Err(StartError::Compensated { id, .. }) => id.clone(),
+                    Err(other) => panic!("{other}"),
+                };
+                // Past the pivot the run goes on after `Start` answered: wait for its end.
+                let log = SagaLog::new(database);
+                let deadline = std::time::Instant::now() + super::PATIENCE;
+                let state = loop {
+                    let (saga, _) = log.load(&id).await.unwrap().unwrap();
+                    if saga.state == "completed" || saga.state == "compensated" {
+                        break saga.state;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "{saga:?}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                (started.map(|s| s.id).map_err(|e| e.to_string()), state)
+            })
+        })
+        .join()
+        .unwrap();
+        let calls = script.calls.lock().unwrap().clone();
+        (started, calls, state)
+    }
+
+    #[test]
+    fn a_refused_step_before_the_pivot_undoes_only_what_ran_before_it() {
+        let (started, calls, state) = run(Script {
+            failing: HashMap::from([(
+                "charge",
+                Failing {
+                    times: u32::MAX,
+                    definite: true,
+                },
+            )]),
+            ..Script::default()
+        });
+        assert!(started.unwrap_err().contains("refused"));
+        assert_eq!(calls, ["run reserve", "run charge", "undo reserve"]);
+        assert_eq!(state, "compensated");
+    }
+
+    #[test]
+    fn a_step_with_an_unknown_outcome_is_retried_then_undone_too_in_reverse_order() {
+        let (started, calls, state) = run(Script {
+            failing: HashMap::from([(
+                "charge",
+                Failing {
+                    times: u32::MAX,
+                    definite: false,
+                },
+            )]),
+            ..Script::default()
+        });
+        assert!(started.is_err());
+        assert_eq!(
+            calls,
+            [
+                "run reserve",
+                "run charge",
+                "run charge",
+                "run charge",
+                "undo charge",
+                "undo reserve"
+            ]
+        );
+        assert_eq!(state, "compensated");
+    }
+
+    #[test]
+    fn a_pivot_that_did_not_take_effect_compensates_what_came_before_it() {
+        let (started, calls, state) = run(Script {
+            failing: HashMap::from([(
+                "commit",
+                Failing {
+                    times: u32::MAX,
+                    definite: false,
+                },
+            )]),
+            pivot_took_effect: false,
+            ..Script::default()
+        });
+        assert!(started.is_err());
+        assert_eq!(
+            calls,
+            [
+                "run reserve",
+                "run charge",
+                "run commit",
+                "run commit",
+                "run commit",
+                "undo charge",
+                "undo reserve"
+            ]
+        );
+        assert_eq!(state, "compensated");
+    }
+
+    #[test]
+    fn a_pivot_that_took_effect_despite_its_error_goes_forward() {
+        let (started, calls, state) = run(Script {
+            failing: HashMap::from([(
+                "commit",
+                Failing {
+                    times: u32::MAX,
+                    definite: false,
+                },
+            )]),
+            pivot_took_effect: true,
+            ..Script::default()
+        });
+        assert!(started.is_ok());
+        assert_eq!(
+            calls,
+            [
+                "run reserve",
+                "run charge",
+                "run commit",
+                "run commit",
+                "run commit",
+                "run notify"
+            ]
+        );
+        assert_eq!(state, "completed");
+    }
+
+    #[test]
+    fn after_the_pivot_a_failing_step_is_retried_until_it_succeeds_and_nothing_is_undone() {
+        let (started, calls, state) = run(Script {
+            failing: HashMap::from([(
+                "notify",
+                Failing {
+                    times: 12,
+                    definite: true,
+                },
+            )]),
+            ..Script::default()
+        });
+        assert!(started.is_ok(), "the call answers once the pivot is done");
+        let notifies = calls.iter().filter(|c| *c == "run notify").count();
+        assert_eq!(notifies, 13, "{calls:?}");
+        assert!(calls.iter().all(|c| !c.starts_with("undo")), "{calls:?}");
+        assert_eq!(state, "completed");
+    }
+}

@@ -371,6 +371,27 @@ impl SagaLog {
     /// deletion marks whose saga is gone; answers how many runs.
     pub async fn prune(&self, cutoff: NaiveDateTime) -> Result<usize, DbError> {
         let mut conn = self.db.conn().await?;
+        // A read first: on SQLite even a DELETE that matches nothing takes the write lock.
+        let due: i64 = with_conn!(&mut conn, |c| {
+            let sagas: i64 = sagas::table
+                .filter(sagas::state.eq_any([state::COMPLETED, state::COMPENSATED]))
+                .filter(sagas::updated_at.lt(cutoff))
+                .count()
+                .get_result(c)
+                .await?;
+            let marks: i64 = user_deletions::table
+                .filter(user_deletions::created_at.lt(cutoff))
+                .filter(diesel::dsl::not(
+                    user_deletions::saga_id.eq_any(sagas::table.select(sagas::id)),
+                ))
+                .count()
+                .get_result(c)
+                .await?;
+            Ok::<_, diesel::result::Error>(sagas + marks)
+        })?;
+        if due == 0 {
+            return Ok(0);
+        }
         Ok(with_conn!(&mut conn, |c| {
             c.transaction::<_, diesel::result::Error, _>(async |c| {
                 let finished = sagas::table

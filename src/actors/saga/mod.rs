@@ -153,6 +153,9 @@ impl Fault {
     }
 }
 
+/// The longest pause between two prunings of finished runs.
+const PRUNE_AT_MOST_EVERY: Duration = Duration::from_secs(600);
+
 /// Where a saga has got to, for a caller waiting on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reached {
@@ -294,6 +297,8 @@ pub struct Saga {
     fault: Option<Arc<Fault>>,
     resuming: bool,
     stopping: bool,
+    /// When finished runs were last pruned.
+    pruned_at: Option<std::time::Instant>,
 }
 
 impl Saga {
@@ -313,6 +318,7 @@ impl Saga {
             fault,
             resuming: false,
             stopping: false,
+            pruned_at: None,
         }
     }
 
@@ -554,14 +560,26 @@ impl Handler<Resume> for Saga {
         let (log, node, lease) = (self.log.clone(), self.node.clone(), self.config.lease);
         let known: Vec<String> = self.running.keys().cloned().collect();
         let retention = self.config.retention;
+        // Pruning is housekeeping: every tenth of the retention period, at most every
+        // ten minutes.
+        let prune_every = (retention / 10).min(PRUNE_AT_MOST_EVERY);
+        let prune = self.pruned_at.is_none_or(|at| at.elapsed() >= prune_every);
+        if prune {
+            self.pruned_at = Some(std::time::Instant::now());
+        }
         Box::pin(
             async move {
-                let cutoff = chrono::Utc::now().naive_utc()
-                    - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-                match log.prune(cutoff).await {
-                    Ok(0) => {}
-                    Ok(pruned) => tracing::info!(pruned, "finished sagas past retention deleted"),
-                    Err(error) => tracing::debug!(%error, "could not prune finished sagas"),
+                if prune {
+                    let cutoff = chrono::Utc::now().naive_utc()
+                        - chrono::Duration::from_std(retention)
+                            .unwrap_or(chrono::Duration::MAX);
+                    match log.prune(cutoff).await {
+                        Ok(0) => {}
+                        Ok(pruned) => {
+                            tracing::info!(pruned, "finished sagas past retention deleted")
+                        }
+                        Err(error) => tracing::debug!(%error, "could not prune finished sagas"),
+                    }
                 }
                 let mut claimed = Vec::new();
                 let candidates = match log.claimable(100).await {

@@ -6,51 +6,19 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::{net::SocketAddr, time::Duration, time::Instant};
+use std::{net::SocketAddr, time::Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use support::{start_server, SECRET};
-use switchboard::{
-    auth::JwtAuth,
-    config::JwtSecret,
-    grpc::pb::{
-        user_service_client::UserServiceClient, CreateUserRequest, GetUserRequest,
-        StreamUsersRequest,
-    },
-};
-use tonic::{metadata::MetadataValue, transport::Channel, Request};
+use support::{start_server, Client};
+use switchboard::grpc::pb::{CreateUserRequest, GetUserRequest, StreamUsersRequest};
 
 /// Concurrent unary callers.
 const CONCURRENCY: usize = 50;
 /// Users in the snapshot and the bulk create.
 const USERS: usize = 100_000;
 
-/// Adds the bearer token to every call.
-#[derive(Clone)]
-struct Bearer(MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-type Client = UserServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
-
 async fn client(addr: SocketAddr) -> Client {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let token = JwtAuth::new(&JwtSecret::parse(SECRET).unwrap())
-        .issue("bench", Duration::from_secs(3600), None)
-        .unwrap();
-    let bearer = format!("Bearer {token}").parse().unwrap();
-    UserServiceClient::with_interceptor(channel, Bearer(bearer)).max_decoding_message_size(64 << 20)
+    support::grpc_client(addr).await
 }
 
 fn requests(prefix: &str, count: usize) -> impl futures_util::Stream<Item = CreateUserRequest> {

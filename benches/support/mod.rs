@@ -23,7 +23,13 @@ pub struct BenchServer {
 }
 
 /// Starts a server on SQLite in `dir`, on its own thread, until the process exits.
+#[allow(dead_code)]
 pub fn start_server(dir: &tempfile::TempDir) -> BenchServer {
+    start_server_on(DatabaseUrl::Sqlite(dir.path().join("bench.db")))
+}
+
+/// Starts a server on the database at `url`, on its own thread, until the process exits.
+pub fn start_server_on(url: DatabaseUrl) -> BenchServer {
     let settings = Settings {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
@@ -33,7 +39,7 @@ pub fn start_server(dir: &tempfile::TempDir) -> BenchServer {
         rate_limit_per_second: 1e9,
         rate_limit_burst: 1_000_000_000,
         database: DatabaseSettings {
-            url: DatabaseUrl::Sqlite(dir.path().join("bench.db")),
+            url,
             ..Default::default()
         },
         ..Default::default()
@@ -54,4 +60,46 @@ pub fn start_server(dir: &tempfile::TempDir) -> BenchServer {
         })
     });
     rx.recv().unwrap()
+}
+
+/// Adds the bearer token to every gRPC call.
+#[allow(dead_code)]
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A user-service client sending a token for `bench`.
+#[allow(dead_code)]
+pub type Client = switchboard::grpc::pb::user_service_client::UserServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// A user-service client for the server at `addr`, decoding answers up to 64 MiB.
+#[allow(dead_code)]
+pub async fn grpc_client(addr: SocketAddr) -> Client {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = switchboard::auth::JwtAuth::new(&JwtSecret::parse(SECRET).unwrap())
+        .issue("bench", std::time::Duration::from_secs(3600), None)
+        .unwrap();
+    let bearer = format!("Bearer {token}").parse().unwrap();
+    switchboard::grpc::pb::user_service_client::UserServiceClient::with_interceptor(
+        channel,
+        Bearer(bearer),
+    )
+    .max_decoding_message_size(64 << 20)
 }

@@ -57,50 +57,50 @@ fn unavailable() -> FieldError {
     )
 }
 
+/// Every user event of `kinds` from now on, each as `map` makes it.
+async fn user_events<T: Send + 'static>(
+    context: &Context,
+    kinds: UserEventKinds,
+    map: impl Fn(std::sync::Arc<crate::domain::User>) -> T + Send + 'static,
+) -> FieldResult<Live<T>> {
+    let subscription = context
+        .events
+        .send(Subscribe {
+            filter: String::new(),
+            buffer: SUBSCRIPTION_BUFFER,
+            // A GraphQL connection is capped by its own operation limit.
+            client: None,
+            kinds,
+        })
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|error| errors::coded(error, errors::code::BUSY))?;
+    Ok(live(
+        subscription.users,
+        subscription.overflowed,
+        move |event| {
+            let (UserEvent::Created(user) | UserEvent::Deleted(user)) = event;
+            map(user)
+        },
+    ))
+}
+
 #[graphql_subscription(context = Context)]
 impl Subscription {
     /// Every user created from now on, by any front door.
     async fn user_created(context: &Context) -> FieldResult<Live<UserObject>> {
-        let subscription = context
-            .events
-            .send(Subscribe {
-                filter: String::new(),
-                buffer: SUBSCRIPTION_BUFFER,
-                // A GraphQL connection is capped by its own operation limit.
-                client: None,
-                kinds: UserEventKinds::Created,
-            })
-            .await
-            .map_err(|_| unavailable())?
-            .map_err(|error| errors::coded(error, errors::code::BUSY))?;
-        Ok(live(
-            subscription.users,
-            subscription.overflowed,
-            |event| match event {
-                UserEvent::Created(user) | UserEvent::Deleted(user) => {
-                    UserObject::single((*user).clone())
-                }
-            },
-        ))
+        user_events(context, UserEventKinds::Created, |user| {
+            UserObject::single((*user).clone())
+        })
+        .await
     }
 
     /// The id of every user deleted from now on (once its row is gone).
     async fn user_deleted(context: &Context) -> FieldResult<Live<juniper::ID>> {
-        let subscription = context
-            .events
-            .send(Subscribe {
-                filter: String::new(),
-                buffer: SUBSCRIPTION_BUFFER,
-                client: None,
-                kinds: UserEventKinds::Deleted,
-            })
-            .await
-            .map_err(|_| unavailable())?
-            .map_err(|error| errors::coded(error, errors::code::BUSY))?;
-        Ok(live(subscription.users, subscription.overflowed, |event| {
-            let (UserEvent::Created(user) | UserEvent::Deleted(user)) = event;
+        user_events(context, UserEventKinds::Deleted, |user| {
             juniper::ID::new(user.id.to_string())
-        }))
+        })
+        .await
     }
 
     /// Every post created from now on.

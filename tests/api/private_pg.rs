@@ -137,3 +137,52 @@ impl Drop for PrivateCluster {
         let _ = self.pg_ctl(&["-w", "-m", "immediate", "stop"]).output();
     }
 }
+
+/// A sharded layout whose shard 2 can be stopped alone: the primary and shards 0 and 1
+/// on one private cluster (`main`), shard 2 on another (`lone`).
+pub struct SplitClusters {
+    /// Kept running until dropped (it holds the primary and shards 0 and 1).
+    _main: PrivateCluster,
+    pub lone: PrivateCluster,
+    pub primary: String,
+    pub shards: [String; 3],
+}
+
+impl SplitClusters {
+    /// Starts both clusters (with `max_prepared_transactions`) and creates the
+    /// databases; `None` (after printing why) outside CI without PostgreSQL binaries.
+    pub async fn start() -> Option<Self> {
+        let conf = "max_prepared_transactions = 64\nmax_connections = 200";
+        let main = PrivateCluster::start_with(conf)?;
+        let lone = PrivateCluster::start_with(conf)?;
+        for name in ["sb_primary", "sb_shard_0", "sb_shard_1"] {
+            crate::helpers::pg_admin(&main.url, &format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+        }
+        crate::helpers::pg_admin(&lone.url, "CREATE DATABASE sb_shard_2")
+            .await
+            .unwrap();
+        Some(Self {
+            primary: main.url_of("sb_primary"),
+            shards: [
+                main.url_of("sb_shard_0"),
+                main.url_of("sb_shard_1"),
+                lone.url_of("sb_shard_2"),
+            ],
+            _main: main,
+            lone,
+        })
+    }
+
+    /// Points `settings` at these databases, with a short connect timeout (a stopped
+    /// shard is found out fast) and quick two-phase-commit recovery.
+    pub fn apply(&self, settings: &mut switchboard::config::Settings) {
+        let database = &mut settings.database;
+        database.url = self.primary.parse().unwrap();
+        database.shards = self.shards.iter().map(|u| u.parse().unwrap()).collect();
+        database.connect_timeout = std::time::Duration::from_secs(1);
+        database.tx_recovery_interval = std::time::Duration::from_millis(500);
+        database.tx_in_doubt_grace = std::time::Duration::from_secs(2);
+    }
+}

@@ -808,37 +808,13 @@ async fn a_deletion_interrupted_by_kill_9_resumes_after_restart_and_completes() 
 /// whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_stopped_during_the_pivot_compensates_and_the_user_stays_usable() {
-    use crate::private_pg::PrivateCluster;
-    let conf = "max_prepared_transactions = 64\nmax_connections = 200";
-    let Some(main) = PrivateCluster::start_with(conf) else {
+    let Some(clusters) = crate::private_pg::SplitClusters::start().await else {
         return;
     };
-    let Some(lone) = PrivateCluster::start_with(conf) else {
-        return;
-    };
-    for name in ["sb_primary", "sb_shard_0", "sb_shard_1"] {
-        crate::helpers::pg_admin(&main.url, &format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-    }
-    crate::helpers::pg_admin(&lone.url, "CREATE DATABASE sb_shard_2")
-        .await
-        .unwrap();
     let hold = tempfile::NamedTempFile::new().unwrap();
     let placeholder = TestDb::sqlite();
     let mut settings = fast(&placeholder);
-    settings.database.url = main.url_of("sb_primary").parse().unwrap();
-    settings.database.shards = [
-        main.url_of("sb_shard_0"),
-        main.url_of("sb_shard_1"),
-        lone.url_of("sb_shard_2"),
-    ]
-    .iter()
-    .map(|u| u.parse().unwrap())
-    .collect();
-    settings.database.connect_timeout = Duration::from_secs(1);
-    settings.database.tx_recovery_interval = Duration::from_millis(500);
-    settings.database.tx_in_doubt_grace = Duration::from_secs(2);
+    clusters.apply(&mut settings);
     settings.database.saga.fault =
         Fault::parse(&format!("pause:remove_user:{}", hold.path().display()));
     let app = spawn_app_with(placeholder, settings).await;
@@ -887,7 +863,7 @@ async fn a_shard_stopped_during_the_pivot_compensates_and_the_user_stays_usable(
         step(s, "remove_user")["state"] == "started"
     })
     .await;
-    lone.halt();
+    clusters.lone.halt();
     drop(hold);
 
     let status = deletion
@@ -915,7 +891,7 @@ async fn a_shard_stopped_during_the_pivot_compensates_and_the_user_stays_usable(
         .unwrap();
     assert_eq!(posts_of(&app.database, &ann.id).await, 1);
     WsClient::user(&app, &ann.id).await;
-    lone.resume().unwrap();
+    clusters.lone.resume().unwrap();
     let deadline = Instant::now() + PATIENCE;
     loop {
         match users.create_user(create("Copy", &ann.email)).await {
@@ -1059,6 +1035,14 @@ mod scripted {
         attempts: Mutex<HashMap<&'static str, u32>>,
     }
 
+    /// A script whose `step` fails its first `times` attempts.
+    fn failing(step: &'static str, times: u32, definite: bool) -> Script {
+        Script {
+            failing: HashMap::from([(step, Failing { times, definite })]),
+            ..Script::default()
+        }
+    }
+
     struct Scripted(Arc<Script>);
 
     impl Definition for Scripted {
@@ -1172,16 +1156,7 @@ mod scripted {
 
     #[test]
     fn a_refused_step_before_the_pivot_undoes_only_what_ran_before_it() {
-        let (started, calls, state) = run(Script {
-            failing: HashMap::from([(
-                "charge",
-                Failing {
-                    times: u32::MAX,
-                    definite: true,
-                },
-            )]),
-            ..Script::default()
-        });
+        let (started, calls, state) = run(failing("charge", u32::MAX, true));
         assert!(started.unwrap_err().contains("refused"));
         assert_eq!(calls, ["run reserve", "run charge", "undo reserve"]);
         assert_eq!(state, "compensated");
@@ -1189,16 +1164,7 @@ mod scripted {
 
     #[test]
     fn a_step_with_an_unknown_outcome_is_retried_then_undone_too_in_reverse_order() {
-        let (started, calls, state) = run(Script {
-            failing: HashMap::from([(
-                "charge",
-                Failing {
-                    times: u32::MAX,
-                    definite: false,
-                },
-            )]),
-            ..Script::default()
-        });
+        let (started, calls, state) = run(failing("charge", u32::MAX, false));
         assert!(started.is_err());
         assert_eq!(
             calls,
@@ -1217,15 +1183,8 @@ mod scripted {
     #[test]
     fn a_pivot_that_did_not_take_effect_compensates_what_came_before_it() {
         let (started, calls, state) = run(Script {
-            failing: HashMap::from([(
-                "commit",
-                Failing {
-                    times: u32::MAX,
-                    definite: false,
-                },
-            )]),
             pivot_took_effect: false,
-            ..Script::default()
+            ..failing("commit", u32::MAX, false)
         });
         assert!(started.is_err());
         assert_eq!(
@@ -1246,15 +1205,8 @@ mod scripted {
     #[test]
     fn a_pivot_that_took_effect_despite_its_error_goes_forward() {
         let (started, calls, state) = run(Script {
-            failing: HashMap::from([(
-                "commit",
-                Failing {
-                    times: u32::MAX,
-                    definite: false,
-                },
-            )]),
             pivot_took_effect: true,
-            ..Script::default()
+            ..failing("commit", u32::MAX, false)
         });
         assert!(started.is_ok());
         assert_eq!(
@@ -1273,16 +1225,7 @@ mod scripted {
 
     #[test]
     fn after_the_pivot_a_failing_step_is_retried_until_it_succeeds_and_nothing_is_undone() {
-        let (started, calls, state) = run(Script {
-            failing: HashMap::from([(
-                "notify",
-                Failing {
-                    times: 12,
-                    definite: true,
-                },
-            )]),
-            ..Script::default()
-        });
+        let (started, calls, state) = run(failing("notify", 12, true));
         assert!(started.is_ok(), "the call answers once the pivot is done");
         let notifies = calls.iter().filter(|c| *c == "run notify").count();
         assert_eq!(notifies, 13, "{calls:?}");

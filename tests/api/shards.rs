@@ -642,35 +642,13 @@ async fn room_history_lives_on_the_rooms_shard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_shard_fails_only_what_needs_it_and_its_doubts_resolve_when_it_returns() {
-    use crate::private_pg::PrivateCluster;
-    let conf = "max_prepared_transactions = 64\nmax_connections = 200";
-    let Some(main) = PrivateCluster::start_with(conf) else {
+    let Some(clusters) = crate::private_pg::SplitClusters::start().await else {
         return;
     };
-    let Some(lone) = PrivateCluster::start_with(conf) else {
-        return;
-    };
-    for name in ["sb_primary", "sb_shard_0", "sb_shard_1"] {
-        crate::helpers::pg_admin(&main.url, &format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-    }
-    crate::helpers::pg_admin(&lone.url, "CREATE DATABASE sb_shard_2")
-        .await
-        .unwrap();
-    let primary = main.url_of("sb_primary");
-    let shards = [
-        main.url_of("sb_shard_0"),
-        main.url_of("sb_shard_1"),
-        lone.url_of("sb_shard_2"),
-    ];
+    let (primary, shards, lone) = (&clusters.primary, &clusters.shards, &clusters.lone);
     let placeholder = TestDb::sqlite();
     let mut settings = crate::helpers::test_settings(&placeholder);
-    settings.database.url = primary.parse().unwrap();
-    settings.database.shards = shards.iter().map(|u| u.parse().unwrap()).collect();
-    settings.database.connect_timeout = Duration::from_secs(1);
-    settings.database.tx_recovery_interval = Duration::from_millis(500);
-    settings.database.tx_in_doubt_grace = Duration::from_secs(2);
+    clusters.apply(&mut settings);
     settings.rate_limit_per_second = 100_000.0;
     settings.rate_limit_burst = 100_000;
     let app = crate::helpers::spawn_app_with(placeholder, settings).await;
@@ -690,10 +668,10 @@ async fn a_stopped_shard_fails_only_what_needs_it_and_its_doubts_resolve_when_it
     }
 
     // A transaction in doubt on shard 2, its decision logged, when shard 2 goes down.
-    let deployment = rows(&primary, "SELECT id FROM shard_deployment").await[0][0].clone();
+    let deployment = rows(primary, "SELECT id FROM shard_deployment").await[0][0].clone();
     let gid = format!("sb_{deployment}_cafebabe_1");
     prepare_in_doubt(&shards[2], &format!("{gid}_2"), "doubt@example.com").await;
-    log_decision(&primary, &gid, "2").await;
+    log_decision(primary, &gid, "2").await;
     lone.halt();
 
     // Writes that need shard 2 fail with UNAVAILABLE; the others go through.

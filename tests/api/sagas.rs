@@ -863,6 +863,16 @@ async fn a_shard_stopped_during_the_pivot_compensates_and_the_user_stays_usable(
         step(s, "remove_user")["state"] == "started"
     })
     .await;
+    // Marked: GetUser still answers, her token is refused.
+    users
+        .get_user(GetUserRequest { id: ann.id.clone() })
+        .await
+        .expect("a user being deleted is still found");
+    let refused = WsClient::try_connect(&app, &format!("?token={}", token(&ann.id, None)), &[])
+        .await
+        .err()
+        .expect("a user being deleted cannot connect");
+    assert_eq!(refused.status, 401, "{refused:?}");
     clusters.lone.halt();
     drop(hold);
 

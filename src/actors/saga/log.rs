@@ -106,6 +106,16 @@ pub enum Record<'a> {
     StepStarted(usize),
     /// The step's action succeeded with this output.
     StepDone(usize, &'a str),
+    /// A step succeeded with this output, and in the same write: the next step is about
+    /// to run, or the saga is complete (one commit instead of two).
+    Advance {
+        /// The step that succeeded.
+        done: usize,
+        /// Its output.
+        output: &'a str,
+        /// What comes next.
+        next: Next,
+    },
     /// The step's action failed; `definite`: it certainly left nothing behind.
     StepFailed {
         /// The step.
@@ -125,6 +135,15 @@ pub enum Record<'a> {
     State(&'static str, Option<&'a str>),
     /// The saga is (or is no longer) stuck.
     Stuck(bool),
+}
+
+/// What an [`Record::Advance`] also records.
+#[derive(Debug, Clone, Copy)]
+pub enum Next {
+    /// This step is about to run.
+    Start(usize),
+    /// Every step is done: the saga is complete (and its lease released).
+    Complete,
 }
 
 /// Why a write did not land.
@@ -431,7 +450,11 @@ impl SagaLog {
     ) -> Result<(), LogError> {
         let at = now();
         let lease_until = match record {
-            Record::State(state::COMPLETED | state::COMPENSATED, _) => None,
+            Record::State(state::COMPLETED | state::COMPENSATED, _)
+            | Record::Advance {
+                next: Next::Complete,
+                ..
+            } => None,
             _ => Some(until(lease)),
         };
         let mut conn = self.db.conn().await?;
@@ -448,6 +471,21 @@ impl SagaLog {
                                 sagas::updated_at.eq(at),
                                 sagas::lease_until.eq(lease_until),
                                 sagas::owner.eq((!released).then_some(owner)),
+                            ))
+                            .execute(c)
+                            .await?
+                    }
+                    Record::Advance {
+                        next: Next::Complete,
+                        ..
+                    } => {
+                        diesel::update(fence)
+                            .set((
+                                sagas::state.eq(state::COMPLETED),
+                                sagas::last_error.eq(None::<String>),
+                                sagas::updated_at.eq(at),
+                                sagas::lease_until.eq(None::<NaiveDateTime>),
+                                sagas::owner.eq(None::<String>),
                             ))
                             .execute(c)
                             .await?
@@ -475,6 +513,29 @@ impl SagaLog {
                 let step = |index: usize| saga_steps::table.find((id.to_owned(), index as i32));
                 match record {
                     Record::Renew | Record::State(..) | Record::Stuck(_) => 0,
+                    Record::Advance { done, output, next } => {
+                        diesel::update(step(done))
+                            .set((
+                                saga_steps::state.eq(step_state::DONE),
+                                saga_steps::output.eq(Some(output)),
+                                saga_steps::updated_at.eq(at),
+                            ))
+                            .execute(c)
+                            .await?;
+                        match next {
+                            Next::Start(index) => {
+                                diesel::update(step(index))
+                                    .set((
+                                        saga_steps::state.eq(step_state::STARTED),
+                                        saga_steps::attempts.eq(saga_steps::attempts + 1),
+                                        saga_steps::updated_at.eq(at),
+                                    ))
+                                    .execute(c)
+                                    .await?
+                            }
+                            Next::Complete => 0,
+                        }
+                    }
                     Record::StepStarted(index) => {
                         diesel::update(step(index))
                             .set((

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{
     definition::{Definition, StepContext, StepError},
-    log::{state, step_state, LogError, Record, SagaLog, StepRecord},
+    log::{state, step_state, LogError, Next, Record, SagaLog, StepRecord},
     Fault, Progress, Reached, Saga, SagaConfig, SagaEvent,
 };
 
@@ -189,15 +189,28 @@ impl Run {
                 self.definition.steps().len()
             )));
         }
-        let failure = match saga.state.as_str() {
+        let forward = match saga.state.as_str() {
             state::RUNNING => self.forward(&input, &mut steps, &mut stuck).await?,
-            state::COMPENSATING => Some(saga.last_error.clone().unwrap_or_default()),
+            state::COMPENSATING => Err(saga.last_error.clone().unwrap_or_default()),
             other => return Ok(finished(other, saga.last_error)),
         };
-        let Some(error) = failure else {
-            self.write(Record::State(state::COMPLETED, None)).await?;
-            self.notify(SagaEvent::Reached(Reached::Completed));
-            return Ok(Ended::Completed);
+        let error = match forward {
+            Ok(last) => {
+                match &last {
+                    Some((done, output)) => {
+                        self.write(Record::Advance {
+                            done: *done,
+                            output,
+                            next: Next::Complete,
+                        })
+                        .await?
+                    }
+                    None => self.write(Record::State(state::COMPLETED, None)).await?,
+                }
+                self.notify(SagaEvent::Reached(Reached::Completed));
+                return Ok(Ended::Completed);
+            }
+            Err(error) => error,
         };
         if saga.state == state::RUNNING {
             self.write(Record::State(state::COMPENSATING, Some(&error)))
@@ -221,13 +234,17 @@ impl Run {
         Ok(Ended::Compensated(error))
     }
 
-    /// Runs the steps that are not done; `Some(error)` when the saga must compensate.
+    /// Runs the steps that are not done: `Ok` with the last step's success when it is
+    /// not recorded yet (it goes with the completion), `Err(error)` when the saga must
+    /// compensate. A step's success is recorded together with the start of the next one
+    /// (one commit per step); the pivot's is recorded at once, before anyone is told.
     async fn forward(
         &self,
         input: &Value,
         steps: &mut [StepRecord],
         stuck: &mut bool,
-    ) -> Result<Option<String>, Ended> {
+    ) -> Result<Result<Option<(usize, String)>, String>, Ended> {
+        let mut carried: Option<(usize, String)> = None;
         let pivot = self.definition.pivot();
         if steps
             .get(pivot)
@@ -243,7 +260,17 @@ impl Run {
             let mut attempt = 0u32;
             let output = loop {
                 attempt += 1;
-                self.write(Record::StepStarted(index)).await?;
+                match carried.take() {
+                    Some((done, output)) => {
+                        self.write(Record::Advance {
+                            done,
+                            output: &output,
+                            next: Next::Start(index),
+                        })
+                        .await?
+                    }
+                    None => self.write(Record::StepStarted(index)).await?,
+                }
                 step.state = step_state::STARTED.into();
                 let result = self.run_step(self.context(index, input, attempt)).await;
                 let error = match result {
@@ -261,10 +288,10 @@ impl Run {
                 if index < pivot || (index == pivot && error.definite) {
                     if error.definite {
                         step.state = step_state::FAILED.into();
-                        return Ok(Some(message));
+                        return Ok(Err(message));
                     }
                     if attempt >= self.config.pre_pivot_attempts {
-                        return Ok(Some(message));
+                        return Ok(Err(message));
                     }
                 } else if index == pivot && attempt >= self.config.pre_pivot_attempts {
                     // An unknown outcome of the pivot: it is idempotent, so it was tried
@@ -283,7 +310,7 @@ impl Run {
                                 definite: true,
                             })
                             .await?;
-                            return Ok(Some(message));
+                            return Ok(Err(message));
                         }
                         Err(check) => {
                             tracing::warn!(saga = %self.id, %check, "cannot tell whether the pivot took effect yet");
@@ -302,14 +329,16 @@ impl Run {
                 .await;
             };
             let output = output.to_string();
-            self.write(Record::StepDone(index, &output)).await?;
             step.state = step_state::DONE.into();
             self.stuck(stuck, false, &name, "").await?;
             if index == pivot {
+                self.write(Record::StepDone(index, &output)).await?;
                 self.notify(SagaEvent::Reached(Reached::Pivot));
+            } else {
+                carried = Some((index, output));
             }
         }
-        Ok(None)
+        Ok(Ok(carried))
     }
 
     /// Undoes one step, retrying until it is undone.

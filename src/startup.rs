@@ -177,7 +177,8 @@ impl Application {
 
         // Tokens of users being deleted are refused; the `Deletions` actor publishes who.
         let (refused, refused_rx) = watch::channel(crate::auth::RefusedSubjects::default());
-        let auth = JwtAuth::new(&jwt_secret(settings.jwt_secret.as_ref())).refusing(refused_rx);
+        let auth = JwtAuth::new(&jwt_secret(settings.jwt_secret.as_ref()))
+            .refusing(refused_rx.clone());
         let (draining, draining_rx) = watch::channel(false);
 
         let singletons = Arbiter::new();
@@ -221,6 +222,7 @@ impl Application {
             .with_stall_timeout(settings.websocket.stall_timeout)
             .with_overload_lag(settings.websocket.overload_lag)
             .with_presence_limit(settings.websocket.presence_limit)
+            .with_refused(refused_rx)
             .with_recovery_buffer(recovery_buffer)
             .with_pulse(Session::heartbeat_tick(&settings.websocket))
             .with_numbering(database.clone(), settings.history.room_idle);

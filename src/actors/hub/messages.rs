@@ -51,6 +51,9 @@ pub enum ConnectError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The user is being deleted (or was): its tokens are refused.
+    #[error("user deleted")]
+    UserDeleted,
 }
 
 /// A session ended; forget it and leave its rooms.

@@ -82,6 +82,9 @@ pub struct Hub {
     stall_timeout: Duration,
     /// Rooms with more users than this announce no joins and leaves, and list this many.
     presence_limit: usize,
+    /// Users being deleted: their sessions are not registered (a token verified just
+    /// before the user was marked must not slip past the closing of its sessions).
+    refused: Option<tokio::sync::watch::Receiver<crate::auth::RefusedSubjects>>,
 }
 
 /// The sessions of one connected user: almost always one, kept inline (no allocation).
@@ -186,6 +189,7 @@ impl Hub {
             lag: overload::Lag::default(),
             stall_timeout: Duration::from_secs(5),
             presence_limit: DEFAULT_PRESENCE_LIMIT,
+            refused: None,
         }
     }
 
@@ -200,6 +204,15 @@ impl Hub {
     /// most `limit` users in a `presence` answer (`metadata.truncated` when cut).
     pub fn with_presence_limit(mut self, limit: usize) -> Self {
         self.presence_limit = limit;
+        self
+    }
+
+    /// Refuses to register sessions of the users `refused` holds.
+    pub fn with_refused(
+        mut self,
+        refused: tokio::sync::watch::Receiver<crate::auth::RefusedSubjects>,
+    ) -> Self {
+        self.refused = Some(refused);
         self
     }
 
@@ -428,6 +441,14 @@ impl Handler<Connect> for Hub {
             return Err(ConnectError::ShuttingDown);
         }
         let user = msg.identity.user_id.clone();
+        if self
+            .refused
+            .as_ref()
+            .is_some_and(|refused| refused.borrow().contains(&*user))
+        {
+            self.stats.refused_sessions += 1;
+            return Err(ConnectError::UserDeleted);
+        }
         if self.users.get(&user).map_or(0, UserSessions::len) >= self.max_sessions_per_user {
             self.stats.refused_sessions += 1;
             return Err(ConnectError::TooManySessions {
@@ -588,5 +609,60 @@ impl Handler<Drain> for Hub {
             }
             .into_actor(self),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashSet, sync::Arc};
+
+    use actix::{Actor, AsyncContext, Context, Handler};
+
+    use super::*;
+    use crate::chat::{Identity, SessionId};
+
+    struct Parked;
+
+    impl Actor for Parked {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<ToSession> for Parked {
+        type Result = ();
+
+        fn handle(&mut self, _: ToSession, _: &mut Context<Self>) {}
+    }
+
+    fn connect(user: &str, ctx: &Context<Parked>) -> Connect {
+        Connect {
+            session: SessionId::new(),
+            identity: Identity::user(user, false),
+            addr: Arc::new(Outbox::new(ctx.address().recipient())),
+        }
+    }
+
+    /// A session whose token was verified just before its user was marked for deletion
+    /// is not registered once the mark is published (its close would otherwise miss it).
+    #[actix_rt::test]
+    async fn sessions_of_a_user_being_deleted_are_not_registered() {
+        let (refused, receiver) = tokio::sync::watch::channel(Arc::new(HashSet::new()));
+        let hub = Hub::new(10).with_refused(receiver).start();
+        let ctx = Context::<Parked>::new();
+        assert_eq!(hub.send(connect("ann", &ctx)).await.unwrap(), Ok(()));
+        refused.send_replace(Arc::new(HashSet::from(["ann".to_owned()])));
+        assert_eq!(
+            hub.send(connect("ann", &ctx)).await.unwrap(),
+            Err(ConnectError::UserDeleted)
+        );
+        assert_eq!(hub.send(connect("bob", &ctx)).await.unwrap(), Ok(()));
+        let closed = hub
+            .send(CloseUser {
+                user_id: "ann".into(),
+                code: 4403,
+                reason: "user deleted".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(closed, 1, "ann's earlier session is closed");
     }
 }

@@ -253,6 +253,11 @@ impl Actor for Session {
                 Ok(Ok(Err(refused @ ConnectError::ShuttingDown))) => {
                     session.close(ctx, CloseCode::Away, refused.to_string())
                 }
+                Ok(Ok(Err(refused @ ConnectError::UserDeleted))) => session.close(
+                    ctx,
+                    CloseCode::Other(crate::actors::saga::delete_user::CLOSE_CODE),
+                    refused.to_string(),
+                ),
                 Ok(Err(_)) => session.close(ctx, CloseCode::Error, "chat hub unavailable".into()),
             }
             fut::ready(())

@@ -177,8 +177,8 @@ impl Application {
 
         // Tokens of users being deleted are refused; the `Deletions` actor publishes who.
         let (refused, refused_rx) = watch::channel(crate::auth::RefusedSubjects::default());
-        let auth = JwtAuth::new(&jwt_secret(settings.jwt_secret.as_ref()))
-            .refusing(refused_rx.clone());
+        let auth =
+            JwtAuth::new(&jwt_secret(settings.jwt_secret.as_ref())).refusing(refused_rx.clone());
         let (draining, draining_rx) = watch::channel(false);
 
         let singletons = Arbiter::new();

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     auth::JwtAuth,
     config::{
-        parse_duration, DatabaseLayer, DatabaseUrl, GraphqlArgs, HistoryArgs, LogFormat, LogLayer,
+        parse_duration, DatabaseLayer, DatabaseUrl, ClusterArgs, GraphqlArgs, HistoryArgs, LogFormat, LogLayer,
         Settings, SettingsLayer, WsArgs,
     },
     db::migrate,
@@ -318,6 +318,9 @@ pub struct SettingsArgs {
     /// Chat history storage and retention.
     #[command(flatten)]
     pub history: HistoryArgs,
+    /// Cluster mode over Redis.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 impl SettingsArgs {
@@ -365,6 +368,7 @@ impl SettingsArgs {
             websocket: self.websocket.layer(),
             graphql: self.graphql.layer(),
             history: self.history.layer(),
+            cluster: self.cluster.layer(),
         }
     }
 

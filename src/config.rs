@@ -11,11 +11,13 @@ use serde::Deserialize;
 
 pub mod database;
 pub mod graphql;
+pub mod cluster;
 pub mod history;
 pub mod websocket;
 
 pub use database::{DatabaseLayer, DatabaseSettings, DatabaseUrl};
 pub use graphql::{GraphqlArgs, GraphqlLayer, GraphqlSettings};
+pub use cluster::{ClusterArgs, ClusterLayer, ClusterSettings};
 pub use history::{HistoryArgs, HistoryLayer, HistorySettings};
 pub use websocket::{OriginPolicy, WsArgs, WsLayer, WsSettings};
 
@@ -49,6 +51,8 @@ pub struct Settings {
     pub graphql: GraphqlSettings,
     /// Chat history: storage, retention, batching.
     pub history: HistorySettings,
+    /// Cluster mode over Redis (off unless a Redis URL is set).
+    pub cluster: ClusterSettings,
     /// HTTP requests per second each client (JWT subject, else IP) may make, sustained.
     pub rate_limit_per_second: f64,
     /// HTTP requests a client may make in a burst.
@@ -76,6 +80,7 @@ impl Default for Settings {
             health_interval: Duration::from_secs(5),
             graphql: GraphqlSettings::default(),
             history: HistorySettings::default(),
+            cluster: ClusterSettings::default(),
             rate_limit_per_second: 50.0,
             rate_limit_burst: 100,
             trusted_proxies: Vec::new(),
@@ -227,6 +232,9 @@ pub struct SettingsLayer {
     /// The `[history]` table.
     #[serde(default)]
     pub history: HistoryLayer,
+    /// The `[cluster]` table.
+    #[serde(default)]
+    pub cluster: ClusterLayer,
 }
 
 /// Optional overrides of [`LogSettings`].
@@ -332,6 +340,7 @@ impl Settings {
         self.websocket = self.websocket.apply(layer.websocket)?;
         self.graphql = self.graphql.apply(layer.graphql)?;
         self.history = self.history.apply(layer.history)?;
+        self.cluster = self.cluster.apply(layer.cluster)?;
         Ok(self)
     }
 }

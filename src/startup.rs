@@ -24,6 +24,7 @@ use tonic_health::server::HealthReporter;
 use crate::{
     actors::{
         breaker::{BreakerConfig, CircuitBreaker},
+        broker::Broker,
         events::{self, Events},
         health::HealthMonitor,
         history::{self, HistoryWriter},
@@ -65,6 +66,8 @@ pub enum StartupError {
     #[error("cannot migrate the database: {0}")]
     Migrate(DbError),
     /// The shards cannot be used as configured.
+    #[error("cannot join the cluster: {0}")]
+    Cluster(String),
     #[error("cannot use the database shards: {0}")]
     Shards(String),
     /// A runtime or server component failed to start.
@@ -181,7 +184,26 @@ impl Application {
             JwtAuth::new(&jwt_secret(settings.jwt_secret.as_ref())).refusing(refused_rx.clone());
         let (draining, draining_rx) = watch::channel(false);
 
+        // Cluster mode: connect to Redis before anything serves (a wrong URL fails here).
+        let broker = match &settings.cluster.redis_url {
+            None => None,
+            Some(url) => {
+                let node = crate::actors::broker::node_id(&settings.cluster);
+                let cluster = settings.cluster.clone();
+                let connecting = node.clone();
+                let broker = io_runtime
+                    .handle()
+                    .spawn(async move { Broker::connect(&cluster, &connecting).await })
+                    .await
+                    .map_err(|e| StartupError::Cluster(e.to_string()))?
+                    .map_err(|e| StartupError::Cluster(e.to_string()))?;
+                tracing::info!(%node, redis = %url, prefix = %settings.cluster.prefix, "cluster mode");
+                Some(broker)
+            }
+        };
+
         let singletons = Arbiter::new();
+        let broker = broker.map(|broker| Broker::start_in_arbiter(&singletons.handle(), |_| broker));
         let database = match shards {
             None => database,
             Some((map, shards)) => {
@@ -294,6 +316,7 @@ impl Application {
             draining: draining_rx,
             events: events.clone(),
             sagas: sagas.clone(),
+            broker: broker.clone(),
             graphql: http::routes::graphql::GraphqlState {
                 schema: std::sync::Arc::new(crate::graphql::schema(&settings.graphql)),
                 introspection: std::sync::Arc::new(crate::graphql::introspection_schema(

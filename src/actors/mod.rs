@@ -2,6 +2,7 @@
 //! messages (`messages.rs` beside it); front doors hold their addresses.
 
 pub mod breaker;
+pub mod broker;
 pub mod events;
 pub mod health;
 pub mod history;

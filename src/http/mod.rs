@@ -30,6 +30,8 @@ pub struct HttpState {
     pub events: actix::Addr<Events>,
     /// Runs sagas; admin routes read their log.
     pub sagas: actix::Addr<crate::actors::saga::Saga>,
+    /// The link to the other nodes, in cluster mode.
+    pub broker: Option<actix::Addr<crate::actors::broker::Broker>>,
     /// What the WebSocket and room routes need.
     pub chat: ChatState,
     /// What the GraphQL routes need.

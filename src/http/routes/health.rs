@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::{
     actors::{
         breaker::{BreakerState, GetBreaker},
+        broker::GetBrokerStats,
         events::GetEventStats,
         health::{PingNow, PingResult, PING_TIMEOUT},
         history::GetHistoryStats,
@@ -41,6 +42,23 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
     if *state.draining.borrow() {
         return HttpResponse::ServiceUnavailable()
             .json(json!({ "status": "fail", "reason": "shutting down" }));
+    }
+    if let Some(broker) = &state.broker {
+        match broker.send(GetBrokerStats).timeout(ASK_TIMEOUT).await {
+            Ok(stats) if stats.connected => {}
+            Ok(stats) => {
+                let reason = format!(
+                    "Redis unreachable: {}",
+                    stats.error.as_deref().unwrap_or("not connected yet")
+                );
+                return HttpResponse::ServiceUnavailable()
+                    .json(json!({ "status": "fail", "reason": reason }));
+            }
+            Err(_) => {
+                return HttpResponse::ServiceUnavailable()
+                    .json(json!({ "status": "fail", "reason": "the cluster broker did not answer" }))
+            }
+        }
     }
     match ping(&state).await {
         Ok(_) => HttpResponse::Ok().json(json!({ "status": "pass" })),
@@ -217,6 +235,29 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
         Err(_) => unavailable("saga supervisor unavailable"),
     };
 
+    // In cluster mode: Redis (latency, live nodes).
+    let cluster = match &state.broker {
+        None => None,
+        Some(broker) => Some(match broker.send(GetBrokerStats).timeout(ASK_TIMEOUT).await {
+            Ok(stats) => {
+                let mut details = json!({ "componentId": stats.node, "stats": stats });
+                match stats.latency_ms {
+                    Some(ms) if stats.connected => {
+                        check("pass", "datastore", json!(ms), Some("ms"), details)
+                    }
+                    _ => {
+                        details["output"] = json!(format!(
+                            "Redis unreachable: {}",
+                            stats.error.as_deref().unwrap_or("not connected yet")
+                        ));
+                        check("fail", "datastore", serde_json::Value::Null, None, details)
+                    }
+                }
+            }
+            Err(_) => unavailable("cluster broker unavailable"),
+        }),
+    };
+
     // With shards: one check per shard (reachable, prepared transactions past the grace
     // period as recovery last saw them).
     let shards = match state.db.sharding() {
@@ -279,7 +320,8 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
 
     // Overall: fail when the database does not answer; warn while a component is degraded.
     let degraded = [&breaker, &hub, &events, &rate_limiter, &history, &sagas]
-        .iter()
+        .into_iter()
+        .chain(cluster.as_ref())
         .any(|check| check["status"] != "pass")
         || shards
             .iter()
@@ -311,6 +353,9 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
     let mut body = body;
     if let Some(shards) = shards {
         body["checks"]["shards:inDoubt"] = json!(shards);
+    }
+    if let Some(cluster) = cluster {
+        body["checks"]["cluster:redis"] = json!([cluster]);
     }
     let mut response = if ping.is_ok() {
         HttpResponse::Ok()

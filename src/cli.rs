@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     auth::JwtAuth,
     config::{
-        parse_duration, DatabaseLayer, DatabaseUrl, ClusterArgs, GraphqlArgs, HistoryArgs, LogFormat, LogLayer,
-        Settings, SettingsLayer, WsArgs,
+        parse_duration, ClusterArgs, DatabaseLayer, DatabaseUrl, GraphqlArgs, HistoryArgs,
+        LogFormat, LogLayer, Settings, SettingsLayer, WsArgs,
     },
     db::migrate,
     domain::UserName,

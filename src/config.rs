@@ -9,15 +9,15 @@ use std::{fmt, net::SocketAddr, path::Path, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+pub mod cluster;
 pub mod database;
 pub mod graphql;
-pub mod cluster;
 pub mod history;
 pub mod websocket;
 
+pub use cluster::{ClusterArgs, ClusterLayer, ClusterSettings};
 pub use database::{DatabaseLayer, DatabaseSettings, DatabaseUrl};
 pub use graphql::{GraphqlArgs, GraphqlLayer, GraphqlSettings};
-pub use cluster::{ClusterArgs, ClusterLayer, ClusterSettings};
 pub use history::{HistoryArgs, HistoryLayer, HistorySettings};
 pub use websocket::{OriginPolicy, WsArgs, WsLayer, WsSettings};
 

@@ -203,7 +203,8 @@ impl Application {
         };
 
         let singletons = Arbiter::new();
-        let broker = broker.map(|broker| Broker::start_in_arbiter(&singletons.handle(), |_| broker));
+        let broker =
+            broker.map(|broker| Broker::start_in_arbiter(&singletons.handle(), |_| broker));
         let database = match shards {
             None => database,
             Some((map, shards)) => {
@@ -258,7 +259,13 @@ impl Application {
         } else {
             None
         };
+        if let Some(broker) = &broker {
+            hub = hub.with_cluster(broker.clone());
+        }
         let hub = Hub::start_in_arbiter(&singletons.handle(), move |_| hub);
+        if let Some(broker) = &broker {
+            broker.do_send(crate::actors::broker::AttachHub(hub.clone()));
+        }
         let events = Events::start_in_arbiter(&singletons.handle(), |_| Events::new());
         let database = database.announcing_to(events.clone());
         let sagas = {

@@ -23,6 +23,11 @@ impl SessionId {
     pub fn new() -> Self {
         Self(uuid::Uuid::now_v7())
     }
+
+    /// The id `raw` names (as [`Display`](fmt::Display) writes it), if it is one.
+    pub fn parse(raw: &str) -> Option<Self> {
+        uuid::Uuid::parse_str(raw).ok().map(Self)
+    }
 }
 
 impl Default for SessionId {

@@ -126,7 +126,11 @@ pub struct ClusterArgs {
     #[arg(long, env = "SWITCHBOARD_CLUSTER_HEARTBEAT", value_name = "DURATION")]
     pub cluster_heartbeat: Option<String>,
     /// A node not heard from for this long is taken for dead [default: 20s].
-    #[arg(long, env = "SWITCHBOARD_CLUSTER_NODE_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CLUSTER_NODE_TIMEOUT",
+        value_name = "DURATION"
+    )]
     pub cluster_node_timeout: Option<String>,
 }
 

@@ -4,12 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use switchboard::config::Settings;
 
 use crate::{
     helpers::{spawn_app_with, test_settings, TestApp, TestDb},
     private_redis::{forget, shared_redis, test_prefix, PrivateRedis},
+    ws_client::WsClient,
 };
 
 /// Generous: the suite runs in parallel on a busy 2-core machine.
@@ -93,11 +94,17 @@ async fn readiness_and_health_follow_redis() {
         if response.status() == 503 {
             break response.json::<Value>().await.unwrap();
         }
-        assert!(Instant::now() < deadline, "readiness never noticed Redis was gone");
+        assert!(
+            Instant::now() < deadline,
+            "readiness never noticed Redis was gone"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(
-        body["reason"].as_str().unwrap().contains("Redis unreachable"),
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Redis unreachable"),
         "{body}"
     );
     let health = app.get_json("/health").await;
@@ -131,5 +138,125 @@ async fn an_unreachable_or_malformed_redis_url_stops_the_start_with_a_clear_erro
             "{url}: {}",
             finished.stderr
         );
+    }
+}
+
+/// Waits until `app`'s broker holds `count` subscriptions.
+async fn subscriptions(app: &TestApp, count: u64) {
+    cluster_until(app, &format!("held {count} subscriptions"), |check| {
+        check["stats"]["subscriptions"] == count
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_messages_reach_every_session_of_the_user_on_every_node() {
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let b = node(&redis, &prefix, "b").await;
+    let mut alice = WsClient::user(&a, "alice").await;
+    let mut bob_on_a = WsClient::user(&a, "bob").await;
+    let mut bob_on_b = WsClient::user(&b, "bob").await;
+    let mut carol_on_b = WsClient::user(&b, "carol").await;
+    // broadcast + alice + bob on A; broadcast + bob + carol on B.
+    subscriptions(&a, 3).await;
+    subscriptions(&b, 3).await;
+
+    alice
+        .send(json!({"type": "private", "to": "bob", "content": "psst"}))
+        .await;
+    let ack = alice.recv().await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    for bob in [&mut bob_on_a, &mut bob_on_b] {
+        let message = bob.recv().await;
+        assert_eq!(message["type"], "private", "{message}");
+        assert_eq!(message["from"], "alice");
+        assert_eq!(message["content"], "psst");
+        assert_eq!(message["id"], ack["id"]);
+    }
+    carol_on_b.assert_silent(Duration::from_millis(300)).await;
+
+    // Only Carol's node has her: it delivers; nobody anywhere: refused.
+    alice
+        .send(json!({"type": "private", "to": "carol", "content": "hi"}))
+        .await;
+    assert_eq!(alice.recv().await["type"], "ack");
+    assert_eq!(carol_on_b.recv().await["content"], "hi");
+    alice
+        .send(json!({"type": "private", "to": "nobody", "content": "?"}))
+        .await;
+    assert!(alice
+        .recv_error()
+        .await
+        .contains("`nobody` is not connected"));
+    // Bob's session on B ends: B stops listening for him, A still delivers.
+    drop(bob_on_b);
+    subscriptions(&b, 2).await;
+    alice
+        .send(json!({"type": "private", "to": "bob", "content": "again"}))
+        .await;
+    assert_eq!(alice.recv().await["type"], "ack");
+    assert_eq!(bob_on_a.recv().await["content"], "again");
+    forget(&redis, &prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reaches_every_node_and_a_dead_redis_refuses_it() {
+    let Some(mut redis) = PrivateRedis::start() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let a = node(&redis.url(), &prefix, "a").await;
+    let b = node(&redis.url(), &prefix, "b").await;
+    let mut root = WsClient::admin(&a, "root").await;
+    let mut alice_on_a = WsClient::user(&a, "alice").await;
+    let mut bob_on_b = WsClient::user(&b, "bob").await;
+    subscriptions(&a, 3).await;
+    subscriptions(&b, 2).await;
+
+    root.send(json!({"type": "broadcast", "content": "everyone!"}))
+        .await;
+    assert_eq!(root.recv().await["type"], "ack");
+    for member in [&mut alice_on_a, &mut bob_on_b] {
+        let message = member.recv().await;
+        assert_eq!(message["type"], "broadcast", "{message}");
+        assert_eq!(message["content"], "everyone!");
+    }
+    root.assert_silent(Duration::from_millis(300)).await;
+
+    // Redis gone: refused with a retryable error, never delivered on one node only;
+    // the sessions stay open.
+    redis.kill();
+    root.send(json!({"type": "broadcast", "content": "lost?"}))
+        .await;
+    let error = root.recv_error().await;
+    assert!(error.contains("cluster is unavailable"), "{error}");
+    alice_on_a.assert_silent(Duration::from_millis(300)).await;
+
+    // Back: subscriptions are restored and delivery resumes.
+    redis.restart();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        root.send(json!({"type": "broadcast", "content": "back"}))
+            .await;
+        let answer = root.recv().await;
+        if answer["type"] == "ack" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never delivered again: {answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    for member in [&mut alice_on_a, &mut bob_on_b] {
+        loop {
+            let message = member.recv().await;
+            if message["content"] == "back" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{message}");
+        }
     }
 }

@@ -15,7 +15,10 @@ pub fn shared_redis() -> Option<String> {
     match TcpStream::connect_timeout(&"127.0.0.1:6379".parse().unwrap(), Duration::from_secs(2)) {
         Ok(_) => Some("redis://127.0.0.1:6379".into()),
         Err(error) => {
-            assert!(!in_ci(), "CI=true but Redis on 127.0.0.1:6379 is unusable: {error}");
+            assert!(
+                !in_ci(),
+                "CI=true but Redis on 127.0.0.1:6379 is unusable: {error}"
+            );
             eprintln!("skipping cluster test: no Redis on 127.0.0.1:6379 ({error})");
             None
         }

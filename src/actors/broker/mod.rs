@@ -8,6 +8,12 @@
 //!
 //! Keys live under `<prefix>:` (`--cluster-prefix`), so deployments and tests can share
 //! one Redis.
+//!
+//! Subscriptions live on a connection of their own (RESP3, resubscribed automatically
+//! after a reconnect). Its push messages go through a bounded queue into this actor
+//! (never blocking the connection; an overflow is counted) and on to the hub: private
+//! messages on a channel per user (`<prefix>:user:<id>`, subscribed while the user has a
+//! session on this node) and broadcasts on `<prefix>:broadcast`.
 
 use std::{
     sync::Arc,
@@ -15,10 +21,23 @@ use std::{
 };
 
 use actix::prelude::*;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde::Serialize;
+use std::collections::HashSet;
 
-use crate::config::ClusterSettings;
+use bytestring::ByteString;
+use redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    actors::hub::{Hub, RemoteBroadcast, RemotePrivate},
+    chat::SessionId,
+    config::ClusterSettings,
+};
+
+/// Push messages waiting for the broker, at most; more are dropped and counted.
+const PUSH_QUEUE: usize = 65_536;
 
 /// A Redis command that takes longer than this counts as failed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -49,14 +68,60 @@ pub struct BrokerStats {
     pub error: Option<String>,
     /// Heartbeats that failed, since start.
     pub failed_heartbeats: u64,
+    /// Channels this node is subscribed to.
+    pub subscriptions: usize,
+    /// Messages published by this node.
+    pub published: u64,
+    /// Messages received from Redis.
+    pub received: u64,
+    /// Push messages dropped because the broker was too far behind.
+    pub dropped: u64,
+    /// Times the subscription connection was lost (and restored).
+    pub disconnections: u64,
 }
 
 /// The broker actor. One per node, in cluster mode only.
 pub struct Broker {
     commands: ConnectionManager,
+    subscriber: ConnectionManager,
+    pushes: Option<tokio::sync::mpsc::Receiver<PushInfo>>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
     settings: ClusterSettings,
     stats: BrokerStats,
     beating: bool,
+    hub: Option<Addr<Hub>>,
+    /// Users this node wants to hear about (it has a session of theirs).
+    users: HashSet<Arc<str>>,
+}
+
+/// Hands push messages to the broker without ever blocking the connection.
+struct Pushes {
+    queue: tokio::sync::mpsc::Sender<PushInfo>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl redis::aio::AsyncPushSender for Pushes {
+    fn send(&self, info: PushInfo) -> Result<(), redis::aio::SendError> {
+        match self.queue.try_send(info) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(redis::aio::SendError),
+        }
+    }
+}
+
+/// What travels on the private and broadcast channels: the frame, and the session that
+/// sent it (which does not get it back).
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    /// The sending session.
+    o: String,
+    /// The encoded frame.
+    f: String,
 }
 
 impl Broker {
@@ -73,11 +138,36 @@ impl Broker {
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_max_delay(Duration::from_secs(2));
         let commands = client
-            .get_connection_manager_with_config(config)
+            .get_connection_manager_with_config(config.clone())
+            .await
+            .map_err(error)?;
+        let info = url.as_str().into_connection_info().map_err(error)?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let subscriber_client =
+            redis::Client::open(info.set_redis_settings(resp3)).map_err(error)?;
+        let (queue, pushes) = tokio::sync::mpsc::channel(PUSH_QUEUE);
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let subscriber = subscriber_client
+            .get_connection_manager_with_config(
+                config
+                    .set_push_sender(Pushes {
+                        queue,
+                        dropped: dropped.clone(),
+                    })
+                    .set_automatic_resubscription(),
+            )
             .await
             .map_err(error)?;
         Ok(Self {
             commands,
+            subscriber,
+            pushes: Some(pushes),
+            dropped,
+            hub: None,
+            users: HashSet::new(),
             settings: settings.clone(),
             stats: BrokerStats {
                 node: node.to_owned(),
@@ -98,6 +188,14 @@ impl Actor for Broker {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         tracing::info!(node = %self.stats.node, prefix = %self.settings.prefix, "cluster node started");
+        if let Some(pushes) = self.pushes.take() {
+            ctx.add_stream(futures_util::stream::unfold(
+                pushes,
+                |mut pushes| async move { pushes.recv().await.map(|push| (push, pushes)) },
+            ));
+        }
+        let channel = self.key("broadcast");
+        self.subscribe(channel, ctx);
         ctx.notify(Heartbeat);
         ctx.run_interval(self.settings.heartbeat, |_, ctx| ctx.notify(Heartbeat));
     }
@@ -212,7 +310,227 @@ impl Handler<GetBrokerStats> for Broker {
     type Result = MessageResult<GetBrokerStats>;
 
     fn handle(&mut self, _msg: GetBrokerStats, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.stats.clone())
+        MessageResult(BrokerStats {
+            dropped: self.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            ..self.stats.clone()
+        })
+    }
+}
+
+impl Broker {
+    /// Subscribes to `channel`, trying again every second while Redis refuses (the
+    /// connection resubscribes by itself after a reconnect once subscribed).
+    fn subscribe(&mut self, channel: String, ctx: &mut Context<Self>) {
+        let mut subscriber = self.subscriber.clone();
+        let target = channel.clone();
+        ctx.spawn(
+            async move { subscriber.subscribe(&target).await }
+                .into_actor(self)
+                .map(move |result, this, ctx| match result {
+                    Ok(()) => this.stats.subscriptions += 1,
+                    Err(error) => {
+                        tracing::debug!(%error, %channel, "subscribe failed; retrying");
+                        ctx.run_later(Duration::from_secs(1), move |this, ctx| {
+                            if this.wanted(&channel) {
+                                this.subscribe(channel, ctx);
+                            }
+                        });
+                    }
+                }),
+        );
+    }
+
+    fn unsubscribe(&mut self, channel: String, ctx: &mut Context<Self>) {
+        let mut subscriber = self.subscriber.clone();
+        ctx.spawn(
+            async move { subscriber.unsubscribe(&channel).await }
+                .into_actor(self)
+                .map(|result, this, _ctx| {
+                    if result.is_ok() {
+                        this.stats.subscriptions = this.stats.subscriptions.saturating_sub(1);
+                    }
+                }),
+        );
+    }
+
+    /// Whether this node still wants `channel`.
+    fn wanted(&self, channel: &str) -> bool {
+        if channel == self.key("broadcast") {
+            return true;
+        }
+        channel
+            .strip_prefix(&self.key("user:"))
+            .is_some_and(|user| self.users.contains(user))
+    }
+
+    fn user_channel(&self, user: &str) -> String {
+        self.key(&format!("user:{user}"))
+    }
+}
+
+/// Where the broker hands what arrives from other nodes.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AttachHub(pub Addr<Hub>);
+
+impl Handler<AttachHub> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttachHub, _ctx: &mut Self::Context) {
+        self.hub = Some(msg.0);
+    }
+}
+
+/// The hub has a session of `user` (its first): hear about messages to that user.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SubscribeUser(pub Arc<str>);
+
+/// The hub's last session of `user` ended.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct UnsubscribeUser(pub Arc<str>);
+
+impl Handler<SubscribeUser> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: SubscribeUser, ctx: &mut Self::Context) {
+        let channel = self.user_channel(&msg.0);
+        if self.users.insert(msg.0) {
+            self.subscribe(channel, ctx);
+        }
+    }
+}
+
+impl Handler<UnsubscribeUser> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: UnsubscribeUser, ctx: &mut Self::Context) {
+        if self.users.remove(&msg.0) {
+            let channel = self.user_channel(&msg.0);
+            self.unsubscribe(channel, ctx);
+        }
+    }
+}
+
+/// Why a publish did not go out.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the cluster is unavailable ({0}); nothing was sent, try again")]
+pub struct ClusterUnavailable(pub String);
+
+/// Publish a private message to `to` on every node; answers how many nodes have a
+/// session of `to` (0: the user is not connected anywhere).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<u64, ClusterUnavailable>")]
+pub struct PublishPrivate {
+    /// The addressee.
+    pub to: String,
+    /// The sending session (it does not get the message back).
+    pub origin: SessionId,
+    /// The encoded frame.
+    pub frame: ByteString,
+}
+
+/// Publish a broadcast to every node.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), ClusterUnavailable>")]
+pub struct PublishBroadcast {
+    /// The sending session.
+    pub origin: SessionId,
+    /// The encoded frame.
+    pub frame: ByteString,
+}
+
+fn envelope(origin: SessionId, frame: &ByteString) -> String {
+    serde_json::to_string(&Envelope {
+        o: origin.to_string(),
+        f: frame.to_string(),
+    })
+    .unwrap_or_default()
+}
+
+async fn publish(
+    mut redis: ConnectionManager,
+    channel: String,
+    payload: String,
+) -> Result<u64, ClusterUnavailable> {
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query_async(&mut redis)
+        .await
+        .map_err(|e| ClusterUnavailable(e.to_string()))
+}
+
+impl Handler<PublishPrivate> for Broker {
+    type Result = ResponseFuture<Result<u64, ClusterUnavailable>>;
+
+    fn handle(&mut self, msg: PublishPrivate, _ctx: &mut Self::Context) -> Self::Result {
+        self.stats.published += 1;
+        let channel = self.user_channel(&msg.to);
+        let payload = envelope(msg.origin, &msg.frame);
+        Box::pin(publish(self.commands.clone(), channel, payload))
+    }
+}
+
+impl Handler<PublishBroadcast> for Broker {
+    type Result = ResponseFuture<Result<(), ClusterUnavailable>>;
+
+    fn handle(&mut self, msg: PublishBroadcast, _ctx: &mut Self::Context) -> Self::Result {
+        self.stats.published += 1;
+        let channel = self.key("broadcast");
+        let payload = envelope(msg.origin, &msg.frame);
+        let redis = self.commands.clone();
+        Box::pin(async move { publish(redis, channel, payload).await.map(|_| ()) })
+    }
+}
+
+impl StreamHandler<PushInfo> for Broker {
+    fn handle(&mut self, push: PushInfo, _ctx: &mut Self::Context) {
+        match push.kind {
+            PushKind::Message => {}
+            PushKind::Disconnection => {
+                self.stats.disconnections += 1;
+                tracing::warn!(
+                    "the subscription connection to Redis was lost; it reconnects and resubscribes"
+                );
+                return;
+            }
+            _ => return,
+        }
+        self.stats.received += 1;
+        let mut data = push.data.into_iter();
+        let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+            return;
+        };
+        let (Ok(channel), Ok(payload)) = (
+            redis::from_redis_value::<String>(channel),
+            redis::from_redis_value::<String>(payload),
+        ) else {
+            return;
+        };
+        let Ok(envelope) = serde_json::from_str::<Envelope>(&payload) else {
+            tracing::warn!(%channel, "a cluster message that is not ours was ignored");
+            return;
+        };
+        let Some(hub) = &self.hub else {
+            return;
+        };
+        let origin = SessionId::parse(&envelope.o);
+        let frame = ByteString::from(envelope.f);
+        if channel == self.key("broadcast") {
+            hub.do_send(RemoteBroadcast { origin, frame });
+        } else if let Some(user) = channel.strip_prefix(&self.key("user:")) {
+            hub.do_send(RemotePrivate {
+                to: user.to_owned(),
+                origin,
+                frame,
+            });
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        // The push queue only ends when the connection manager is gone: nothing to do.
     }
 }
 

@@ -240,3 +240,26 @@ pub struct CloseUser {
     /// The close reason.
     pub reason: String,
 }
+
+/// A private message published on another node (or on this one, through Redis), for
+/// this node's sessions of `to`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RemotePrivate {
+    /// The addressee.
+    pub to: String,
+    /// The sending session, which does not get it back.
+    pub origin: Option<SessionId>,
+    /// The encoded frame.
+    pub frame: ByteString,
+}
+
+/// A broadcast published on some node, for every session of this one.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RemoteBroadcast {
+    /// The sending session, which does not get it back.
+    pub origin: Option<SessionId>,
+    /// The encoded frame.
+    pub frame: ByteString,
+}

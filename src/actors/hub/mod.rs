@@ -85,6 +85,9 @@ pub struct Hub {
     /// Users being deleted: their sessions are not registered (a token verified just
     /// before the user was marked must not slip past the closing of its sessions).
     refused: Option<tokio::sync::watch::Receiver<crate::auth::RefusedSubjects>>,
+    /// In cluster mode: the link to the other nodes (private messages and broadcasts
+    /// go through it).
+    cluster: Option<Addr<crate::actors::broker::Broker>>,
 }
 
 /// The sessions of one connected user: almost always one, kept inline (no allocation).
@@ -190,6 +193,7 @@ impl Hub {
             stall_timeout: Duration::from_secs(5),
             presence_limit: DEFAULT_PRESENCE_LIMIT,
             refused: None,
+            cluster: None,
         }
     }
 
@@ -204,6 +208,12 @@ impl Hub {
     /// most `limit` users in a `presence` answer (`metadata.truncated` when cut).
     pub fn with_presence_limit(mut self, limit: usize) -> Self {
         self.presence_limit = limit;
+        self
+    }
+
+    /// Joins a cluster through `broker`.
+    pub fn with_cluster(mut self, broker: Addr<crate::actors::broker::Broker>) -> Self {
+        self.cluster = Some(broker);
         self
     }
 
@@ -319,6 +329,11 @@ impl Hub {
         if let Some(sessions) = self.users.get_mut(&member.identity.user_id) {
             if sessions.remove(session) {
                 self.users.remove(&member.identity.user_id);
+                if let Some(broker) = &self.cluster {
+                    broker.do_send(crate::actors::broker::UnsubscribeUser(
+                        member.identity.user_id.clone(),
+                    ));
+                }
             }
         }
     }
@@ -458,6 +473,9 @@ impl Handler<Connect> for Hub {
         match self.users.get_mut(&user) {
             Some(sessions) => sessions.push(msg.session),
             None => {
+                if let Some(broker) = &self.cluster {
+                    broker.do_send(crate::actors::broker::SubscribeUser(user.clone()));
+                }
                 self.users.insert(user, UserSessions::One(msg.session));
             }
         }

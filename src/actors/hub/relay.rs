@@ -2,7 +2,9 @@
 //! acknowledged, stored), typing, private messages, broadcasts, and the `presence`
 //! listing.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
+
+use actix::{ActorFutureExt, Addr, AsyncContext, Context, Handler, WrapFuture};
 
 use chrono::{SubsecRound, Utc};
 use serde_json::json;
@@ -82,12 +84,15 @@ impl Hub {
 }
 
 impl Hub {
-    pub(super) fn private(&mut self, msg: Private) {
+    pub(super) fn private(&mut self, msg: Private, ctx: &mut Context<Self>) {
         let Some(sender) = self.sessions.get(&msg.session) else {
             return;
         };
         let from = sender.identity.user_id.clone();
         let name = sender.identity.name.clone();
+        if let Some(broker) = self.cluster.clone() {
+            return self.private_clustered(broker, msg, from, name, ctx);
+        }
         let targets: Vec<SessionId> = self
             .users
             .get(msg.to.as_str())
@@ -135,7 +140,94 @@ impl Hub {
 }
 
 impl Hub {
-    pub(super) fn broadcast(&mut self, msg: Broadcast) {
+    /// A private message in cluster mode: published on the addressee's channel, which
+    /// every node with a session of theirs (this one included) delivers from; stored and
+    /// acknowledged once some node took it.
+    fn private_clustered(
+        &mut self,
+        broker: Addr<crate::actors::broker::Broker>,
+        msg: Private,
+        from: Arc<str>,
+        name: Option<Arc<str>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let id = message_id();
+        let stored = StoredPrivate {
+            id: id.clone(),
+            sender: from.to_string(),
+            sender_name: name.as_deref().map(str::to_owned),
+            recipient: msg.to.clone(),
+            content: msg.content.clone(),
+            metadata: msg.metadata.clone(),
+            created_at: Utc::now().trunc_subsecs(6),
+        };
+        let frame = Frame::new("private", &*from)
+            .name(name.as_deref())
+            .id(id.clone())
+            .to(msg.to.clone())
+            .content(msg.content)
+            .metadata(msg.metadata)
+            .encode();
+        let (session, to) = (msg.session, msg.to.clone());
+        let publish = broker.send(crate::actors::broker::PublishPrivate {
+            to: msg.to,
+            origin: session,
+            frame,
+        });
+        ctx.spawn(publish.into_actor(self).map(move |result, hub, _ctx| {
+            match result {
+                Ok(Ok(0)) => hub.error(session, format!("user `{to}` is not connected")),
+                Ok(Ok(_)) => {
+                    hub.stats.messages_in += 1;
+                    if let (Some(writer), true) = (&hub.history, hub.persist_private) {
+                        if writer.try_send(AppendPrivate(stored)).is_err() {
+                            hub.stats.history_dropped += 1;
+                        }
+                    }
+                    hub.ack(session, id, "private", None);
+                }
+                Ok(Err(unavailable)) => hub.error(session, unavailable.to_string()),
+                Err(_) => hub.error(session, "the cluster broker is not running".into()),
+            }
+            hub.settle();
+        }));
+    }
+}
+
+impl Handler<RemotePrivate> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemotePrivate, _ctx: &mut Self::Context) {
+        let sessions = &self.sessions;
+        let targets = self
+            .users
+            .get(msg.to.as_str())
+            .map(UserSessions::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter(|s| Some(**s) != msg.origin)
+            .filter_map(|s| Some((*s, &*sessions.get(s)?.addr)));
+        self.stats.frames_out += push_all(targets, &msg.frame, self.limits, &mut self.failed);
+        self.settle();
+    }
+}
+
+impl Handler<RemoteBroadcast> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoteBroadcast, _ctx: &mut Self::Context) {
+        let targets = self
+            .sessions
+            .iter()
+            .filter(|(s, _)| Some(**s) != msg.origin)
+            .map(|(s, m)| (*s, &*m.addr));
+        self.stats.frames_out += push_all(targets, &msg.frame, self.limits, &mut self.failed);
+        self.settle();
+    }
+}
+
+impl Hub {
+    pub(super) fn broadcast(&mut self, msg: Broadcast, ctx: &mut Context<Self>) {
         let Some(sender) = self.sessions.get(&msg.session) else {
             return;
         };
@@ -147,6 +239,23 @@ impl Hub {
             .content(msg.content)
             .metadata(msg.metadata)
             .encode();
+        if let Some(broker) = self.cluster.clone() {
+            // Every node (this one too) delivers it from the broadcast channel.
+            let session = msg.session;
+            let publish = broker.send(crate::actors::broker::PublishBroadcast {
+                origin: session,
+                frame,
+            });
+            ctx.spawn(publish.into_actor(self).map(move |result, hub, _ctx| {
+                match result {
+                    Ok(Ok(())) => hub.ack(session, id, "broadcast", None),
+                    Ok(Err(unavailable)) => hub.error(session, unavailable.to_string()),
+                    Err(_) => hub.error(session, "the cluster broker is not running".into()),
+                }
+                hub.settle();
+            }));
+            return;
+        }
         let targets = self
             .sessions
             .iter()

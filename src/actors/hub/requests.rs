@@ -65,8 +65,8 @@ impl Hub {
             Request::Leave(m) => self.leave(m, ctx),
             Request::Post(m) => self.post(m.session, m.post, Some(m.sent)),
             Request::Typing(m) => self.typing(m),
-            Request::Private(m) => self.private(m),
-            Request::Broadcast(m) => self.broadcast(m),
+            Request::Private(m) => self.private(m, ctx),
+            Request::Broadcast(m) => self.broadcast(m, ctx),
             Request::Members(m) => self.list_members(m),
             Request::History(m) => self.history(m, ctx),
         }

@@ -55,8 +55,9 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
                     .json(json!({ "status": "fail", "reason": reason }));
             }
             Err(_) => {
-                return HttpResponse::ServiceUnavailable()
-                    .json(json!({ "status": "fail", "reason": "the cluster broker did not answer" }))
+                return HttpResponse::ServiceUnavailable().json(
+                    json!({ "status": "fail", "reason": "the cluster broker did not answer" }),
+                )
             }
         }
     }
@@ -238,24 +239,26 @@ async fn health(state: web::Data<HttpState>) -> HttpResponse {
     // In cluster mode: Redis (latency, live nodes).
     let cluster = match &state.broker {
         None => None,
-        Some(broker) => Some(match broker.send(GetBrokerStats).timeout(ASK_TIMEOUT).await {
-            Ok(stats) => {
-                let mut details = json!({ "componentId": stats.node, "stats": stats });
-                match stats.latency_ms {
-                    Some(ms) if stats.connected => {
-                        check("pass", "datastore", json!(ms), Some("ms"), details)
-                    }
-                    _ => {
-                        details["output"] = json!(format!(
-                            "Redis unreachable: {}",
-                            stats.error.as_deref().unwrap_or("not connected yet")
-                        ));
-                        check("fail", "datastore", serde_json::Value::Null, None, details)
+        Some(broker) => Some(
+            match broker.send(GetBrokerStats).timeout(ASK_TIMEOUT).await {
+                Ok(stats) => {
+                    let mut details = json!({ "componentId": stats.node, "stats": stats });
+                    match stats.latency_ms {
+                        Some(ms) if stats.connected => {
+                            check("pass", "datastore", json!(ms), Some("ms"), details)
+                        }
+                        _ => {
+                            details["output"] = json!(format!(
+                                "Redis unreachable: {}",
+                                stats.error.as_deref().unwrap_or("not connected yet")
+                            ));
+                            check("fail", "datastore", serde_json::Value::Null, None, details)
+                        }
                     }
                 }
-            }
-            Err(_) => unavailable("cluster broker unavailable"),
-        }),
+                Err(_) => unavailable("cluster broker unavailable"),
+            },
+        ),
     };
 
     // With shards: one check per shard (reachable, prepared transactions past the grace

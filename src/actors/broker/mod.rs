@@ -31,9 +31,10 @@ use redis::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    actors::hub::{Hub, RemoteBroadcast, RemotePrivate},
+    actors::hub::{Hub, RemoteBroadcast, RemotePrivate, RemoteRoomFrame},
     chat::SessionId,
     config::ClusterSettings,
+    domain::RoomId,
 };
 
 /// Push messages waiting for the broker, at most; more are dropped and counted.
@@ -92,6 +93,8 @@ pub struct Broker {
     hub: Option<Addr<Hub>>,
     /// Users this node wants to hear about (it has a session of theirs).
     users: HashSet<Arc<str>>,
+    /// Rooms this node wants to hear about (it has a member in them).
+    rooms: HashSet<RoomId>,
 }
 
 /// Hands push messages to the broker without ever blocking the connection.
@@ -168,6 +171,7 @@ impl Broker {
             dropped,
             hub: None,
             users: HashSet::new(),
+            rooms: HashSet::new(),
             settings: settings.clone(),
             stats: BrokerStats {
                 node: node.to_owned(),
@@ -358,9 +362,16 @@ impl Broker {
         if channel == self.key("broadcast") {
             return true;
         }
+        if let Some(room) = channel.strip_prefix(&self.key("room:")) {
+            return RoomId::parse(room).is_ok_and(|room| self.rooms.contains(&room));
+        }
         channel
             .strip_prefix(&self.key("user:"))
             .is_some_and(|user| self.users.contains(user))
+    }
+
+    fn room_channel(&self, room: &RoomId) -> String {
+        self.key(&format!("room:{room}"))
     }
 
     fn user_channel(&self, user: &str) -> String {
@@ -410,6 +421,68 @@ impl Handler<UnsubscribeUser> for Broker {
             let channel = self.user_channel(&msg.0);
             self.unsubscribe(channel, ctx);
         }
+    }
+}
+
+/// The hub has a member in `room` (its first): hear about the room.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SubscribeRoom(pub RoomId);
+
+/// The hub's last member of the room left.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct UnsubscribeRoom(pub RoomId);
+
+impl Handler<SubscribeRoom> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: SubscribeRoom, ctx: &mut Self::Context) {
+        let channel = self.room_channel(&msg.0);
+        if self.rooms.insert(msg.0) {
+            self.subscribe(channel, ctx);
+        }
+    }
+}
+
+impl Handler<UnsubscribeRoom> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: UnsubscribeRoom, ctx: &mut Self::Context) {
+        if self.rooms.remove(&msg.0) {
+            let channel = self.room_channel(&msg.0);
+            self.unsubscribe(channel, ctx);
+        }
+    }
+}
+
+/// Publish an unnumbered, unstored frame (typing) to a room's members on every node;
+/// lost when Redis is away (it is ephemeral).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PublishRoomFrame {
+    /// The room.
+    pub room: RoomId,
+    /// The sending session.
+    pub origin: SessionId,
+    /// The encoded frame.
+    pub frame: ByteString,
+}
+
+impl Handler<PublishRoomFrame> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: PublishRoomFrame, ctx: &mut Self::Context) {
+        self.stats.published += 1;
+        let channel = self.room_channel(&msg.room);
+        let payload = envelope(msg.origin, &msg.frame);
+        let redis = self.commands.clone();
+        ctx.spawn(
+            async move {
+                let _ = publish(redis, channel, payload).await;
+            }
+            .into_actor(self),
+        );
     }
 }
 
@@ -520,6 +593,14 @@ impl StreamHandler<PushInfo> for Broker {
         let frame = ByteString::from(envelope.f);
         if channel == self.key("broadcast") {
             hub.do_send(RemoteBroadcast { origin, frame });
+        } else if let Some(room) = channel.strip_prefix(&self.key("room:")) {
+            if let Ok(room) = RoomId::parse(room) {
+                hub.do_send(RemoteRoomFrame {
+                    room,
+                    origin,
+                    frame,
+                });
+            }
         } else if let Some(user) = channel.strip_prefix(&self.key("user:")) {
             hub.do_send(RemotePrivate {
                 to: user.to_owned(),

@@ -80,6 +80,9 @@ impl Hub {
             member.identity.name.clone(),
             member.addr.clone(),
         );
+        if let (Some(broker), false) = (&self.cluster, self.rooms.contains_key(&room)) {
+            broker.do_send(crate::actors::broker::SubscribeRoom(room.clone()));
+        }
         let entry = self.rooms.entry(room.clone()).or_default();
         let mut first_of_user = false;
         if newly {

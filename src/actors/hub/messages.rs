@@ -254,6 +254,18 @@ pub struct RemotePrivate {
     pub frame: ByteString,
 }
 
+/// A frame for a room published on some node (this one too), for this node's members.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RemoteRoomFrame {
+    /// The room.
+    pub room: RoomId,
+    /// The sending session, which does not get it back.
+    pub origin: Option<SessionId>,
+    /// The encoded frame.
+    pub frame: ByteString,
+}
+
 /// A broadcast published on some node, for every session of this one.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -357,6 +357,9 @@ impl Hub {
         }
         if room.members.is_empty() && room.recovering.is_empty() {
             self.rooms.remove(room_id);
+            if let Some(broker) = &self.cluster {
+                broker.do_send(crate::actors::broker::UnsubscribeRoom(room_id.clone()));
+            }
             self.went_idle(room_id);
             return;
         }

@@ -77,7 +77,16 @@ impl Hub {
                 .id(message_id())
                 .room(msg.room.clone())
                 .metadata(msg.metadata);
-            self.fanout(&msg.room, Some(msg.session), &frame.encode());
+            match &self.cluster {
+                // Every node with members (this one too) relays it from the room's
+                // channel; a typing indicator lost while Redis is away is not missed.
+                Some(broker) => broker.do_send(crate::actors::broker::PublishRoomFrame {
+                    room: msg.room,
+                    origin: msg.session,
+                    frame: frame.encode(),
+                }),
+                None => self.fanout(&msg.room, Some(msg.session), &frame.encode()),
+            }
         }
         self.settle();
     }
@@ -208,6 +217,17 @@ impl Handler<RemotePrivate> for Hub {
             .filter(|s| Some(**s) != msg.origin)
             .filter_map(|s| Some((*s, &*sessions.get(s)?.addr)));
         self.stats.frames_out += push_all(targets, &msg.frame, self.limits, &mut self.failed);
+        self.settle();
+    }
+}
+
+impl Handler<RemoteRoomFrame> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoteRoomFrame, _ctx: &mut Self::Context) {
+        if self.rooms.contains_key(&msg.room) {
+            self.fanout(&msg.room, msg.origin, &msg.frame);
+        }
         self.settle();
     }
 }

@@ -114,6 +114,34 @@ async fn readiness_and_health_follow_redis() {
     redis.restart();
     cluster_until(&app, "reconnected", |check| check["status"] == "pass").await;
     assert_eq!(app.get_status("/readyz").await, 200);
+
+    // The subscription connection is cut: it reconnects, resubscribes, and the node's
+    // self-probe comes back through it again.
+    let before = cluster_until(&app, "probed", |check| {
+        check["stats"]["probes_returned"].as_u64() > Some(0)
+    })
+    .await;
+    let returned = cluster_check(&before)["stats"]["probes_returned"]
+        .as_u64()
+        .unwrap();
+    let killed = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "CLIENT",
+            "KILL",
+            "TYPE",
+            "pubsub",
+        ])
+        .output()
+        .unwrap();
+    let count = String::from_utf8_lossy(&killed.stdout).trim().to_owned();
+    assert!(killed.status.success() && count != "0", "{killed:?}");
+    cluster_until(&app, "probed through a new connection", |check| {
+        check["stats"]["disconnections"].as_u64() >= Some(1)
+            && check["stats"]["probes_returned"].as_u64() >= Some(returned + 2)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,9 +189,9 @@ async fn private_messages_reach_every_session_of_the_user_on_every_node() {
     let mut bob_on_a = WsClient::user(&a, "bob").await;
     let mut bob_on_b = WsClient::user(&b, "bob").await;
     let mut carol_on_b = WsClient::user(&b, "carol").await;
-    // broadcast + alice + bob on A; broadcast + bob + carol on B.
-    subscriptions(&a, 3).await;
-    subscriptions(&b, 3).await;
+    // broadcast + probe + alice + bob on A; broadcast + probe + bob + carol on B.
+    subscriptions(&a, 4).await;
+    subscriptions(&b, 4).await;
 
     alice
         .send(json!({"type": "private", "to": "bob", "content": "psst"}))
@@ -194,7 +222,7 @@ async fn private_messages_reach_every_session_of_the_user_on_every_node() {
         .contains("`nobody` is not connected"));
     // Bob's session on B ends: B stops listening for him, A still delivers.
     drop(bob_on_b);
-    subscriptions(&b, 2).await;
+    subscriptions(&b, 3).await;
     alice
         .send(json!({"type": "private", "to": "bob", "content": "again"}))
         .await;
@@ -214,8 +242,8 @@ async fn a_broadcast_reaches_every_node_and_a_dead_redis_refuses_it() {
     let mut root = WsClient::admin(&a, "root").await;
     let mut alice_on_a = WsClient::user(&a, "alice").await;
     let mut bob_on_b = WsClient::user(&b, "bob").await;
-    subscriptions(&a, 3).await;
-    subscriptions(&b, 2).await;
+    subscriptions(&a, 4).await;
+    subscriptions(&b, 3).await;
 
     root.send(json!({"type": "broadcast", "content": "everyone!"}))
         .await;
@@ -282,9 +310,10 @@ async fn typing_crosses_nodes_to_the_rooms_members_only() {
     alice_on_a.join("lobby").await;
     bob_on_b.join("lobby").await;
     carol_on_b.join("elsewhere").await;
-    // A: broadcast + alice + lobby; B: broadcast + bob + carol + lobby + elsewhere.
-    subscriptions(&a, 3).await;
-    subscriptions(&b, 5).await;
+    // A: broadcast, probe, alice, lobby; B: broadcast, probe, bob, carol, lobby,
+    // elsewhere.
+    subscriptions(&a, 4).await;
+    subscriptions(&b, 6).await;
 
     alice_on_a
         .send(json!({"type": "typing", "room_id": "lobby"}))
@@ -298,6 +327,6 @@ async fn typing_crosses_nodes_to_the_rooms_members_only() {
     bob_on_b
         .send(json!({"type": "leave", "room_id": "lobby"}))
         .await;
-    subscriptions(&b, 4).await;
+    subscriptions(&b, 5).await;
     forget(&redis, &prefix).await;
 }

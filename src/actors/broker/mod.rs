@@ -79,12 +79,26 @@ pub struct BrokerStats {
     pub dropped: u64,
     /// Times the subscription connection was lost (and restored).
     pub disconnections: u64,
+    /// Round trip of the last self-probe through the subscription connection, in ms.
+    pub probe_ms: Option<f64>,
+    /// Self-probes that came back, since start.
+    pub probes_returned: u64,
+    /// Times the subscription connection was replaced because it stopped delivering
+    /// (its probe did not come back) while Redis answered.
+    pub subscriber_restarts: u64,
 }
 
 /// The broker actor. One per node, in cluster mode only.
 pub struct Broker {
     commands: ConnectionManager,
     subscriber: ConnectionManager,
+    /// What a replacement subscription connection is opened with.
+    subscriber_client: redis::Client,
+    subscriber_config: ConnectionManagerConfig,
+    /// The self-probe in flight: its number and when it was published.
+    probe_sent: Option<(u64, Instant)>,
+    probes: u64,
+    restarting: bool,
     pushes: Option<tokio::sync::mpsc::Receiver<PushInfo>>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
     settings: ClusterSettings,
@@ -153,20 +167,24 @@ impl Broker {
             redis::Client::open(info.set_redis_settings(resp3)).map_err(error)?;
         let (queue, pushes) = tokio::sync::mpsc::channel(PUSH_QUEUE);
         let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let subscriber_config = config
+            .set_push_sender(Pushes {
+                queue,
+                dropped: dropped.clone(),
+            })
+            .set_automatic_resubscription();
         let subscriber = subscriber_client
-            .get_connection_manager_with_config(
-                config
-                    .set_push_sender(Pushes {
-                        queue,
-                        dropped: dropped.clone(),
-                    })
-                    .set_automatic_resubscription(),
-            )
+            .get_connection_manager_with_config(subscriber_config.clone())
             .await
             .map_err(error)?;
         Ok(Self {
             commands,
             subscriber,
+            subscriber_client,
+            subscriber_config,
+            probe_sent: None,
+            probes: 0,
+            restarting: false,
             pushes: Some(pushes),
             dropped,
             hub: None,
@@ -198,8 +216,7 @@ impl Actor for Broker {
                 |mut pushes| async move { pushes.recv().await.map(|push| (push, pushes)) },
             ));
         }
-        let channel = self.key("broadcast");
-        self.subscribe(channel, ctx);
+        self.subscribe_all(ctx);
         ctx.notify(Heartbeat);
         ctx.run_interval(self.settings.heartbeat, |_, ctx| ctx.notify(Heartbeat));
     }
@@ -260,6 +277,7 @@ impl Handler<Heartbeat> for Broker {
     type Result = ();
 
     fn handle(&mut self, _msg: Heartbeat, ctx: &mut Self::Context) {
+        self.probe(ctx);
         if self.beating {
             return;
         }
@@ -357,9 +375,87 @@ impl Broker {
         );
     }
 
+    /// Subscribes to every channel this node wants (at start, and on a new subscription
+    /// connection).
+    fn subscribe_all(&mut self, ctx: &mut Context<Self>) {
+        self.stats.subscriptions = 0;
+        let mut channels = vec![self.key("broadcast"), self.probe_channel()];
+        channels.extend(self.users.iter().map(|user| self.user_channel(user)));
+        channels.extend(self.rooms.iter().map(|room| self.room_channel(room)));
+        for channel in channels {
+            self.subscribe(channel, ctx);
+        }
+    }
+
+    fn probe_channel(&self) -> String {
+        self.key(&format!("probe:{}", self.stats.node))
+    }
+
+    /// The self-probe: a message to this node's own channel every heartbeat. One that
+    /// has not come back after three heartbeats while Redis answers means the
+    /// subscription connection stopped delivering without failing (it happens): it is
+    /// replaced, and everything is subscribed again.
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        if let Some((_, sent)) = self.probe_sent {
+            if sent.elapsed() < self.settings.heartbeat * 3 {
+                return;
+            }
+            if self.stats.connected && !self.restarting {
+                self.restart_subscriber(ctx);
+            }
+            self.probe_sent = None;
+            return;
+        }
+        self.probes += 1;
+        let seq = self.probes;
+        self.probe_sent = Some((seq, Instant::now()));
+        let payload = serde_json::to_string(&Envelope {
+            o: String::new(),
+            f: seq.to_string(),
+        })
+        .unwrap_or_default();
+        let (redis, channel) = (self.commands.clone(), self.probe_channel());
+        ctx.spawn(
+            async move { publish(redis, channel, payload).await }
+                .into_actor(self)
+                .map(move |result, this, _ctx| {
+                    // Not sent (Redis away): nothing to wait for.
+                    if result.is_err() && this.probe_sent.is_some_and(|(s, _)| s == seq) {
+                        this.probe_sent = None;
+                    }
+                }),
+        );
+    }
+
+    fn restart_subscriber(&mut self, ctx: &mut Context<Self>) {
+        self.restarting = true;
+        self.stats.subscriber_restarts += 1;
+        tracing::error!("the Redis subscription connection stopped delivering; replacing it");
+        let (client, config) = (
+            self.subscriber_client.clone(),
+            self.subscriber_config.clone(),
+        );
+        ctx.spawn(
+            async move { client.get_connection_manager_with_config(config).await }
+                .into_actor(self)
+                .map(|result, this, ctx| {
+                    this.restarting = false;
+                    match result {
+                        Ok(subscriber) => {
+                            this.subscriber = subscriber;
+                            this.subscribe_all(ctx);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "could not open a new subscription connection")
+                        }
+                    }
+                }),
+        );
+    }
+
     /// Whether this node still wants `channel`.
     fn wanted(&self, channel: &str) -> bool {
-        if channel == self.key("broadcast") {
+        if channel == self.key("broadcast") || channel == self.probe_channel() {
             return true;
         }
         if let Some(room) = channel.strip_prefix(&self.key("room:")) {
@@ -586,6 +682,16 @@ impl StreamHandler<PushInfo> for Broker {
             tracing::warn!(%channel, "a cluster message that is not ours was ignored");
             return;
         };
+        if channel == self.probe_channel() {
+            if let Some((seq, sent)) = self.probe_sent {
+                if envelope.f == seq.to_string() {
+                    self.stats.probe_ms = Some(sent.elapsed().as_secs_f64() * 1e3);
+                    self.stats.probes_returned += 1;
+                    self.probe_sent = None;
+                }
+            }
+            return;
+        }
         let Some(hub) = &self.hub else {
             return;
         };

@@ -330,3 +330,123 @@ async fn typing_crosses_nodes_to_the_rooms_members_only() {
     subscriptions(&b, 5).await;
     forget(&redis, &prefix).await;
 }
+
+/// The room publish script on its own: two nodes publishing at once into one room get
+/// consecutive offsets after the seed, one epoch, and Redis delivers and keeps them in
+/// offset order.
+#[actix_rt::test]
+async fn room_offsets_are_atomic_ordered_and_kept_across_publishers() {
+    use futures_util::StreamExt;
+    use switchboard::actors::broker::{
+        rooms::{parse_room_message, OpenRoom, PublishRoomMessage, ReadRoom},
+        Broker,
+    };
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let settings = switchboard::config::ClusterSettings {
+        redis_url: Some(redis.clone()),
+        prefix: prefix.clone(),
+        ..Default::default()
+    };
+    let a = actix::Actor::start(Broker::connect(&settings, "a").await.unwrap());
+    let b = actix::Actor::start(Broker::connect(&settings, "b").await.unwrap());
+    let client = redis::Client::open(redis.as_str()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(format!("{prefix}:room:lobby"))
+        .await
+        .unwrap();
+    let room = switchboard::domain::RoomId::parse("lobby").unwrap();
+
+    let opened = a
+        .send(OpenRoom {
+            room: room.clone(),
+            seed: 41,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        opened.offset, 41,
+        "offsets continue after the database's last"
+    );
+    let again = b
+        .send(OpenRoom {
+            room: room.clone(),
+            seed: 7,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, opened, "opening again changes nothing");
+
+    let publishes = (0..200).map(|n| {
+        let broker = if n % 2 == 0 { a.clone() } else { b.clone() };
+        let room = room.clone();
+        async move {
+            broker
+                .send(PublishRoomMessage {
+                    room,
+                    payload: format!("message {n}"),
+                    seed: 0,
+                })
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    });
+    let positions = futures_util::future::join_all(publishes).await;
+    let mut offsets: Vec<u64> = positions.iter().map(|p| p.offset).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (42..=241).collect::<Vec<_>>());
+    assert!(positions.iter().all(|p| p.epoch == opened.epoch));
+
+    let mut stream = pubsub.on_message();
+    let mut delivered = Vec::new();
+    while delivered.len() < 200 {
+        let message = tokio::time::timeout(PATIENCE, stream.next())
+            .await
+            .expect("published messages arrive")
+            .unwrap();
+        let raw: String = message.get_payload().unwrap();
+        let (offset, epoch, payload) = parse_room_message(&raw).unwrap();
+        assert_eq!(epoch, opened.epoch);
+        delivered.push((offset, payload.to_owned()));
+    }
+    let order: Vec<u64> = delivered.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        order,
+        (42..=241).collect::<Vec<_>>(),
+        "one order: offset order"
+    );
+
+    let kept = a
+        .send(ReadRoom {
+            room: room.clone(),
+            after: 41,
+            upto: 241,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        kept, delivered,
+        "the stream keeps what was delivered, in order"
+    );
+    let some = b
+        .send(ReadRoom {
+            room,
+            after: 230,
+            upto: 235,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        some.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        [231, 232, 233, 234, 235]
+    );
+    forget(&redis, &prefix).await;
+}

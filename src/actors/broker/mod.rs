@@ -15,6 +15,8 @@
 //! messages on a channel per user (`<prefix>:user:<id>`, subscribed while the user has a
 //! session on this node) and broadcasts on `<prefix>:broadcast`.
 
+pub mod rooms;
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},

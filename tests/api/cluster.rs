@@ -24,6 +24,8 @@ pub fn node_settings(db: &TestDb, redis: &str, prefix: &str, node: &str) -> Sett
     settings.cluster.node_id = Some(node.into());
     settings.cluster.heartbeat = Duration::from_millis(200);
     settings.cluster.node_timeout = Duration::from_secs(2);
+    settings.websocket.rate_per_second = 10_000.0;
+    settings.websocket.rate_burst = 10_000;
     settings
 }
 
@@ -244,6 +246,8 @@ async fn a_broadcast_reaches_every_node_and_a_dead_redis_refuses_it() {
     let mut bob_on_b = WsClient::user(&b, "bob").await;
     subscriptions(&a, 4).await;
     subscriptions(&b, 3).await;
+    joined(&mut alice_on_a, "lobby").await;
+    joined(&mut bob_on_b, "lobby").await;
 
     root.send(json!({"type": "broadcast", "content": "everyone!"}))
         .await;
@@ -262,7 +266,12 @@ async fn a_broadcast_reaches_every_node_and_a_dead_redis_refuses_it() {
         .await;
     let error = root.recv_error().await;
     assert!(error.contains("cluster is unavailable"), "{error}");
-    alice_on_a.assert_silent(Duration::from_millis(300)).await;
+    alice_on_a
+        .send(json!({"type": "message", "room_id": "lobby", "content": "lost?"}))
+        .await;
+    let error = alice_on_a.recv_error().await;
+    assert!(error.contains("cluster is unavailable"), "{error}");
+    bob_on_b.assert_silent(Duration::from_millis(300)).await;
 
     // Back: subscriptions are restored and delivery resumes. (A broadcast is not
     // stored: one published while a node is still resubscribing misses that node, so
@@ -448,5 +457,140 @@ async fn room_offsets_are_atomic_ordered_and_kept_across_publishers() {
         some.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
         [231, 232, 233, 234, 235]
     );
+    forget(&redis, &prefix).await;
+}
+
+/// Joins `room` and waits until its node's broker has subscribed to it (the join is
+/// answered after the subscription, so this is at once).
+async fn joined(client: &mut WsClient, room: &str) -> Value {
+    let joined = client.join(room).await;
+    assert!(joined["metadata"]["epoch"].is_string(), "{joined}");
+    joined
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_message_reaches_every_node_once_with_one_offset() {
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let b = node(&redis, &prefix, "b").await;
+    let c = node(&redis, &prefix, "c").await;
+    let mut alice = WsClient::user(&a, "alice").await;
+    let mut bob = WsClient::user(&b, "bob").await;
+    let mut carol = WsClient::user(&c, "carol").await;
+    let first = joined(&mut alice, "lobby").await;
+    let epoch = first["metadata"]["epoch"].clone();
+    assert_eq!(joined(&mut bob, "lobby").await["metadata"]["epoch"], epoch);
+    assert_eq!(
+        joined(&mut carol, "lobby").await["metadata"]["epoch"],
+        epoch
+    );
+
+    let acks = crate::history::post(&mut alice, "lobby", 3).await;
+    assert_eq!(acks, [1, 2, 3], "offsets come from Redis, one room counter");
+    for member in [&mut bob, &mut carol] {
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let message = member.recv_kind("message").await;
+            assert_eq!(message["from"], "alice");
+            seen.push(message["offset"].as_u64().unwrap());
+        }
+        assert_eq!(seen, [1, 2, 3]);
+        member.assert_silent(Duration::from_millis(300)).await;
+    }
+    // The sender gets acks, not its own messages.
+    alice.assert_silent(Duration::from_millis(300)).await;
+    forget(&redis, &prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_different_nodes_are_seen_in_one_order_everywhere() {
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let b = node(&redis, &prefix, "b").await;
+    let c = node(&redis, &prefix, "c").await;
+    let mut alice = WsClient::user(&a, "alice").await;
+    let mut bob = WsClient::user(&b, "bob").await;
+    let mut watchers = vec![
+        WsClient::user(&a, "wa").await,
+        WsClient::user(&b, "wb").await,
+        WsClient::user(&c, "wc").await,
+    ];
+    for client in watchers.iter_mut().chain([&mut alice, &mut bob]) {
+        joined(client, "race").await;
+    }
+    const EACH: usize = 40;
+    for i in 0..EACH {
+        alice
+            .send(json!({"type": "message", "room_id": "race", "content": format!("a{i}")}))
+            .await;
+        bob.send(json!({"type": "message", "room_id": "race", "content": format!("b{i}")}))
+            .await;
+    }
+    let mut orders = Vec::new();
+    for watcher in &mut watchers {
+        let mut order = Vec::new();
+        while order.len() < 2 * EACH {
+            let message = watcher.recv_kind("message").await;
+            order.push((
+                message["offset"].as_u64().unwrap(),
+                message["content"].as_str().unwrap().to_owned(),
+            ));
+        }
+        orders.push(order);
+    }
+    let offsets: Vec<u64> = orders[0].iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (1..=2 * EACH as u64).collect::<Vec<_>>());
+    assert_eq!(orders[0], orders[1], "node A and node B saw one order");
+    assert_eq!(orders[0], orders[2], "node A and node C saw one order");
+    // Each publisher's own messages keep their order.
+    let alices: Vec<&str> = orders[0]
+        .iter()
+        .filter(|(_, m)| m.starts_with('a'))
+        .map(|(_, m)| m.as_str())
+        .collect();
+    assert_eq!(
+        alices,
+        (0..EACH).map(|i| format!("a{i}")).collect::<Vec<_>>()
+    );
+    forget(&redis, &prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_recovers_on_another_node_what_was_published_while_away() {
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let b = node(&redis, &prefix, "b").await;
+    let mut alice = WsClient::user(&a, "alice").await;
+    joined(&mut alice, "lobby").await;
+    let mut bob = WsClient::user(&b, "bob").await;
+    joined(&mut bob, "lobby").await;
+    crate::history::post(&mut alice, "lobby", 2).await;
+    let seen = crate::history::next_offsets(&mut bob, 2).await;
+    assert_eq!(seen, [1, 2]);
+    drop(bob);
+
+    // While Bob is away, Alice (on A) goes on.
+    assert_eq!(
+        crate::history::post(&mut alice, "lobby", 3).await,
+        [3, 4, 5]
+    );
+    // Bob comes back on B: the three are replayed, then live traffic follows.
+    let mut bob = WsClient::user(&b, "bob").await;
+    let rejoined = crate::history::rejoin(&mut bob, "lobby", 2).await;
+    assert_eq!(rejoined["metadata"]["recovered"], true, "{rejoined}");
+    assert_eq!(rejoined["metadata"]["replayed"], 3, "{rejoined}");
+    assert_eq!(rejoined["metadata"]["offset"], 5, "{rejoined}");
+    assert_eq!(crate::history::next_offsets(&mut bob, 3).await, [3, 4, 5]);
+    crate::history::post(&mut alice, "lobby", 1).await;
+    assert_eq!(crate::history::next_offsets(&mut bob, 1).await, [6]);
     forget(&redis, &prefix).await;
 }

@@ -33,11 +33,14 @@ use redis::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    actors::hub::{Hub, RemoteBroadcast, RemotePrivate, RemoteRoomFrame},
+    actors::hub::{Hub, RemoteBroadcast, RemotePrivate, RemoteRoomFrame, RemoteRoomMessage},
     chat::SessionId,
     config::ClusterSettings,
     domain::RoomId,
 };
+
+/// How long a room without members stays subscribed.
+const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 
 /// Push messages waiting for the broker, at most; more are dropped and counted.
 const PUSH_QUEUE: usize = 65_536;
@@ -547,10 +550,53 @@ impl Handler<UnsubscribeRoom> for Broker {
     type Result = ();
 
     fn handle(&mut self, msg: UnsubscribeRoom, ctx: &mut Self::Context) {
+        // A little later, unless a member came back meanwhile: a room left and joined
+        // again at once keeps its subscription (and no unsubscribe can overtake the new
+        // subscribe on the connection).
         if self.rooms.remove(&msg.0) {
-            let channel = self.room_channel(&msg.0);
-            self.unsubscribe(channel, ctx);
+            let room = msg.0;
+            ctx.run_later(UNSUBSCRIBE_DELAY, move |this, ctx| {
+                if !this.rooms.contains(&room) {
+                    let channel = this.room_channel(&room);
+                    this.unsubscribe(channel, ctx);
+                }
+            });
         }
+    }
+}
+
+/// Subscribe to `room` now, answering once Redis has confirmed (a room's numbering is
+/// read only after this, so no message published later is missed).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), ClusterUnavailable>")]
+pub struct SubscribeRoomNow(pub RoomId);
+
+impl Handler<SubscribeRoomNow> for Broker {
+    type Result = ResponseActFuture<Self, Result<(), ClusterUnavailable>>;
+
+    fn handle(&mut self, msg: SubscribeRoomNow, _ctx: &mut Self::Context) -> Self::Result {
+        let channel = self.room_channel(&msg.0);
+        let room = msg.0.clone();
+        let fresh = self.rooms.insert(msg.0);
+        let mut subscriber = self.subscriber.clone();
+        Box::pin(
+            async move { subscriber.subscribe(&channel).await }
+                .into_actor(self)
+                .map(move |result, this, _ctx| match result {
+                    Ok(()) => {
+                        if fresh {
+                            this.stats.subscriptions += 1;
+                        }
+                        Ok(())
+                    }
+                    Err(error) => {
+                        if fresh {
+                            this.rooms.remove(&room);
+                        }
+                        Err(ClusterUnavailable(error.to_string()))
+                    }
+                }),
+        )
     }
 }
 
@@ -680,6 +726,20 @@ impl StreamHandler<PushInfo> for Broker {
         ) else {
             return;
         };
+        if let Some(room) = channel.strip_prefix(&self.key("room:")) {
+            // Numbered messages start with their offset; typing is an envelope.
+            if let Some((offset, epoch, message)) = rooms::parse_room_message(&payload) {
+                if let (Ok(room), Some(hub)) = (RoomId::parse(room), &self.hub) {
+                    hub.do_send(RemoteRoomMessage {
+                        room,
+                        offset,
+                        epoch: epoch.to_owned(),
+                        payload: message.to_owned(),
+                    });
+                }
+                return;
+            }
+        }
         let Ok(envelope) = serde_json::from_str::<Envelope>(&payload) else {
             tracing::warn!(%channel, "a cluster message that is not ours was ignored");
             return;

@@ -12,10 +12,72 @@
 //! `<offset>:<epoch>:<payload>`.
 
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
 use redis::Script;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::{Broker, ClusterUnavailable};
-use crate::domain::RoomId;
+use crate::{
+    chat::SessionId,
+    domain::{RoomId, StoredMessage},
+};
+
+/// A room message on the wire between nodes (its offset travels beside it).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireMessage {
+    /// The sending session (it gets an `ack`, not the message).
+    pub o: String,
+    /// The message id.
+    pub id: String,
+    /// The client's `type`.
+    pub kind: String,
+    /// The sender's user id.
+    pub sender: String,
+    /// The sender's display name.
+    pub name: Option<String>,
+    /// The text.
+    pub content: String,
+    /// The sender's metadata.
+    pub metadata: Option<Map<String, Value>>,
+    /// When it was relayed.
+    pub at: DateTime<Utc>,
+}
+
+impl WireMessage {
+    /// The wire form of `message`, sent by `origin`.
+    pub fn new(origin: SessionId, message: &StoredMessage) -> Self {
+        Self {
+            o: origin.to_string(),
+            id: message.id.clone(),
+            kind: message.kind.clone(),
+            sender: message.sender.clone(),
+            name: message.sender_name.clone(),
+            content: message.content.clone(),
+            metadata: message.metadata.clone(),
+            at: message.created_at,
+        }
+    }
+
+    /// The message it carries, numbered `offset` in `room`, and its sending session.
+    pub fn into_message(self, room: RoomId, offset: u64) -> (StoredMessage, Option<SessionId>) {
+        let origin = SessionId::parse(&self.o);
+        (
+            StoredMessage {
+                room,
+                offset,
+                id: self.id,
+                kind: self.kind,
+                sender: self.sender,
+                sender_name: self.name,
+                content: self.content,
+                metadata: self.metadata,
+                created_at: self.at,
+            },
+            origin,
+        )
+    }
+}
 
 /// Messages kept in a room's stream for recovery.
 pub const STREAM_SIZE: u64 = 1000;

@@ -70,7 +70,8 @@ impl Hub {
         } = join;
         let top = self.top(&room);
         let writer = self.history.clone();
-        let replays = since.is_some_and(|since| since < top) && writer.is_some();
+        let replays =
+            since.is_some_and(|since| since < top) && (writer.is_some() || self.cluster.is_some());
         let Some(member) = self.sessions.get_mut(&session) else {
             return;
         };
@@ -112,7 +113,16 @@ impl Hub {
                 replay: (!replays).then(Vec::new),
                 held: Vec::new(),
             });
-            if let (true, Some(since), Some(writer)) = (replays, since, writer) {
+            if let (true, Some(since), Some(broker)) = (replays, since, self.cluster.clone()) {
+                // In a cluster the room's stream in Redis has the recent messages of every
+                // node; older ones (or a stream Redis lost) come from the database.
+                let room = room.clone();
+                let read = replay_clustered(broker, writer, room.clone(), since, top);
+                ctx.spawn(read.into_actor(self).map(move |answer, hub, _ctx| {
+                    hub.replayed(session, &room, id, answer);
+                    hub.settle();
+                }));
+            } else if let (true, Some(since), Some(writer)) = (replays, since, writer) {
                 let request = Replay {
                     room: room.clone(),
                     after: since,
@@ -163,6 +173,14 @@ impl Hub {
             (r.users.len(), r.members.len() + r.recovering.len())
         });
         let mut details = json!({ "users": users, "sessions": sessions, "offset": top });
+        if let Some(epoch) = self
+            .numbering
+            .rooms
+            .get(room_id)
+            .and_then(|sequence| sequence.epoch.as_deref())
+        {
+            details["epoch"] = json!(epoch);
+        }
         if let Some((recovered, replayed)) = recovery {
             details["recovered"] = json!(recovered);
             details["replayed"] = json!(replayed);
@@ -267,6 +285,47 @@ impl Hub {
                 room.members.insert(session, recovering.addr);
             }
         }
+    }
+}
+
+/// The messages of `room` after `since` up to `top` for a recovering join in cluster
+/// mode: from the room's stream in Redis when it holds them all, else from the database.
+async fn replay_clustered(
+    broker: actix::Addr<crate::actors::broker::Broker>,
+    writer: Option<actix::Addr<crate::actors::history::HistoryWriter>>,
+    room: RoomId,
+    since: u64,
+    top: u64,
+) -> Result<Result<Vec<StoredMessage>, DbError>, MailboxError> {
+    let read = crate::actors::broker::rooms::ReadRoom {
+        room: room.clone(),
+        after: since,
+        upto: top,
+    };
+    if let Ok(Ok(entries)) = broker.send(read).await {
+        if entries.len() as u64 == top - since {
+            let messages = entries
+                .into_iter()
+                .filter_map(|(offset, payload)| {
+                    let wire: crate::actors::broker::rooms::WireMessage =
+                        serde_json::from_str(&payload).ok()?;
+                    Some(wire.into_message(room.clone(), offset).0)
+                })
+                .collect();
+            return Ok(Ok(messages));
+        }
+    }
+    match writer {
+        Some(writer) => {
+            writer
+                .send(Replay {
+                    room,
+                    after: since,
+                    upto: top,
+                })
+                .await
+        }
+        None => Ok(Ok(Vec::new())),
     }
 }
 

@@ -214,6 +214,9 @@ pub struct HubStats {
     pub recoveries: u64,
     /// See `recoveries`.
     pub recovered: u64,
+    /// In cluster mode: offset jumps on a room's channel (messages Redis lost on the
+    /// way), each filled from the room's stream before anything later was relayed.
+    pub gaps: u64,
 }
 
 /// Close every session with 1001 (going away) and refuse new ones; answers with how many
@@ -274,4 +277,18 @@ pub struct RemoteBroadcast {
     pub origin: Option<SessionId>,
     /// The encoded frame.
     pub frame: ByteString,
+}
+
+/// A numbered room message published through Redis (by any node, this one too).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RemoteRoomMessage {
+    /// The room.
+    pub room: RoomId,
+    /// Its offset.
+    pub offset: u64,
+    /// The room's epoch.
+    pub epoch: String,
+    /// The message on the wire (`broker::rooms::WireMessage`, JSON).
+    pub payload: String,
 }

@@ -88,6 +88,8 @@ pub struct Hub {
     /// In cluster mode: the link to the other nodes (private messages and broadcasts
     /// go through it).
     cluster: Option<Addr<crate::actors::broker::Broker>>,
+    /// In cluster mode: rooms whose messages wait while a gap is read from Redis.
+    gaps: HashMap<RoomId, Vec<(u64, String)>>,
 }
 
 /// The sessions of one connected user: almost always one, kept inline (no allocation).
@@ -194,6 +196,7 @@ impl Hub {
             presence_limit: DEFAULT_PRESENCE_LIMIT,
             refused: None,
             cluster: None,
+            gaps: HashMap::new(),
         }
     }
 
@@ -213,6 +216,7 @@ impl Hub {
 
     /// Joins a cluster through `broker`.
     pub fn with_cluster(mut self, broker: Addr<crate::actors::broker::Broker>) -> Self {
+        self.numbering.cluster = Some(broker.clone());
         self.cluster = Some(broker);
         self
     }

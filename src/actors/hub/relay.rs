@@ -14,7 +14,13 @@ use super::*;
 impl Hub {
     /// Numbers, relays, acknowledges and stores one room message (or holds it until the
     /// room's next range of offsets arrives).
-    pub(super) fn post(&mut self, session: SessionId, post: Post, sent: Option<Instant>) {
+    pub(super) fn post(
+        &mut self,
+        session: SessionId,
+        post: Post,
+        sent: Option<Instant>,
+        ctx: &mut Context<Self>,
+    ) {
         let Some((user, name)) = self.member_of(session, &post.room) else {
             return;
         };
@@ -23,6 +29,9 @@ impl Hub {
             if !self.admit_publish(session, &post.room, sent.elapsed()) {
                 return;
             }
+        }
+        if let Some(broker) = self.cluster.clone() {
+            return self.post_clustered(broker, session, user, name, post, ctx);
         }
         let Some((offset, post)) = self.number(session, post) else {
             return;
@@ -56,6 +65,132 @@ impl Hub {
                 self.stats.history_dropped += 1;
             }
         }
+    }
+}
+
+impl Hub {
+    /// A room message in cluster mode: Redis numbers, keeps and publishes it (one script),
+    /// every node — this one too — relays it from the room's channel; here the sender is
+    /// acknowledged with its offset and the message stored once.
+    fn post_clustered(
+        &mut self,
+        broker: Addr<crate::actors::broker::Broker>,
+        session: SessionId,
+        user: Arc<str>,
+        name: Option<Arc<str>>,
+        post: Post,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut message = StoredMessage {
+            room: post.room,
+            offset: 0,
+            id: message_id(),
+            kind: post.kind,
+            sender: user.to_string(),
+            sender_name: name.as_deref().map(str::to_owned),
+            content: post.content,
+            metadata: post.metadata,
+            created_at: Utc::now().trunc_subsecs(6),
+        };
+        let wire = crate::actors::broker::rooms::WireMessage::new(session, &message);
+        let publish = broker.send(crate::actors::broker::rooms::PublishRoomMessage {
+            room: message.room.clone(),
+            payload: serde_json::to_string(&wire).unwrap_or_default(),
+            seed: self.top(&message.room),
+        });
+        ctx.spawn(publish.into_actor(self).map(move |result, hub, _ctx| {
+            match result {
+                Ok(Ok(position)) => {
+                    hub.stats.messages_in += 1;
+                    message.offset = position.offset;
+                    let ack = ack(
+                        message.id.clone(),
+                        &message.kind,
+                        Some(message.room.clone()),
+                    )
+                    .offset(message.offset);
+                    hub.reply(session, &ack);
+                    if let Some(writer) = &hub.history {
+                        if writer.try_send(Append(message)).is_err() {
+                            hub.stats.history_dropped += 1;
+                        }
+                    }
+                }
+                Ok(Err(unavailable)) => hub.error(session, unavailable.to_string()),
+                Err(_) => hub.error(session, "the cluster broker is not running".into()),
+            }
+            hub.settle();
+        }));
+    }
+
+    /// Relays a numbered message from Redis to this node's members, in offset order:
+    /// an offset already delivered is dropped; one past a gap (a message Redis lost on
+    /// the way) waits while the missing range is read from the room's stream.
+    fn deliver_numbered(&mut self, room: &RoomId, offset: u64, payload: String) {
+        let Ok(wire) = serde_json::from_str::<crate::actors::broker::rooms::WireMessage>(&payload)
+        else {
+            tracing::warn!(%room, offset, "an unreadable room message from the cluster was dropped");
+            return;
+        };
+        let Some(sequence) = self.numbering.rooms.get_mut(room) else {
+            return;
+        };
+        if offset <= sequence.last() {
+            return;
+        }
+        sequence.delivered(offset);
+        let (message, origin) = wire.into_message(room.clone(), offset);
+        self.fanout(room, origin, &Frame::stored(&message).encode());
+    }
+}
+
+impl Handler<RemoteRoomMessage> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoteRoomMessage, ctx: &mut Self::Context) {
+        let Some(sequence) = self.numbering.rooms.get_mut(&msg.room) else {
+            return; // not open here (its numbering is read after subscribing)
+        };
+        if sequence.epoch.as_deref() != Some(msg.epoch.as_str()) {
+            // Redis lost the room's state and made it again (offsets still continue).
+            sequence.epoch = Some(msg.epoch.clone());
+        }
+        let last = sequence.last();
+        if let Some(waiting) = self.gaps.get_mut(&msg.room) {
+            waiting.push((msg.offset, msg.payload));
+            return;
+        }
+        if msg.offset > last + 1 {
+            self.stats.gaps += 1;
+            self.gaps
+                .insert(msg.room.clone(), vec![(msg.offset, msg.payload)]);
+            if let Some(broker) = self.cluster.clone() {
+                let read = broker.send(crate::actors::broker::rooms::ReadRoom {
+                    room: msg.room.clone(),
+                    after: last,
+                    upto: msg.offset - 1,
+                });
+                let room = msg.room;
+                ctx.spawn(read.into_actor(self).map(move |answer, hub, _ctx| {
+                    let mut messages = match answer {
+                        Ok(Ok(missed)) => missed,
+                        _ => {
+                            tracing::warn!(%room, "could not read a gap's messages from Redis");
+                            Vec::new()
+                        }
+                    };
+                    messages.extend(hub.gaps.remove(&room).unwrap_or_default());
+                    messages.sort_by_key(|(offset, _)| *offset);
+                    for (offset, payload) in messages {
+                        hub.deliver_numbered(&room, offset, payload);
+                    }
+                    hub.settle();
+                }));
+            }
+            return;
+        }
+        self.deliver_numbered(&msg.room, msg.offset, msg.payload);
+        self.settle();
     }
 }
 

@@ -63,7 +63,7 @@ impl Hub {
         match request {
             Request::Join(m) => self.join(m, ctx),
             Request::Leave(m) => self.leave(m, ctx),
-            Request::Post(m) => self.post(m.session, m.post, Some(m.sent)),
+            Request::Post(m) => self.post(m.session, m.post, Some(m.sent), ctx),
             Request::Typing(m) => self.typing(m),
             Request::Private(m) => self.private(m, ctx),
             Request::Broadcast(m) => self.broadcast(m, ctx),

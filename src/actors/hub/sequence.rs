@@ -25,10 +25,40 @@ use tokio::sync::oneshot;
 
 use super::{Hub, Join};
 use crate::{
+    actors::broker::{
+        rooms::{OpenRoom, RoomPosition},
+        Broker, SubscribeRoomNow,
+    },
     chat::{command::Post, SessionId},
     db::{Database, DbError, Reservation},
     domain::RoomId,
 };
+
+/// Opens a room's numbering in cluster mode: subscribes to its channel first (so no
+/// later message is missed), then reads where Redis stands (creating the room's state,
+/// continuing after the database's highest offset, when Redis has none).
+async fn cluster_open(
+    db: Database,
+    broker: actix::Addr<Broker>,
+    room: RoomId,
+) -> Result<RoomPosition, DbError> {
+    let unavailable = |e: String| DbError::Unavailable(format!("cluster: {e}"));
+    tokio::time::timeout(STATEMENT_TIMEOUT, async {
+        broker
+            .send(SubscribeRoomNow(room.clone()))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let seed = db.room_offset_floor(&room).await?;
+        broker
+            .send(OpenRoom { room, seed })
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(e.to_string()))
+    })
+    .await
+    .unwrap_or_else(|_| Err(unavailable("opening the room timed out".into())))
+}
 
 /// Offsets reserved when a room's numbering opens.
 pub const FIRST_RESERVATION: u64 = 1024;
@@ -73,6 +103,8 @@ pub(super) struct Sequence {
     idle_since: Option<Instant>,
     /// Messages waiting for the next range, oldest first.
     pub(super) held: VecDeque<(SessionId, Post)>,
+    /// In cluster mode: the room's epoch in Redis.
+    pub(super) epoch: Option<String>,
 }
 
 impl Sequence {
@@ -86,6 +118,7 @@ impl Sequence {
             extending: false,
             idle_since: None,
             held: VecDeque::new(),
+            epoch: None,
         }
     }
 
@@ -100,6 +133,11 @@ impl Sequence {
     /// The last offset handed out (0 before the room's first message).
     pub(super) fn last(&self) -> u64 {
         self.last
+    }
+
+    /// In cluster mode: `offset` was delivered here (offsets come from Redis).
+    pub(super) fn delivered(&mut self, offset: u64) {
+        self.last = self.last.max(offset);
     }
 
     /// The next offset, or `None` while the reserved ranges are used up.
@@ -166,6 +204,9 @@ pub(super) struct Numbering {
     /// A clean stop is under way: numbering whose next range is being reserved is handed
     /// back once the range arrives.
     draining: bool,
+    /// In cluster mode: Redis numbers the rooms (through the broker); a room's numbering
+    /// here only follows what was delivered, and is dropped with its last member.
+    pub(super) cluster: Option<actix::Addr<Broker>>,
 }
 
 impl Numbering {
@@ -182,6 +223,7 @@ impl Numbering {
             room_idle: Duration::from_secs(60),
             drained: Vec::new(),
             draining: false,
+            cluster: None,
         }
     }
 
@@ -284,6 +326,12 @@ impl Hub {
     /// The room lost its last member: its numbering is kept for `room_idle`.
     pub(super) fn went_idle(&mut self, room: &RoomId) {
         let numbering = &mut self.numbering;
+        if numbering.cluster.is_some() {
+            // Unsubscribed: what this node knew of the room goes stale. Opened again on
+            // the next join.
+            numbering.rooms.remove(room);
+            return;
+        }
         let Some(sequence) = numbering.rooms.get_mut(room) else {
             return;
         };
@@ -326,7 +374,7 @@ impl Hub {
                 // (An extension under way reserves more; that range is simply skipped.)
             }
         }
-        if numbering.db.is_some() && !returned.is_empty() {
+        if numbering.db.is_some() && numbering.cluster.is_none() && !returned.is_empty() {
             numbering.queue.push_back(Statement::Return(returned));
         }
         if numbering.rooms.capacity() > 64 && numbering.rooms.capacity() > 4 * numbering.rooms.len()
@@ -364,7 +412,7 @@ impl Hub {
             .collect();
         numbering.idle.clear();
         numbering.idle_count = 0;
-        if numbering.db.is_some() && !returned.is_empty() {
+        if numbering.db.is_some() && numbering.cluster.is_none() && !returned.is_empty() {
             numbering.queue.push_back(Statement::Return(returned));
         }
         numbering.drained.push(done);
@@ -394,19 +442,39 @@ impl Hub {
             self.numbering.running += 1;
             let db = db.clone();
             match statement {
-                Statement::Open(room) => {
-                    let reserving = reserve(db, room.clone(), FIRST_RESERVATION);
-                    ctx.spawn(reserving.into_actor(self).map(move |result, hub, ctx| {
-                        hub.numbering.running -= 1;
-                        hub.opened(room, result, ctx);
-                        hub.after_statement(ctx);
-                    }));
-                }
+                Statement::Open(room) => match self.numbering.cluster.clone() {
+                    Some(broker) => {
+                        let opening = cluster_open(db, broker, room.clone());
+                        ctx.spawn(opening.into_actor(self).map(move |result, hub, ctx| {
+                            hub.numbering.running -= 1;
+                            let (result, epoch) = match result {
+                                Ok(position) => (
+                                    Ok(Reservation {
+                                        after: position.offset,
+                                        end: u64::MAX,
+                                    }),
+                                    Some(position.epoch),
+                                ),
+                                Err(error) => (Err(error), None),
+                            };
+                            hub.opened(room, result, epoch, ctx);
+                            hub.after_statement(ctx);
+                        }));
+                    }
+                    None => {
+                        let reserving = reserve(db, room.clone(), FIRST_RESERVATION);
+                        ctx.spawn(reserving.into_actor(self).map(move |result, hub, ctx| {
+                            hub.numbering.running -= 1;
+                            hub.opened(room, result, None, ctx);
+                            hub.after_statement(ctx);
+                        }));
+                    }
+                },
                 Statement::Extend(room, chunk) => {
                     let reserving = reserve(db, room.clone(), chunk);
                     ctx.spawn(reserving.into_actor(self).map(move |result, hub, ctx| {
                         hub.numbering.running -= 1;
-                        hub.extended(&room, result);
+                        hub.extended(&room, result, ctx);
                         hub.after_statement(ctx);
                     }));
                 }
@@ -445,14 +513,15 @@ impl Hub {
         &mut self,
         room: RoomId,
         result: Result<Reservation, DbError>,
+        epoch: Option<String>,
         ctx: &mut Context<Self>,
     ) {
         let joins = self.numbering.opening.remove(&room).unwrap_or_default();
         match result {
             Ok(range) => {
-                self.numbering
-                    .rooms
-                    .insert(room.clone(), Sequence::opened(range));
+                let mut sequence = Sequence::opened(range);
+                sequence.epoch = epoch;
+                self.numbering.rooms.insert(room.clone(), sequence);
                 for join in joins {
                     let session = join.session;
                     self.join_now(join, ctx);
@@ -478,7 +547,12 @@ impl Hub {
 
     /// A room's next range arrived (or could not be reserved): held messages go ahead (or
     /// are refused, each sender told).
-    fn extended(&mut self, room: &RoomId, result: Result<Reservation, DbError>) {
+    fn extended(
+        &mut self,
+        room: &RoomId,
+        result: Result<Reservation, DbError>,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(sequence) = self.numbering.rooms.get_mut(room) else {
             return; // forgotten meanwhile; the range is skipped
         };
@@ -488,7 +562,7 @@ impl Hub {
             Ok(range) => {
                 sequence.spare = Some(range);
                 for (session, post) in held {
-                    self.post(session, post, None);
+                    self.post(session, post, None, ctx);
                 }
                 if self.numbering.draining {
                     if let Some(sequence) = self.numbering.rooms.remove(room) {

@@ -55,6 +55,21 @@ impl Database {
         })
     }
 
+    /// The highest offset `room` ever reserved (0 for a room never seen): where a
+    /// cluster's numbering of the room starts when Redis has no state for it.
+    pub async fn room_offset_floor(&self, room: &RoomId) -> Result<u64, DbError> {
+        let mut conn = self.room_db(room).conn().await?;
+        let reserved: Option<i64> = with_conn!(&mut conn, |c| {
+            rooms::table
+                .find(room.as_str())
+                .select(rooms::reserved_offset)
+                .first(c)
+                .await
+                .optional()
+        })?;
+        Ok(reserved.map_or(0, |r| u64::try_from(r).unwrap_or(0)))
+    }
+
     /// Hands back the unused end of a reservation: `room`'s numbering will continue after
     /// `used`. Only if nobody reserved more since (`reserved_offset` still `end`); a room
     /// whose row this server created and never used is deleted, so rooms that never saw a

@@ -594,3 +594,57 @@ async fn a_member_recovers_on_another_node_what_was_published_while_away() {
     assert_eq!(crate::history::next_offsets(&mut bob, 1).await, [6]);
     forget(&redis, &prefix).await;
 }
+
+/// A message whose publish Redis lost (kept in the stream, never delivered on the
+/// channel): the next message's offset jumps, and the node reads the missing one from
+/// the stream and relays it first — nothing is skipped, nothing is out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_lost_on_the_channel_is_read_from_the_stream_before_the_next() {
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let b = node(&redis, &prefix, "b").await;
+    let mut alice = WsClient::user(&a, "alice").await;
+    let mut bob = WsClient::user(&b, "bob").await;
+    joined(&mut alice, "lobby").await;
+    joined(&mut bob, "lobby").await;
+    assert_eq!(crate::history::post(&mut alice, "lobby", 1).await, [1]);
+    assert_eq!(crate::history::next_offsets(&mut bob, 1).await, [1]);
+
+    // Offset 2 reaches the stream, but its publish is "lost".
+    let client = redis::Client::open(redis.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let wire = json!({
+        "o": "", "id": "lost-1", "kind": "message", "sender": "ghost", "name": null,
+        "content": "the lost one", "metadata": null, "at": chrono::Utc::now(),
+    });
+    let _: i64 = redis::cmd("HINCRBY")
+        .arg(format!("{prefix}:room:lobby:meta"))
+        .arg("o")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{prefix}:room:lobby:stream"))
+        .arg("2-0")
+        .arg("d")
+        .arg(wire.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    assert_eq!(crate::history::post(&mut alice, "lobby", 1).await, [3]);
+    let lost = bob.recv_kind("message").await;
+    assert_eq!(lost["offset"], 2, "{lost}");
+    assert_eq!(lost["content"], "the lost one");
+    assert_eq!(crate::history::next_offsets(&mut bob, 1).await, [3]);
+    let health = b.get_json("/health").await;
+    assert_eq!(
+        health["checks"]["hub:connections"][0]["stats"]["gaps"], 1,
+        "{health}"
+    );
+    forget(&redis, &prefix).await;
+}

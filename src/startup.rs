@@ -198,7 +198,7 @@ impl Application {
                     .map_err(|e| StartupError::Cluster(e.to_string()))?
                     .map_err(|e| StartupError::Cluster(e.to_string()))?;
                 tracing::info!(%node, redis = %url, prefix = %settings.cluster.prefix, "cluster mode");
-                Some(broker)
+                Some(broker.with_presence_limit(settings.websocket.presence_limit))
             }
         };
 

@@ -253,7 +253,7 @@ async fn a_broadcast_reaches_every_node_and_a_dead_redis_refuses_it() {
         .await;
     assert_eq!(root.recv().await["type"], "ack");
     for member in [&mut alice_on_a, &mut bob_on_b] {
-        let message = member.recv().await;
+        let message = member.recv_kind("broadcast").await;
         assert_eq!(message["type"], "broadcast", "{message}");
         assert_eq!(message["content"], "everyone!");
     }
@@ -646,5 +646,108 @@ async fn a_message_lost_on_the_channel_is_read_from_the_stream_before_the_next()
         health["checks"]["hub:connections"][0]["stats"]["gaps"], 1,
         "{health}"
     );
+    forget(&redis, &prefix).await;
+}
+
+/// The presence listing answers with the whole cluster's members.
+async fn members(client: &mut WsClient, room: &str) -> Value {
+    client
+        .send(json!({"type": "presence", "room_id": room}))
+        .await;
+    loop {
+        let frame = client.recv().await;
+        if frame["type"] == "presence" && frame["content"] == "members" {
+            return frame["metadata"].clone();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_cluster_wide_with_one_join_and_one_leave_per_user() {
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let b = node(&redis, &prefix, "b").await;
+    let mut alice = WsClient::user(&a, "alice").await;
+    joined(&mut alice, "lobby").await;
+    let mut bob_on_b = WsClient::user(&b, "bob").await;
+    joined(&mut bob_on_b, "lobby").await;
+    let event = alice.recv_kind("presence").await;
+    assert_eq!(event["metadata"]["event"], "join", "{event}");
+    assert_eq!(event["metadata"]["user_id"], "bob");
+
+    // Bob's second session, on A: he is present already, nobody is told again.
+    let mut bob_on_a = WsClient::user(&a, "bob").await;
+    joined(&mut bob_on_a, "lobby").await;
+    let listing = members(&mut alice, "lobby").await;
+    assert_eq!(listing["count"], 2, "{listing}");
+    assert_eq!(listing["members"][0]["user_id"], "alice");
+    assert_eq!(listing["members"][1]["user_id"], "bob");
+    assert_eq!(listing["members"][1]["sessions"], 2, "{listing}");
+
+    // One of his sessions leaves: still present. The other: gone, and Alice is told.
+    bob_on_b
+        .send(json!({"type": "leave", "room_id": "lobby"}))
+        .await;
+    alice.assert_silent(Duration::from_millis(300)).await;
+    bob_on_a
+        .send(json!({"type": "leave", "room_id": "lobby"}))
+        .await;
+    let event = alice.recv_kind("presence").await;
+    assert_eq!(event["metadata"]["event"], "leave", "{event}");
+    assert_eq!(event["metadata"]["user_id"], "bob");
+    let listing = members(&mut alice, "lobby").await;
+    assert_eq!(listing["count"], 1, "{listing}");
+    forget(&redis, &prefix).await;
+}
+
+/// A node killed with `kill -9`: a survivor notices within the node timeout, takes its
+/// sessions out of presence and tells the rooms they left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_members_leave_within_the_node_timeout() {
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = crate::process::switchboard(dir.path());
+    command.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]);
+    command.args(["--database-url", "sqlite://b.db", "--redis-url", &redis]);
+    command.args(["--cluster-prefix", &prefix, "--node-id", "b"]);
+    command.args([
+        "--cluster-heartbeat",
+        "200ms",
+        "--cluster-node-timeout",
+        "2s",
+    ]);
+    command.args(["--jwt-secret", crate::helpers::TEST_JWT_SECRET]);
+    let mut b = crate::process::Server::start(command);
+
+    let mut alice = WsClient::user(&a, "alice").await;
+    joined(&mut alice, "lobby").await;
+    let mut bob = WsClient::user_at(&b.http_addr, "bob").await;
+    joined(&mut bob, "lobby").await;
+    let event = alice.recv_kind("presence").await;
+    assert_eq!(event["metadata"]["event"], "join", "{event}");
+
+    b.child.kill().unwrap(); // SIGKILL: no goodbye
+    b.child.wait().unwrap();
+    let killed = Instant::now();
+    let event = alice.recv_kind("presence").await;
+    assert_eq!(event["metadata"]["event"], "leave", "{event}");
+    assert_eq!(event["metadata"]["user_id"], "bob");
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "noticed after {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(members(&mut alice, "lobby").await["count"], 1);
+    cluster_until(&a, "counted the dead node", |check| {
+        check["stats"]["reaped_nodes"] == 1 && check["stats"]["nodes"] == json!(["a"])
+    })
+    .await;
     forget(&redis, &prefix).await;
 }

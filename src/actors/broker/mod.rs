@@ -15,6 +15,7 @@
 //! messages on a channel per user (`<prefix>:user:<id>`, subscribed while the user has a
 //! session on this node) and broadcasts on `<prefix>:broadcast`.
 
+pub mod presence;
 pub mod rooms;
 
 use std::{
@@ -88,6 +89,8 @@ pub struct BrokerStats {
     pub probe_ms: Option<f64>,
     /// Self-probes that came back, since start.
     pub probes_returned: u64,
+    /// Dead nodes whose presence this node took out (with leave events).
+    pub reaped_nodes: u64,
     /// Times the subscription connection was replaced because it stopped delivering
     /// (its probe did not come back) while Redis answered.
     pub subscriber_restarts: u64,
@@ -114,6 +117,8 @@ pub struct Broker {
     users: HashSet<Arc<str>>,
     /// Rooms this node wants to hear about (it has a member in them).
     rooms: HashSet<RoomId>,
+    /// Rooms with more users announce no joins and leaves (`--ws-presence-limit`).
+    presence_limit: usize,
 }
 
 /// Hands push messages to the broker without ever blocking the connection.
@@ -195,6 +200,7 @@ impl Broker {
             hub: None,
             users: HashSet::new(),
             rooms: HashSet::new(),
+            presence_limit: crate::actors::hub::DEFAULT_PRESENCE_LIMIT,
             settings: settings.clone(),
             stats: BrokerStats {
                 node: node.to_owned(),
@@ -207,6 +213,12 @@ impl Broker {
 
     fn key(&self, name: &str) -> String {
         format!("{}:{name}", self.settings.prefix)
+    }
+
+    /// Rooms with more users than `limit` announce no joins and leaves.
+    pub fn with_presence_limit(mut self, limit: usize) -> Self {
+        self.presence_limit = limit;
+        self
     }
 }
 
@@ -241,14 +253,18 @@ pub struct GetBrokerStats;
 struct Beat {
     latency: Duration,
     nodes: Vec<String>,
+    /// Dead nodes whose presence this node took out.
+    reaped: Vec<(String, usize)>,
 }
 
 async fn beat(
     mut redis: ConnectionManager,
-    nodes_key: String,
+    prefix: String,
     node: String,
     timeout: Duration,
+    limit: usize,
 ) -> Result<Beat, redis::RedisError> {
+    let nodes_key = format!("{prefix}:nodes");
     let started = Instant::now();
     let _: String = redis::cmd("PING").query_async(&mut redis).await?;
     let latency = started.elapsed();
@@ -275,7 +291,51 @@ async fn beat(
         .await?;
     let mut nodes = nodes;
     nodes.sort();
-    Ok(Beat { latency, nodes })
+    // Nodes not heard from for the timeout are dead: one survivor (by a lock) takes
+    // their sessions out of the rooms' presence, publishing the leave events.
+    let dead: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(&nodes_key)
+        .arg("-inf")
+        .arg(format!("({alive_since}"))
+        .query_async(&mut redis)
+        .await?;
+    let mut reaped = Vec::new();
+    for dead in dead.into_iter().filter(|d| *d != node) {
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(format!("{prefix}:reaping:{dead}"))
+            .arg(&node)
+            .arg("NX")
+            .arg("EX")
+            .arg(60)
+            .query_async(&mut redis)
+            .await?;
+        if locked.is_none() {
+            continue;
+        }
+        let leave = |room: &RoomId, user: &str, name: Option<&str>| {
+            crate::actors::hub::presence_event(room, "leave", user, name)
+                .encode()
+                .to_string()
+        };
+        match presence::reap(redis.clone(), prefix.clone(), dead.clone(), limit, leave).await {
+            Ok(count) => {
+                let _: i64 = redis::cmd("ZREM")
+                    .arg(&nodes_key)
+                    .arg(&dead)
+                    .query_async(&mut redis)
+                    .await?;
+                reaped.push((dead, count));
+            }
+            Err(error) => {
+                tracing::warn!(%error, %dead, "could not take a dead node's presence out")
+            }
+        }
+    }
+    Ok(Beat {
+        latency,
+        nodes,
+        reaped,
+    })
 }
 
 impl Handler<Heartbeat> for Broker {
@@ -289,9 +349,10 @@ impl Handler<Heartbeat> for Broker {
         self.beating = true;
         let work = beat(
             self.commands.clone(),
-            self.key("nodes"),
+            self.settings.prefix.clone(),
             self.stats.node.clone(),
             self.settings.node_timeout,
+            self.presence_limit,
         );
         let deadline = self.settings.heartbeat.max(RESPONSE_TIMEOUT);
         ctx.spawn(
@@ -317,6 +378,10 @@ impl Handler<Heartbeat> for Broker {
                         this.stats.error = None;
                         this.stats.latency_ms = Some(beat.latency.as_secs_f64() * 1e3);
                         this.stats.nodes = beat.nodes;
+                        for (dead, sessions) in beat.reaped {
+                            tracing::warn!(%dead, sessions, "a dead node's presence was taken out");
+                            this.stats.reaped_nodes += 1;
+                        }
                     }
                     Err(error) => {
                         if this.stats.connected || this.stats.failed_heartbeats == 0 {
@@ -656,6 +721,15 @@ pub struct PublishBroadcast {
     pub origin: SessionId,
     /// The encoded frame.
     pub frame: ByteString,
+}
+
+/// An envelope for `frame` (encoded) from `origin` (none: everybody gets it).
+pub(crate) fn envelope_raw(origin: Option<SessionId>, frame: String) -> String {
+    serde_json::to_string(&Envelope {
+        o: origin.map(|o| o.to_string()).unwrap_or_default(),
+        f: frame,
+    })
+    .unwrap_or_default()
 }
 
 fn envelope(origin: SessionId, frame: &ByteString) -> String {

@@ -142,7 +142,22 @@ impl Hub {
         } else {
             entry.members.insert(session, addr);
         }
-        if first_of_user {
+        let first_here = newly && entry_users(self, &room, &user) == 1;
+        if let (Some(broker), true) = (&self.cluster, first_here) {
+            // The cluster's view changes; the join goes out if it was the user's first
+            // session anywhere.
+            broker.do_send(crate::actors::broker::presence::PresenceChange {
+                room: room.clone(),
+                user: user.to_string(),
+                name: name.as_deref().map(str::to_owned),
+                delta: 1,
+                event: presence_event(&room, "join", &user, name.as_deref())
+                    .encode()
+                    .to_string(),
+                origin: Some(session),
+                limit: self.presence_limit,
+            });
+        } else if first_of_user {
             let event = presence_event(&room, "join", &user, name.as_deref());
             self.fanout(&room, Some(session), &event.encode());
         }
@@ -286,6 +301,15 @@ impl Hub {
             }
         }
     }
+}
+
+/// How many of `user`'s sessions are in `room` on this node.
+fn entry_users(hub: &Hub, room: &RoomId, user: &str) -> u32 {
+    hub.rooms
+        .get(room)
+        .and_then(|r| r.users.get(user))
+        .copied()
+        .unwrap_or(0)
 }
 
 /// The messages of `room` after `since` up to `top` for a recovering join in cluster

@@ -359,6 +359,22 @@ impl Hub {
                 user_left = true;
             }
         }
+        if let (Some(broker), true) = (&self.cluster, user_left) {
+            // The cluster's view changes; the leave goes out if it was the user's last
+            // session anywhere.
+            broker.do_send(crate::actors::broker::presence::PresenceChange {
+                room: room_id.clone(),
+                user: user.to_string(),
+                name: who.name.as_deref().map(str::to_owned),
+                delta: -1,
+                event: presence_event(room_id, "leave", user, who.name.as_deref())
+                    .encode()
+                    .to_string(),
+                origin: None,
+                limit: self.presence_limit,
+            });
+            user_left = false;
+        }
         if room.members.is_empty() && room.recovering.is_empty() {
             self.rooms.remove(room_id);
             if let Some(broker) = &self.cluster {
@@ -429,7 +445,8 @@ fn push_all<'a>(
     sent
 }
 
-fn presence_event(room: &RoomId, event: &str, user: &str, name: Option<&str>) -> Frame {
+/// A presence `join` or `leave` event.
+pub(crate) fn presence_event(room: &RoomId, event: &str, user: &str, name: Option<&str>) -> Frame {
     Frame::system("presence")
         .room(room.clone())
         .content(event)

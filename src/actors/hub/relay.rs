@@ -423,8 +423,41 @@ impl Hub {
 }
 
 impl Hub {
-    pub(super) fn list_members(&mut self, ListMembers { session, room }: ListMembers) {
-        if self.member_of(session, &room).is_some() {
+    pub(super) fn list_members(
+        &mut self,
+        ListMembers { session, room }: ListMembers,
+        ctx: &mut Context<Self>,
+    ) {
+        let member = self.member_of(session, &room).is_some();
+        if let (Some(broker), true) = (self.cluster.clone(), member) {
+            // Everyone in the room on every node.
+            let read = broker.send(crate::actors::broker::presence::ReadPresence(room.clone()));
+            ctx.spawn(read.into_actor(self).map(move |answer, hub, _ctx| {
+                match answer {
+                    Ok(Ok(present)) => {
+                        let count = present.len();
+                        let members: Vec<_> = present
+                            .into_iter()
+                            .take(hub.presence_limit)
+                            .map(|(user, name, sessions)| {
+                                json!({ "user_id": user, "name": name, "sessions": sessions })
+                            })
+                            .collect();
+                        let truncated = members.len() < count;
+                        let listing = Frame::system("presence")
+                            .room(room)
+                            .content("members")
+                            .details(json!({ "count": count, "members": members, "truncated": truncated }));
+                        hub.reply(session, &listing);
+                    }
+                    Ok(Err(unavailable)) => hub.error(session, unavailable.to_string()),
+                    Err(_) => hub.error(session, "the cluster broker is not running".into()),
+                }
+                hub.settle();
+            }));
+            return;
+        }
+        if member {
             let subscribed = &self.rooms[&room];
             let sessions = subscribed
                 .members

@@ -67,7 +67,7 @@ impl Hub {
             Request::Typing(m) => self.typing(m),
             Request::Private(m) => self.private(m, ctx),
             Request::Broadcast(m) => self.broadcast(m, ctx),
-            Request::Members(m) => self.list_members(m),
+            Request::Members(m) => self.list_members(m, ctx),
             Request::History(m) => self.history(m, ctx),
         }
     }

@@ -6,12 +6,13 @@
 #   cargo build --release
 #   (cd ../shared/peers/rust-ceiling && cargo build --release); ../shared/peers/build.sh
 #   (Debian: apt-get install golang-go golang-github-gorilla-websocket-dev)
-# Usage: benches/ws_compare.sh [fanout|rooms|memory|storm|history|overload|all]
+# Usage: benches/ws_compare.sh [fanout|rooms|memory|storm|history|overload|cluster|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SB="${SB:-$PWD/target/release/switchboard}"   # another build to compare: SB=path/to/switchboard
 PEERS="${PEERS:-$PWD/../shared/peers}"
 DUR="${DUR:-8s}"
+REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"   # for `cluster`
 WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
@@ -43,6 +44,26 @@ fanout() { # 1 room x 1000 subscribers, 1 publisher; rates in messages/s (x1000 
   pid=$(start_switchboard); for r in ${RATES:-1000 1500 2000 2500}; do measure switchboard ws://127.0.0.1:8090/ws 1000 1 1 "$r"; done; stop "$pid"
   pid=$(start_ceiling); for r in ${RATES:-1000 1500 2000 2500}; do measure rust-ceiling ws://127.0.0.1:9002/ws 1000 1 1 "$r"; done; stop "$pid"
   pid=$(start_go); for r in ${GO_RATES:-100 200 300 400}; do measure go-seed-hub ws://127.0.0.1:9001/ws 1000 1 1 "$r"; done; stop "$pid"
+}
+
+start_node() { # port node-id prefix: one node of a cluster on the local Redis
+  "$SB" --database-url "$WORK/node-$2.db" --http-addr "127.0.0.1:$1" --grpc-addr 127.0.0.1:0 \
+    --rate-limit 1000000 --rate-limit-burst 1000000 --ws-rate 1000000 --ws-burst 1000000 \
+    --redis-url "$REDIS_URL" --cluster-prefix "$3" --node-id "$2" \
+    --log-level warn >"$WORK/node-$2.log" 2>&1 &
+  echo $!; sleep 2
+}
+
+cluster() { # 1000 subscribers over 2 nodes, the publisher on a third, one Redis; one node alone first
+  local pid a b c prefix="bench$RANDOM"
+  pid=$(start_switchboard); for r in ${RATES:-250 500 1000 1500}; do measure one-node ws://127.0.0.1:8090/ws 1000 1 1 "$r"; done; stop "$pid"
+  a=$(start_node 8091 n1 "$prefix"); b=$(start_node 8092 n2 "$prefix"); c=$(start_node 8093 n3 "$prefix")
+  for r in ${RATES:-250 500 1000 1500}; do
+    measure cluster-3-nodes ws://127.0.0.1:8093/ws 1000 1 1 "$r" \
+      --subscribe-url ws://127.0.0.1:8091/ws --subscribe-url ws://127.0.0.1:8092/ws
+  done
+  stop "$a"; stop "$b"; stop "$c"
+  redis-cli -u "$REDIS_URL" --scan --pattern "$prefix:*" | xargs -r redis-cli -u "$REDIS_URL" DEL >/dev/null
 }
 
 rooms() { # 10 rooms x 100 subscribers, 10 publishers

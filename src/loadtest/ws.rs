@@ -39,9 +39,14 @@ const MARKER: &str = "sb1 ";
 /// Options of `switchboard bench ws`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WsBenchArgs {
-    /// The server's WebSocket URL, e.g. `ws://127.0.0.1:8080/ws`.
+    /// The server's WebSocket URL, e.g. `ws://127.0.0.1:8080/ws` (publishers connect
+    /// here, and subscribers unless `--subscribe-url` is given).
     #[arg(long)]
     pub url: String,
+    /// Where subscribers connect instead, round-robin when repeated: other nodes of a
+    /// cluster, to measure delivery across nodes.
+    #[arg(long = "subscribe-url", value_name = "URL")]
+    pub subscribe_urls: Vec<String>,
     /// Subscribing connections (1–100000).
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
@@ -91,8 +96,10 @@ pub struct WsBenchArgs {
 
 impl WsBenchArgs {
     fn validate(&self) -> anyhow::Result<()> {
-        if !(self.url.starts_with("ws://") || self.url.starts_with("wss://")) {
-            bail!("--url must be a ws:// or wss:// URL, got `{}`", self.url);
+        for url in std::iter::once(&self.url).chain(&self.subscribe_urls) {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                bail!("--url and --subscribe-url must be ws:// or wss:// URLs, got `{url}`");
+            }
         }
         if self.clients == 0 || self.clients > 100_000 {
             bail!("--clients must be from 1 to 100000");
@@ -170,21 +177,27 @@ async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
     let shared = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let rss_before = args.server_pid.and_then(rss_kib);
-    let url = match &args.token {
+    let with_token = |url: &String| match &args.token {
         Some(token) => format!(
-            "{}{}token={token}",
-            args.url,
-            if args.url.contains('?') { '&' } else { '?' }
+            "{url}{}token={token}",
+            if url.contains('?') { '&' } else { '?' }
         ),
-        None => args.url.clone(),
+        None => url.clone(),
     };
+    let url = with_token(&args.url);
+    let subscribe_urls: Vec<String> = if args.subscribe_urls.is_empty() {
+        vec![url.clone()]
+    } else {
+        args.subscribe_urls.iter().map(with_token).collect()
+    };
+    let subscribe_url = |i: usize| subscribe_urls[i % subscribe_urls.len()].clone();
 
     // The first subscriber tells whether this server confirms joins.
     let progress = progress_bar(
         (args.clients + args.publishers) as u64,
         "connecting {pos}/{len} {wide_bar}",
     );
-    let first = open(&url, &args.room(0), JoinWait::Probe).await;
+    let first = open(&subscribe_url(0), &args.room(0), JoinWait::Probe).await;
     let joins_confirmed = matches!(first, Ok((_, true)));
     let wait = if joins_confirmed {
         JoinWait::Confirmed
@@ -208,7 +221,7 @@ async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
     progress.inc(1);
     let mut opened = stream::iter(1..args.clients)
         .map(|i| {
-            let (url, room) = (url.clone(), args.room(i));
+            let (url, room) = (subscribe_url(i), args.room(i));
             async move { (i, open(&url, &room, wait).await) }
         })
         .buffer_unordered(args.connect_concurrency);
@@ -228,7 +241,7 @@ async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
     drop(opened);
     let mut stalled = Vec::new();
     for s in 0..args.stalled {
-        match open(&url, &args.room(s), wait).await {
+        match open(&subscribe_url(s), &args.room(s), wait).await {
             Ok((ws, _)) => stalled.push(ws),
             Err(error) => {
                 connect_errors += 1;

@@ -732,6 +732,8 @@ async fn a_killed_nodes_members_leave_within_the_node_timeout() {
     joined(&mut bob, "lobby").await;
     let event = alice.recv_kind("presence").await;
     assert_eq!(event["metadata"]["event"], "join", "{event}");
+    crate::history::post(&mut alice, "lobby", 1).await;
+    assert_eq!(crate::history::next_offsets(&mut bob, 1).await, [1]);
 
     b.child.kill().unwrap(); // SIGKILL: no goodbye
     b.child.wait().unwrap();
@@ -749,5 +751,57 @@ async fn a_killed_nodes_members_leave_within_the_node_timeout() {
         check["stats"]["reaped_nodes"] == 1 && check["stats"]["nodes"] == json!(["a"])
     })
     .await;
+
+    // Bob's client reconnects to the surviving node and recovers what it missed.
+    assert_eq!(crate::history::post(&mut alice, "lobby", 2).await, [2, 3]);
+    let mut bob = WsClient::user(&a, "bob").await;
+    let rejoined = crate::history::rejoin(&mut bob, "lobby", 1).await;
+    assert_eq!(rejoined["metadata"]["recovered"], true, "{rejoined}");
+    assert_eq!(crate::history::next_offsets(&mut bob, 2).await, [2, 3]);
+    forget(&redis, &prefix).await;
+}
+
+/// The load tool publishes on one node and subscribes on others, and the cluster loses
+/// nothing on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_tool_measures_delivery_across_nodes() {
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        let db = TestDb::sqlite();
+        let mut settings = node_settings(&db, &redis, &prefix, id);
+        settings.rate_limit_per_second = 1e6;
+        settings.rate_limit_burst = 1_000_000;
+        nodes.push(spawn_app_with(db, settings).await);
+    }
+    let url = |app: &TestApp| format!("ws://{}/ws", app.http_addr);
+    let json = crate::loadtool::bench(
+        [
+            "bench",
+            "ws",
+            "--url",
+            &url(&nodes[2]),
+            "--subscribe-url",
+            &url(&nodes[0]),
+            "--subscribe-url",
+            &url(&nodes[1]),
+            "--clients",
+            "20",
+            "--publishers",
+            "1",
+            "--rate",
+            "40",
+            "--duration",
+            "1s",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(json["lost"], 0, "{json}");
+    assert!(json["delivered"].as_u64().unwrap() > 0, "{json}");
     forget(&redis, &prefix).await;
 }

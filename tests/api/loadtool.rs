@@ -25,7 +25,7 @@ async fn run_bench<S: AsRef<str>>(args: &[S]) -> Finished {
 }
 
 /// Runs the binary with `args`; returns the JSON line (the last line of stdout).
-async fn bench(args: Vec<String>) -> Value {
+pub(crate) async fn bench(args: Vec<String>) -> Value {
     let finished = run_bench(&args).await;
     assert!(
         finished.status.success(),

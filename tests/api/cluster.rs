@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use switchboard::config::Settings;
 
@@ -803,5 +804,47 @@ async fn the_load_tool_measures_delivery_across_nodes() {
     .await;
     assert_eq!(json["lost"], 0, "{json}");
     assert!(json["delivered"].as_u64().unwrap() > 0, "{json}");
+    forget(&redis, &prefix).await;
+}
+
+/// The per-user session limit counts the sessions on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_limit_counts_every_nodes_sessions() {
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let mut apps = Vec::new();
+    for id in ["a", "b"] {
+        let db = TestDb::sqlite();
+        let mut settings = node_settings(&db, &redis, &prefix, id);
+        settings.websocket.max_sessions_per_user = 2;
+        apps.push(spawn_app_with(db, settings).await);
+    }
+    let (a, b) = (&apps[0], &apps[1]);
+    let _on_a = WsClient::user(a, "bob").await;
+    let on_b = WsClient::user(b, "bob").await;
+    let query = format!("?token={}", crate::ws_client::token("bob", None));
+    let mut third = crate::ws_client::raw_connect(a, &query, &[]).await.unwrap();
+    let close = crate::ws_client::read_until_close(&mut third).await;
+    assert_eq!(u16::from(close.code), 1008, "{close:?}");
+    assert!(close.reason.contains("too many sessions"), "{close:?}");
+
+    // One ends on B: its place is free for a session on A.
+    drop(on_b);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut next = crate::ws_client::raw_connect(a, &query, &[]).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(2), next.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(welcome)))) => {
+                assert!(welcome.contains("session_id"), "{welcome}");
+                break;
+            }
+            _ => {
+                assert!(Instant::now() < deadline, "the place was never given back");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
     forget(&redis, &prefix).await;
 }

@@ -205,6 +205,8 @@ impl Broker {
             stats: BrokerStats {
                 node: node.to_owned(),
                 prefix: settings.prefix.clone(),
+                // Both connections were just made: ready before the first heartbeat.
+                connected: true,
                 ..BrokerStats::default()
             },
             beating: false,
@@ -317,7 +319,12 @@ async fn beat(
                 .encode()
                 .to_string()
         };
-        match presence::reap(redis.clone(), prefix.clone(), dead.clone(), limit, leave).await {
+        let reaped_presence =
+            presence::reap(redis.clone(), prefix.clone(), dead.clone(), limit, leave).await;
+        if let Err(error) = presence::reap_sessions(redis.clone(), &prefix, &dead).await {
+            tracing::warn!(%error, %dead, "could not give a dead node's session places back");
+        }
+        match reaped_presence {
             Ok(count) => {
                 let _: i64 = redis::cmd("ZREM")
                     .arg(&nodes_key)

@@ -231,3 +231,115 @@ pub(super) async fn reap(
         .map_err(unavailable)?;
     Ok(removed)
 }
+
+/// Takes one of the user's places in the cluster if fewer than `ARGV[2]` are taken:
+/// KEYS = the user's sessions per node, the node's users; ARGV = node, limit, user.
+const RESERVE: &str = r#"
+local total = 0
+for _, n in ipairs(redis.call("HVALS", KEYS[1])) do total = total + tonumber(n) end
+if total >= tonumber(ARGV[2]) then return 0 end
+redis.call("HINCRBY", KEYS[1], ARGV[1], 1)
+redis.call("SADD", KEYS[2], ARGV[3])
+return 1
+"#;
+
+/// Gives one place back: KEYS = the user's sessions per node; ARGV = node.
+const RELEASE: &str = r#"
+local n = redis.call("HINCRBY", KEYS[1], ARGV[1], -1)
+if n <= 0 then redis.call("HDEL", KEYS[1], ARGV[1]) end
+return n
+"#;
+
+/// Take one of `user`'s session places in the cluster: `Ok(false)` when they hold
+/// `limit` sessions on all nodes together.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<bool, ClusterUnavailable>")]
+pub struct ReserveSession {
+    /// The user.
+    pub user: String,
+    /// Sessions one user may hold in the cluster.
+    pub limit: usize,
+}
+
+/// Give back a place taken by [`ReserveSession`] (the session ended).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ReleaseSession {
+    /// The user.
+    pub user: String,
+}
+
+impl Handler<ReserveSession> for Broker {
+    type Result = ResponseFuture<Result<bool, ClusterUnavailable>>;
+
+    fn handle(&mut self, msg: ReserveSession, _ctx: &mut Self::Context) -> Self::Result {
+        let node = self.stats.node.clone();
+        let sessions = self.key(&format!("sessions:{}", msg.user));
+        let users = self.key(&format!("node:{node}:users"));
+        let mut redis = self.commands.clone();
+        Box::pin(async move {
+            let taken: i64 = Script::new(RESERVE)
+                .key(sessions)
+                .key(users)
+                .arg(&node)
+                .arg(msg.limit)
+                .arg(&msg.user)
+                .invoke_async(&mut redis)
+                .await
+                .map_err(|e| ClusterUnavailable(e.to_string()))?;
+            Ok(taken == 1)
+        })
+    }
+}
+
+impl Handler<ReleaseSession> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseSession, ctx: &mut Self::Context) {
+        let node = self.stats.node.clone();
+        let sessions = self.key(&format!("sessions:{}", msg.user));
+        let mut redis = self.commands.clone();
+        ctx.spawn(
+            async move {
+                let released: Result<i64, _> = Script::new(RELEASE)
+                    .key(sessions)
+                    .arg(&node)
+                    .invoke_async(&mut redis)
+                    .await;
+                if let Err(error) = released {
+                    tracing::warn!(%error, "could not give a session place back");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+/// Gives back every session place a dead node held.
+pub(super) async fn reap_sessions(
+    mut redis: ConnectionManager,
+    prefix: &str,
+    dead: &str,
+) -> Result<(), ClusterUnavailable> {
+    let unavailable = |e: redis::RedisError| ClusterUnavailable(e.to_string());
+    let users_key = format!("{prefix}:node:{dead}:users");
+    let users: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&users_key)
+        .query_async(&mut redis)
+        .await
+        .map_err(unavailable)?;
+    for user in users {
+        let _: i64 = redis::cmd("HDEL")
+            .arg(format!("{prefix}:sessions:{user}"))
+            .arg(dead)
+            .query_async(&mut redis)
+            .await
+            .map_err(unavailable)?;
+    }
+    let _: i64 = redis::cmd("DEL")
+        .arg(&users_key)
+        .query_async(&mut redis)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}

@@ -148,6 +148,8 @@ struct Member {
     identity: Identity,
     addr: Mailbox,
     rooms: RoomSet,
+    /// It holds a place in the cluster's per-user session count.
+    counted: bool,
 }
 
 #[derive(Default)]
@@ -327,6 +329,11 @@ impl Hub {
         let Some(member) = self.sessions.remove(&session) else {
             return;
         };
+        if let (Some(broker), true) = (&self.cluster, member.counted) {
+            broker.do_send(crate::actors::broker::presence::ReleaseSession {
+                user: member.identity.user_id.to_string(),
+            });
+        }
         for room in member.rooms {
             self.unsubscribe(session, &member.identity, &room);
         }
@@ -471,29 +478,34 @@ impl Actor for Hub {
     }
 }
 
-impl Handler<Connect> for Hub {
-    type Result = Result<(), ConnectError>;
-
-    fn handle(&mut self, msg: Connect, _ctx: &mut Self::Context) -> Self::Result {
+impl Hub {
+    /// Why `msg` may not connect at all, if anything.
+    fn refusal(&mut self, msg: &Connect) -> Option<ConnectError> {
         if self.shutting_down {
             self.stats.refused_sessions += 1;
-            return Err(ConnectError::ShuttingDown);
+            return Some(ConnectError::ShuttingDown);
         }
-        let user = msg.identity.user_id.clone();
+        let user = &msg.identity.user_id;
         if self
             .refused
             .as_ref()
-            .is_some_and(|refused| refused.borrow().contains(&*user))
+            .is_some_and(|refused| refused.borrow().contains(&**user))
         {
             self.stats.refused_sessions += 1;
-            return Err(ConnectError::UserDeleted);
+            return Some(ConnectError::UserDeleted);
         }
-        if self.users.get(&user).map_or(0, UserSessions::len) >= self.max_sessions_per_user {
+        if self.users.get(user).map_or(0, UserSessions::len) >= self.max_sessions_per_user {
             self.stats.refused_sessions += 1;
-            return Err(ConnectError::TooManySessions {
+            return Some(ConnectError::TooManySessions {
                 limit: self.max_sessions_per_user,
             });
         }
+        None
+    }
+
+    /// Registers the session; `counted`: it holds a place in the cluster's count.
+    fn register(&mut self, msg: Connect, counted: bool) {
+        let user = msg.identity.user_id.clone();
         match self.users.get_mut(&user) {
             Some(sessions) => sessions.push(msg.session),
             None => {
@@ -510,9 +522,53 @@ impl Handler<Connect> for Hub {
                 identity: msg.identity,
                 addr: msg.addr,
                 rooms: RoomSet::default(),
+                counted,
             }),
         );
-        Ok(())
+    }
+}
+
+impl Handler<Connect> for Hub {
+    type Result = ResponseActFuture<Self, Result<(), ConnectError>>;
+
+    fn handle(&mut self, msg: Connect, _ctx: &mut Self::Context) -> Self::Result {
+        if let Some(refused) = self.refusal(&msg) {
+            return Box::pin(actix::fut::ready(Err(refused)));
+        }
+        let Some(broker) = self.cluster.clone() else {
+            self.register(msg, false);
+            return Box::pin(actix::fut::ready(Ok(())));
+        };
+        // In a cluster the per-user limit counts every node's sessions.
+        let limit = self.max_sessions_per_user;
+        let reserve = broker.send(crate::actors::broker::presence::ReserveSession {
+            user: msg.identity.user_id.to_string(),
+            limit,
+        });
+        Box::pin(actix::ActorFutureExt::map(
+            reserve.into_actor(self),
+            move |answer, hub, _ctx| {
+                let counted = match answer {
+                    Ok(Ok(true)) => true,
+                    Ok(Ok(false)) => {
+                        hub.stats.refused_sessions += 1;
+                        return Err(ConnectError::TooManySessions { limit });
+                    }
+                    // Redis away: the node's own limit still holds.
+                    _ => false,
+                };
+                if let Some(refused) = hub.refusal(&msg) {
+                    if counted {
+                        broker.do_send(crate::actors::broker::presence::ReleaseSession {
+                            user: msg.identity.user_id.to_string(),
+                        });
+                    }
+                    return Err(refused);
+                }
+                hub.register(msg, counted);
+                Ok(())
+            },
+        ))
     }
 }
 

@@ -848,3 +848,90 @@ async fn the_session_limit_counts_every_nodes_sessions() {
     }
     forget(&redis, &prefix).await;
 }
+
+/// Puts a message into a room's stream and counter as a publish would, without
+/// publishing it: what a node sees when Redis's publish never reached it.
+async fn slip_in(redis: &str, prefix: &str, room: &str, offset: u64, content: &str, stream: bool) {
+    let client = redis::Client::open(redis).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("HINCRBY")
+        .arg(format!("{prefix}:room:{room}:meta"))
+        .arg("o")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if stream {
+        let wire = json!({
+            "o": "", "id": format!("slipped-{offset}"), "kind": "message", "sender": "ghost",
+            "name": null, "content": content, "metadata": null, "at": chrono::Utc::now(),
+        });
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{prefix}:room:{room}:stream"))
+            .arg(format!("{offset}-0"))
+            .arg("d")
+            .arg(wire.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// A gap nothing can fill (the stream and the database lack the message): the members
+/// are told to re-sync, and what follows is relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_nothing_can_fill_tells_the_members_to_resync() {
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let b = node(&redis, &prefix, "b").await;
+    let mut alice = WsClient::user(&a, "alice").await;
+    let mut bob = WsClient::user(&b, "bob").await;
+    joined(&mut alice, "lobby").await;
+    joined(&mut bob, "lobby").await;
+    assert_eq!(crate::history::post(&mut alice, "lobby", 1).await, [1]);
+    assert_eq!(crate::history::next_offsets(&mut bob, 1).await, [1]);
+    slip_in(&redis, &prefix, "lobby", 2, "gone for good", false).await;
+    assert_eq!(crate::history::post(&mut alice, "lobby", 1).await, [3]);
+    let resync = bob.recv_kind("resync").await;
+    assert_eq!(resync["metadata"]["missing"], 1, "{resync}");
+    assert_eq!(resync["room_id"], "lobby");
+    assert_eq!(crate::history::next_offsets(&mut bob, 1).await, [3]);
+    forget(&redis, &prefix).await;
+}
+
+/// After the subscription connection is lost and comes back, a node looks for what was
+/// published meanwhile — without waiting for the room's next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_lost_subscription_a_node_fetches_what_it_missed() {
+    let Some(redis) = PrivateRedis::start() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let a = node(&redis.url(), &prefix, "a").await;
+    let mut alice = WsClient::user(&a, "alice").await;
+    let mut bob = WsClient::user(&a, "bob").await;
+    joined(&mut alice, "lobby").await;
+    joined(&mut bob, "lobby").await;
+    assert_eq!(crate::history::post(&mut alice, "lobby", 1).await, [1]);
+    assert_eq!(crate::history::next_offsets(&mut bob, 1).await, [1]);
+    // Published "while the connection was down": in the stream, never delivered.
+    slip_in(&redis.url(), &prefix, "lobby", 2, "while away", true).await;
+    let killed = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "CLIENT",
+            "KILL",
+            "TYPE",
+            "pubsub",
+        ])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+    let missed = bob.recv_kind("message").await;
+    assert_eq!(missed["offset"], 2, "{missed}");
+    assert_eq!(missed["content"], "while away");
+}

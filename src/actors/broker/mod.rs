@@ -40,6 +40,10 @@ use crate::{
     domain::RoomId,
 };
 
+/// How long after losing the subscription connection the hub checks its rooms for
+/// messages published meanwhile (the connection reconnects and resubscribes first).
+const RECHECK_AFTER: Duration = Duration::from_secs(2);
+
 /// How long a room without members stays subscribed.
 const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 
@@ -521,6 +525,11 @@ impl Broker {
                         Ok(subscriber) => {
                             this.subscriber = subscriber;
                             this.subscribe_all(ctx);
+                            ctx.run_later(RECHECK_AFTER, |this, _ctx| {
+                                if let Some(hub) = &this.hub {
+                                    hub.do_send(crate::actors::hub::CheckRooms);
+                                }
+                            });
                         }
                         Err(error) => {
                             tracing::warn!(%error, "could not open a new subscription connection")
@@ -784,7 +793,7 @@ impl Handler<PublishBroadcast> for Broker {
 }
 
 impl StreamHandler<PushInfo> for Broker {
-    fn handle(&mut self, push: PushInfo, _ctx: &mut Self::Context) {
+    fn handle(&mut self, push: PushInfo, ctx: &mut Self::Context) {
         match push.kind {
             PushKind::Message => {}
             PushKind::Disconnection => {
@@ -792,6 +801,12 @@ impl StreamHandler<PushInfo> for Broker {
                 tracing::warn!(
                     "the subscription connection to Redis was lost; it reconnects and resubscribes"
                 );
+                // Once it is back, the hub looks for what was published meanwhile.
+                ctx.run_later(RECHECK_AFTER, |this, _ctx| {
+                    if let Some(hub) = &this.hub {
+                        hub.do_send(crate::actors::hub::CheckRooms);
+                    }
+                });
                 return;
             }
             _ => return,

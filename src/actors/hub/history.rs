@@ -314,7 +314,7 @@ fn entry_users(hub: &Hub, room: &RoomId, user: &str) -> u32 {
 
 /// The messages of `room` after `since` up to `top` for a recovering join in cluster
 /// mode: from the room's stream in Redis when it holds them all, else from the database.
-async fn replay_clustered(
+pub(super) async fn replay_clustered(
     broker: actix::Addr<crate::actors::broker::Broker>,
     writer: Option<actix::Addr<crate::actors::history::HistoryWriter>>,
     room: RoomId,

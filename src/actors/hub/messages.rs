@@ -269,6 +269,11 @@ pub struct RemoteRoomFrame {
     pub frame: ByteString,
 }
 
+/// The subscription connection came back: look for messages missed meanwhile.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CheckRooms;
+
 /// A broadcast published on some node, for every session of this one.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

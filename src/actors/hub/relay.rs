@@ -132,15 +132,68 @@ impl Hub {
             tracing::warn!(%room, offset, "an unreadable room message from the cluster was dropped");
             return;
         };
-        let Some(sequence) = self.numbering.rooms.get_mut(room) else {
+        let (message, origin) = wire.into_message(room.clone(), offset);
+        self.deliver_stored(message, origin);
+    }
+
+    /// Relays `message` to this node's members unless its offset was delivered already.
+    fn deliver_stored(&mut self, message: StoredMessage, origin: Option<SessionId>) {
+        let Some(sequence) = self.numbering.rooms.get_mut(&message.room) else {
             return;
         };
-        if offset <= sequence.last() {
+        if message.offset <= sequence.last() {
             return;
         }
-        sequence.delivered(offset);
-        let (message, origin) = wire.into_message(room.clone(), offset);
-        self.fanout(room, origin, &Frame::stored(&message).encode());
+        sequence.delivered(message.offset);
+        self.fanout(&message.room, origin, &Frame::stored(&message).encode());
+    }
+
+    /// Reads the room's messages after `after` up to `upto` (from the stream, else the
+    /// database) and relays them, then what waited meanwhile; the room's members are told
+    /// to re-sync if some could not be found.
+    pub(super) fn fill_gap(
+        &mut self,
+        room: RoomId,
+        after: u64,
+        upto: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(broker) = self.cluster.clone() else {
+            return;
+        };
+        self.stats.gaps += 1;
+        self.gaps.entry(room.clone()).or_default();
+        let read = super::history::replay_clustered(
+            broker,
+            self.history.clone(),
+            room.clone(),
+            after,
+            upto,
+        );
+        ctx.spawn(read.into_actor(self).map(move |answer, hub, _ctx| {
+            let missed = match answer {
+                Ok(Ok(missed)) => missed,
+                _ => Vec::new(),
+            };
+            let found = missed.len() as u64;
+            for message in missed {
+                hub.deliver_stored(message, None);
+            }
+            if found < upto - after {
+                tracing::warn!(%room, after, upto, found, "messages lost in the cluster; members told to re-sync");
+                let resync = Frame::system("resync")
+                    .room(room.clone())
+                    .content("messages were lost; join again with since_offset to recover")
+                    .details(json!({ "after": after, "upto": upto, "missing": upto - after - found }));
+                hub.fanout(&room, None, &resync.encode());
+            }
+            let mut waiting = hub.gaps.remove(&room).unwrap_or_default();
+            waiting.sort_by_key(|(offset, _)| *offset);
+            for (offset, payload) in waiting {
+                hub.deliver_numbered(&room, offset, payload);
+            }
+            hub.settle();
+        }));
     }
 }
 
@@ -161,36 +214,50 @@ impl Handler<RemoteRoomMessage> for Hub {
             return;
         }
         if msg.offset > last + 1 {
-            self.stats.gaps += 1;
-            self.gaps
-                .insert(msg.room.clone(), vec![(msg.offset, msg.payload)]);
-            if let Some(broker) = self.cluster.clone() {
-                let read = broker.send(crate::actors::broker::rooms::ReadRoom {
-                    room: msg.room.clone(),
-                    after: last,
-                    upto: msg.offset - 1,
-                });
-                let room = msg.room;
-                ctx.spawn(read.into_actor(self).map(move |answer, hub, _ctx| {
-                    let mut messages = match answer {
-                        Ok(Ok(missed)) => missed,
-                        _ => {
-                            tracing::warn!(%room, "could not read a gap's messages from Redis");
-                            Vec::new()
-                        }
-                    };
-                    messages.extend(hub.gaps.remove(&room).unwrap_or_default());
-                    messages.sort_by_key(|(offset, _)| *offset);
-                    for (offset, payload) in messages {
-                        hub.deliver_numbered(&room, offset, payload);
-                    }
-                    hub.settle();
-                }));
+            let (room, upto) = (msg.room.clone(), msg.offset - 1);
+            self.fill_gap(room.clone(), last, upto, ctx);
+            if let Some(waiting) = self.gaps.get_mut(&room) {
+                waiting.push((msg.offset, msg.payload));
             }
             return;
         }
         self.deliver_numbered(&msg.room, msg.offset, msg.payload);
         self.settle();
+    }
+}
+
+impl Handler<CheckRooms> for Hub {
+    type Result = ();
+
+    /// After the subscription connection came back: messages published meanwhile were
+    /// not delivered here; each open room's offset in Redis tells whether any are missing.
+    fn handle(&mut self, _msg: CheckRooms, ctx: &mut Self::Context) {
+        let Some(broker) = self.cluster.clone() else {
+            return;
+        };
+        let rooms: Vec<(RoomId, u64)> = self
+            .numbering
+            .rooms
+            .iter()
+            .map(|(room, sequence)| (room.clone(), sequence.last()))
+            .collect();
+        for (room, last) in rooms {
+            let open = broker.send(crate::actors::broker::rooms::OpenRoom {
+                room: room.clone(),
+                seed: last,
+            });
+            ctx.spawn(open.into_actor(self).map(move |answer, hub, ctx| {
+                let Ok(Ok(position)) = answer else {
+                    return;
+                };
+                let current = hub.numbering.rooms.get(&room).map(|s| s.last());
+                if let Some(current) = current {
+                    if position.offset > current && !hub.gaps.contains_key(&room) {
+                        hub.fill_gap(room, current, position.offset, ctx);
+                    }
+                }
+            }));
+        }
     }
 }
 

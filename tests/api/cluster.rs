@@ -304,6 +304,21 @@ async fn a_broadcast_reaches_every_node_and_a_dead_redis_refuses_it() {
             }
         }
     }
+
+    // Room messages go through again, each relayed once, in order (Redis came back
+    // empty: the room's numbering continues after what this node had delivered).
+    let offsets = crate::history::post(&mut alice_on_a, "lobby", 3).await;
+    assert_eq!(offsets, [1, 2, 3], "{offsets:?}");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let message = bob_on_b.recv_kind("message").await;
+        seen.push(message["offset"].as_u64().unwrap());
+    }
+    assert_eq!(seen, offsets);
+    // No message twice (late broadcasts from the loop above may still come).
+    while let Ok(frame) = tokio::time::timeout(Duration::from_millis(500), bob_on_b.recv()).await {
+        assert_ne!(frame["type"], "message", "delivered twice: {frame}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -605,14 +620,7 @@ async fn a_message_lost_on_the_channel_is_read_from_the_stream_before_the_next()
         return;
     };
     let prefix = test_prefix();
-    let a = node(&redis, &prefix, "a").await;
-    let b = node(&redis, &prefix, "b").await;
-    let mut alice = WsClient::user(&a, "alice").await;
-    let mut bob = WsClient::user(&b, "bob").await;
-    joined(&mut alice, "lobby").await;
-    joined(&mut bob, "lobby").await;
-    assert_eq!(crate::history::post(&mut alice, "lobby", 1).await, [1]);
-    assert_eq!(crate::history::next_offsets(&mut bob, 1).await, [1]);
+    let (_a, b, mut alice, mut bob) = alice_and_bob_in_the_lobby(&redis, &prefix).await;
 
     // Offset 2 reaches the stream, but its publish is "lost".
     let client = redis::Client::open(redis.as_str()).unwrap();
@@ -885,14 +893,7 @@ async fn a_gap_nothing_can_fill_tells_the_members_to_resync() {
         return;
     };
     let prefix = test_prefix();
-    let a = node(&redis, &prefix, "a").await;
-    let b = node(&redis, &prefix, "b").await;
-    let mut alice = WsClient::user(&a, "alice").await;
-    let mut bob = WsClient::user(&b, "bob").await;
-    joined(&mut alice, "lobby").await;
-    joined(&mut bob, "lobby").await;
-    assert_eq!(crate::history::post(&mut alice, "lobby", 1).await, [1]);
-    assert_eq!(crate::history::next_offsets(&mut bob, 1).await, [1]);
+    let (_a, _b, mut alice, mut bob) = alice_and_bob_in_the_lobby(&redis, &prefix).await;
     slip_in(&redis, &prefix, "lobby", 2, "gone for good", false).await;
     assert_eq!(crate::history::post(&mut alice, "lobby", 1).await, [3]);
     let resync = bob.recv_kind("resync").await;
@@ -934,4 +935,20 @@ async fn after_a_lost_subscription_a_node_fetches_what_it_missed() {
     let missed = bob.recv_kind("message").await;
     assert_eq!(missed["offset"], 2, "{missed}");
     assert_eq!(missed["content"], "while away");
+}
+
+/// Nodes A and B, Alice on A and Bob on B in `lobby`, one message (offset 1) relayed.
+async fn alice_and_bob_in_the_lobby(
+    redis: &str,
+    prefix: &str,
+) -> (TestApp, TestApp, WsClient, WsClient) {
+    let a = node(redis, prefix, "a").await;
+    let b = node(redis, prefix, "b").await;
+    let mut alice = WsClient::user(&a, "alice").await;
+    let mut bob = WsClient::user(&b, "bob").await;
+    joined(&mut alice, "lobby").await;
+    joined(&mut bob, "lobby").await;
+    assert_eq!(crate::history::post(&mut alice, "lobby", 1).await, [1]);
+    assert_eq!(crate::history::next_offsets(&mut bob, 1).await, [1]);
+    (a, b, alice, bob)
 }

@@ -53,6 +53,12 @@ impl Hub {
             Some(session),
             &Frame::stored(&message).encode(),
         );
+        self.acknowledge_and_store(session, message);
+    }
+
+    /// Acknowledges a numbered message to its sender (with its offset) and hands it to
+    /// the history writer.
+    fn acknowledge_and_store(&mut self, session: SessionId, message: StoredMessage) {
         let ack = ack(
             message.id.clone(),
             &message.kind,
@@ -103,18 +109,7 @@ impl Hub {
                 Ok(Ok(position)) => {
                     hub.stats.messages_in += 1;
                     message.offset = position.offset;
-                    let ack = ack(
-                        message.id.clone(),
-                        &message.kind,
-                        Some(message.room.clone()),
-                    )
-                    .offset(message.offset);
-                    hub.reply(session, &ack);
-                    if let Some(writer) = &hub.history {
-                        if writer.try_send(Append(message)).is_err() {
-                            hub.stats.history_dropped += 1;
-                        }
-                    }
+                    hub.acknowledge_and_store(session, message);
                 }
                 Ok(Err(unavailable)) => hub.error(session, unavailable.to_string()),
                 Err(_) => hub.error(session, "the cluster broker is not running".into()),

@@ -198,7 +198,11 @@ impl Application {
                     .map_err(|e| StartupError::Cluster(e.to_string()))?
                     .map_err(|e| StartupError::Cluster(e.to_string()))?;
                 tracing::info!(%node, redis = %url, prefix = %settings.cluster.prefix, "cluster mode");
-                Some(broker.with_presence_limit(settings.websocket.presence_limit))
+                Some(
+                    broker
+                        .with_presence_limit(settings.websocket.presence_limit)
+                        .with_address(http_addr),
+                )
             }
         };
 

@@ -952,3 +952,60 @@ async fn alice_and_bob_in_the_lobby(
     assert_eq!(crate::history::next_offsets(&mut bob, 1).await, [1]);
     (a, b, alice, bob)
 }
+
+/// `GET /cluster` (admin): the nodes alive, with address, version and load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_endpoint_lists_the_nodes_alive_for_admins() {
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let a = node(&redis, &prefix, "a").await;
+    let b = node(&redis, &prefix, "b").await;
+    let _on_b = WsClient::user(&b, "bob").await;
+    let url = a.url("/cluster");
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(a.http.get(&url).send().await.unwrap()), 401);
+    let user = crate::ws_client::token("someone", None);
+    assert_eq!(
+        status(a.http.get(&url).bearer_auth(user).send().await.unwrap()),
+        403
+    );
+    let admin = crate::ws_client::token("ops", Some("admin"));
+    let deadline = Instant::now() + PATIENCE;
+    let nodes = loop {
+        let body: Value = a
+            .http
+            .get(&url)
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let nodes = body["nodes"].as_array().cloned().unwrap_or_default();
+        if nodes.len() == 2 && nodes[1]["sessions"] == 1 {
+            break nodes;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(nodes[0]["id"], "a");
+    assert_eq!(nodes[0]["address"], a.http_addr.to_string());
+    assert_eq!(nodes[1]["address"], b.http_addr.to_string());
+    assert_eq!(nodes[1]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(nodes[1]["last_heartbeat"].is_string(), "{nodes:?}");
+
+    // Not in a cluster: said plainly.
+    let single = crate::helpers::spawn_app().await;
+    let response = single
+        .http
+        .get(single.url("/cluster"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    forget(&redis, &prefix).await;
+}

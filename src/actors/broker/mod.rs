@@ -123,6 +123,9 @@ pub struct Broker {
     rooms: HashSet<RoomId>,
     /// Rooms with more users announce no joins and leaves (`--ws-presence-limit`).
     presence_limit: usize,
+    /// This node's HTTP address, for `GET /cluster`.
+    address: Option<String>,
+    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Hands push messages to the broker without ever blocking the connection.
@@ -205,6 +208,8 @@ impl Broker {
             users: HashSet::new(),
             rooms: HashSet::new(),
             presence_limit: crate::actors::hub::DEFAULT_PRESENCE_LIMIT,
+            address: None,
+            started_at: chrono::Utc::now(),
             settings: settings.clone(),
             stats: BrokerStats {
                 node: node.to_owned(),
@@ -225,6 +230,44 @@ impl Broker {
     pub fn with_presence_limit(mut self, limit: usize) -> Self {
         self.presence_limit = limit;
         self
+    }
+
+    /// This node's HTTP address, shown by `GET /cluster`.
+    pub fn with_address(mut self, address: std::net::SocketAddr) -> Self {
+        self.address = Some(address.to_string());
+        self
+    }
+
+    /// Publishes what `GET /cluster` shows of this node (kept two node timeouts).
+    fn announce(&mut self, ctx: &mut Context<Self>) {
+        let key = self.key(&format!("node:{}:info", self.stats.node));
+        let ttl = (self.settings.node_timeout * 2).as_millis() as u64;
+        let (mut redis, hub) = (self.commands.clone(), self.hub.clone());
+        let base = serde_json::json!({
+            "id": self.stats.node,
+            "address": self.address,
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": self.started_at.to_rfc3339(),
+        });
+        ctx.spawn(
+            async move {
+                let stats = match hub {
+                    Some(hub) => hub.send(crate::actors::hub::GetStats).await.ok(),
+                    None => None,
+                };
+                let mut info = base;
+                info["sessions"] = serde_json::json!(stats.as_ref().map(|s| s.sessions));
+                info["rooms"] = serde_json::json!(stats.as_ref().map(|s| s.rooms));
+                let _: Result<(), _> = redis::cmd("SET")
+                    .arg(key)
+                    .arg(info.to_string())
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async(&mut redis)
+                    .await;
+            }
+            .into_actor(self),
+        );
     }
 }
 
@@ -354,6 +397,7 @@ impl Handler<Heartbeat> for Broker {
 
     fn handle(&mut self, _msg: Heartbeat, ctx: &mut Self::Context) {
         self.probe(ctx);
+        self.announce(ctx);
         if self.beating {
             return;
         }
@@ -876,6 +920,51 @@ impl StreamHandler<PushInfo> for Broker {
 
     fn finished(&mut self, _ctx: &mut Self::Context) {
         // The push queue only ends when the connection manager is gone: nothing to do.
+    }
+}
+
+/// The nodes alive, as each last described itself (for `GET /cluster`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<serde_json::Value>, ClusterUnavailable>")]
+pub struct ReadCluster;
+
+impl Handler<ReadCluster> for Broker {
+    type Result = ResponseFuture<Result<Vec<serde_json::Value>, ClusterUnavailable>>;
+
+    fn handle(&mut self, _msg: ReadCluster, _ctx: &mut Self::Context) -> Self::Result {
+        let (nodes_key, prefix) = (self.key("nodes"), self.settings.prefix.clone());
+        let timeout = self.settings.node_timeout;
+        let mut redis = self.commands.clone();
+        Box::pin(async move {
+            let unavailable = |e: redis::RedisError| ClusterUnavailable(e.to_string());
+            let now = chrono::Utc::now().timestamp_millis();
+            let alive_since = now - i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+            let alive: Vec<(String, i64)> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&nodes_key)
+                .arg(alive_since)
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .query_async(&mut redis)
+                .await
+                .map_err(unavailable)?;
+            let mut nodes = Vec::new();
+            for (node, heard) in alive {
+                let info: Option<String> = redis::cmd("GET")
+                    .arg(format!("{prefix}:node:{node}:info"))
+                    .query_async(&mut redis)
+                    .await
+                    .map_err(unavailable)?;
+                let mut info: serde_json::Value = info
+                    .and_then(|i| serde_json::from_str(&i).ok())
+                    .unwrap_or_else(|| serde_json::json!({ "id": node }));
+                info["last_heartbeat"] = serde_json::json!(
+                    chrono::DateTime::from_timestamp_millis(heard).map(|t| t.to_rfc3339())
+                );
+                nodes.push(info);
+            }
+            nodes.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+            Ok(nodes)
+        })
     }
 }
 

@@ -19,7 +19,8 @@ use crate::{
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/sagas", web::get().to(list))
-        .route("/admin/sagas/{id}", web::get().to(show));
+        .route("/admin/sagas/{id}", web::get().to(show))
+        .route("/cluster", web::get().to(cluster));
 }
 
 const STATES: &[&str] = &[
@@ -147,6 +148,28 @@ async fn list(
             "sagas": sagas.into_iter().map(saga_json).collect::<Vec<_>>(),
         })),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `GET /cluster`: the nodes alive, each as it last described itself.
+async fn cluster(state: web::Data<HttpState>, req: HttpRequest) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    if let Some(refused) = refuse_non_admin(&state, &req) {
+        return refused;
+    }
+    let Some(broker) = &state.broker else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "cluster mode is off (start the node with --redis-url)",
+        );
+    };
+    match broker.send(crate::actors::broker::ReadCluster).await {
+        Ok(Ok(nodes)) => HttpResponse::Ok().json(json!({ "nodes": nodes })),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cluster broker is not running",
+        ),
     }
 }
 

@@ -32,8 +32,19 @@ pub fn node_settings(db: &TestDb, redis: &str, prefix: &str, node: &str) -> Sett
 
 /// Starts node `node`.
 pub async fn node(redis: &str, prefix: &str, node: &str) -> TestApp {
+    node_with(redis, prefix, node, |_| {}).await
+}
+
+/// Starts node `node` with `change` applied to its settings.
+async fn node_with(
+    redis: &str,
+    prefix: &str,
+    node: &str,
+    change: impl FnOnce(&mut Settings),
+) -> TestApp {
     let db = TestDb::sqlite();
-    let settings = node_settings(&db, redis, prefix, node);
+    let mut settings = node_settings(&db, redis, prefix, node);
+    change(&mut settings);
     spawn_app_with(db, settings).await
 }
 
@@ -780,11 +791,13 @@ async fn the_load_tool_measures_delivery_across_nodes() {
     let prefix = test_prefix();
     let mut nodes = Vec::new();
     for id in ["a", "b", "c"] {
-        let db = TestDb::sqlite();
-        let mut settings = node_settings(&db, &redis, &prefix, id);
-        settings.rate_limit_per_second = 1e6;
-        settings.rate_limit_burst = 1_000_000;
-        nodes.push(spawn_app_with(db, settings).await);
+        nodes.push(
+            node_with(&redis, &prefix, id, |settings| {
+                settings.rate_limit_per_second = 1e6;
+                settings.rate_limit_burst = 1_000_000;
+            })
+            .await,
+        );
     }
     let url = |app: &TestApp| format!("ws://{}/ws", app.http_addr);
     let json = crate::loadtool::bench(
@@ -824,10 +837,8 @@ async fn the_session_limit_counts_every_nodes_sessions() {
     let prefix = test_prefix();
     let mut apps = Vec::new();
     for id in ["a", "b"] {
-        let db = TestDb::sqlite();
-        let mut settings = node_settings(&db, &redis, &prefix, id);
-        settings.websocket.max_sessions_per_user = 2;
-        apps.push(spawn_app_with(db, settings).await);
+        let limit = |settings: &mut Settings| settings.websocket.max_sessions_per_user = 2;
+        apps.push(node_with(&redis, &prefix, id, limit).await);
     }
     let (a, b) = (&apps[0], &apps[1]);
     let _on_a = WsClient::user(a, "bob").await;

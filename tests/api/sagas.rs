@@ -457,11 +457,15 @@ async fn a_failure_after_the_pivot_is_retried_marked_stuck_and_completes_once_fi
 
 async fn two_servers_on_one_database_never_run_one_saga_at_once(db: TestDb) {
     let hold = tempfile::NamedTempFile::new().unwrap();
+    // A lease of 6 s renewed every 2 s: a renewal would have to stall for 4 s on a busy
+    // machine before B could take the saga over.
     let mut settings_a = fast(&db);
+    settings_a.database.saga.lease = Duration::from_secs(6);
     settings_a.database.saga.fault =
         Fault::parse(&format!("pause:delete_posts:{}", hold.path().display()));
     let settings_b = {
         let mut b = fast(&db);
+        b.database.saga.lease = Duration::from_secs(6);
         b.database.saga.fault = None;
         b
     };
@@ -485,7 +489,7 @@ async fn two_servers_on_one_database_never_run_one_saga_at_once(db: TestDb) {
     let owner = held["owner"].as_str().unwrap().to_owned();
 
     // For longer than the lease (B looks every 200 ms), B never takes it: A renews.
-    let until = Instant::now() + Duration::from_secs(5);
+    let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
         let (_, saga) = admin_get(&b.http, &b.url(""), &format!("/admin/sagas/{id}")).await;
         assert_eq!(saga["owner"], owner.as_str(), "{saga}");

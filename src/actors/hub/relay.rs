@@ -497,19 +497,10 @@ impl Hub {
             ctx.spawn(read.into_actor(self).map(move |answer, hub, _ctx| {
                 match answer {
                     Ok(Ok(present)) => {
-                        let count = present.len();
-                        let members: Vec<_> = present
-                            .into_iter()
-                            .take(hub.presence_limit)
-                            .map(|(user, name, sessions)| {
-                                json!({ "user_id": user, "name": name, "sessions": sessions })
-                            })
-                            .collect();
-                        let truncated = members.len() < count;
-                        let listing = Frame::system("presence")
-                            .room(room)
-                            .content("members")
-                            .details(json!({ "count": count, "members": members, "truncated": truncated }));
+                        let present = present.iter().map(|(user, name, sessions)| {
+                            (user.as_str(), name.as_deref(), *sessions)
+                        });
+                        let listing = presence_listing(room, present, hub.presence_limit);
                         hub.reply(session, &listing);
                     }
                     Ok(Err(unavailable)) => hub.error(session, unavailable.to_string()),
@@ -533,24 +524,36 @@ impl Hub {
             {
                 let entry = present
                     .entry(&*identity.user_id)
-                    .or_insert((identity.name.as_deref(), 0));
+                    .or_insert((identity.name.as_deref(), 0u64));
                 entry.1 += 1;
             }
-            let count = present.len();
-            let members: Vec<_> = present
+            let present = present
                 .into_iter()
-                .take(self.presence_limit)
-                .map(|(user, (name, sessions))| {
-                    json!({ "user_id": user, "name": name, "sessions": sessions })
-                })
-                .collect();
-            let truncated = members.len() < count;
-            let listing = Frame::system("presence")
-                .room(room)
-                .content("members")
-                .details(json!({ "count": count, "members": members, "truncated": truncated }));
+                .map(|(user, (name, sessions))| (user, name, sessions));
+            let listing = presence_listing(room, present, self.presence_limit);
             self.reply(session, &listing);
         }
         self.settle();
     }
+}
+
+/// The `presence` answer: `present` (user, name, sessions), sorted by user id, at most
+/// `limit` of them listed.
+fn presence_listing<'a>(
+    room: RoomId,
+    present: impl ExactSizeIterator<Item = (&'a str, Option<&'a str>, u64)>,
+    limit: usize,
+) -> Frame {
+    let count = present.len();
+    let members: Vec<_> = present
+        .take(limit)
+        .map(
+            |(user, name, sessions)| json!({ "user_id": user, "name": name, "sessions": sessions }),
+        )
+        .collect();
+    let truncated = members.len() < count;
+    Frame::system("presence")
+        .room(room)
+        .content("members")
+        .details(json!({ "count": count, "members": members, "truncated": truncated }))
 }

@@ -304,9 +304,7 @@ pub struct Saga {
 impl Saga {
     /// A supervisor over the saga log in `primary`.
     pub fn new(primary: Database, config: SagaConfig) -> Self {
-        let mut node = [0u8; 6];
-        getrandom::fill(&mut node).expect("the operating system's random source failed");
-        let node: String = node.iter().map(|b| format!("{b:02x}")).collect();
+        let node = crate::actors::broker::random_node_id();
         let fault = config.fault.clone().or_else(Fault::from_env);
         Self {
             log: SagaLog::new(primary),

@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 
 use crate::{
     actors::saga::{SagaLog, SagaRecord, StepRecord},
-    auth::bearer_token,
     http::HttpState,
 };
 
@@ -52,27 +51,20 @@ fn refuse_non_admin(state: &HttpState, req: &HttpRequest) -> Option<HttpResponse
         );
         response
     };
-    let Some(value) = req
+    let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return Some(unauthorized(
+        .and_then(|v| v.to_str().ok());
+    match super::graphql::identify(state, authorization) {
+        Ok(None) => Some(unauthorized(
             "admin routes need an `Authorization: Bearer <token>` header".into(),
-        ));
-    };
-    let Some(token) = bearer_token(value) else {
-        return Some(unauthorized(
-            "the authorization must be `Bearer <token>`".into(),
-        ));
-    };
-    match state.chat.auth.verify(token) {
-        Err(e) => Some(unauthorized(e.to_string())),
-        Ok(claims) if !claims.is_admin() => Some(error(
+        )),
+        Err(reason) => Some(unauthorized(reason)),
+        Ok(Some(claims)) if !claims.is_admin() => Some(error(
             StatusCode::FORBIDDEN,
             "admin routes need a token with role `admin`",
         )),
-        Ok(_) => None,
+        Ok(Some(_)) => None,
     }
 }
 

@@ -236,6 +236,13 @@ pub struct SettingsArgs {
     /// [default: 7d].
     #[arg(long, env = "SWITCHBOARD_SAGA_RETENTION", value_name = "DURATION")]
     pub saga_retention: Option<String>,
+    /// Users kept in memory for GetUser and GraphQL `user`; 0 turns the cache off
+    /// [default: 10000].
+    #[arg(long, env = "SWITCHBOARD_USER_CACHE_SIZE", value_name = "N")]
+    pub user_cache_size: Option<usize>,
+    /// How long a cached user may be served before it is read again [default: 60s].
+    #[arg(long, env = "SWITCHBOARD_USER_CACHE_TTL", value_name = "DURATION")]
+    pub user_cache_ttl: Option<String>,
     /// HS256 secret for tokens (at least 16 bytes); random per run when unset.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -364,6 +371,8 @@ impl SettingsArgs {
                 saga_retry_max: self.saga_retry_max.clone(),
                 saga_stuck_after: self.saga_stuck_after,
                 saga_retention: self.saga_retention.clone(),
+                user_cache_size: self.user_cache_size,
+                user_cache_ttl: self.user_cache_ttl.clone(),
             },
             websocket: self.websocket.layer(),
             graphql: self.graphql.layer(),

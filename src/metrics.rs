@@ -33,6 +33,8 @@ pub struct Metrics {
     pub grpc_duration: HistogramVec,
     /// `switchboard_rate_limit_rejections_total{protocol}`.
     pub rate_limited: IntCounterVec,
+    /// This node's id in a cluster: every sample is labelled `node="…"`.
+    node: Option<String>,
 }
 
 impl Default for Metrics {
@@ -87,8 +89,16 @@ impl Metrics {
                 &["protocol"],
             ),
             registry,
+            node: None,
         }
         .with_process_and_build_info()
+    }
+
+    /// Labels every sample with `node="<node>"` (cluster mode), so figures from many
+    /// nodes aggregate (`sum by (node)`) without relabelling in Prometheus.
+    pub fn with_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_owned());
+        self
     }
 
     /// The conventional `process_*` figures (CPU seconds, resident and virtual memory,
@@ -131,8 +141,36 @@ impl Metrics {
             .expect("text encoding does not fail");
         let mut text = String::from_utf8(out).expect("the encoder writes UTF-8");
         scrape.write(&mut text);
-        text
+        match &self.node {
+            Some(node) => label_node(&text, node),
+            None => text,
+        }
     }
+}
+
+/// Adds `node="<node>"` to every sample line of an exposition.
+fn label_node(text: &str, node: &str) -> String {
+    let label = format!("node=\"{node}\"");
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            out.push_str(line);
+        } else if let Some(brace) = line.find('{') {
+            let (name, rest) = line.split_at(brace + 1);
+            let _ = write!(out, "{name}{label}");
+            if !rest.starts_with('}') {
+                out.push(',');
+            }
+            out.push_str(rest);
+        } else if let Some(space) = line.find(' ') {
+            let (name, rest) = line.split_at(space);
+            let _ = write!(out, "{name}{{{label}}}{rest}");
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Figures read from the actors and the data layer at scrape time.
@@ -156,6 +194,129 @@ pub struct Scrape {
     pub tx: Option<crate::actors::tx::TxStats>,
     /// The saga supervisor's counters.
     pub sagas: Option<crate::actors::saga::SagaStats>,
+    /// The user cache's counters (when it is on and answered).
+    pub user_cache: Option<crate::actors::user_cache::CacheStats>,
+    /// The broker's view (cluster mode): every figure is labelled with its `node`.
+    pub broker: Option<crate::actors::broker::BrokerStats>,
+    /// The rate limiter's cluster counters.
+    pub rate_limit: Option<crate::actors::rate_limit::LimiterStats>,
+}
+
+fn write_cache(out: &mut String, cache: &crate::actors::user_cache::CacheStats) {
+    metric(
+        out,
+        "switchboard_user_cache_hits_total",
+        "counter",
+        "GetUser / GraphQL user lookups answered from the user cache.",
+        cache.hits,
+    );
+    metric(
+        out,
+        "switchboard_user_cache_misses_total",
+        "counter",
+        "User lookups that read the database.",
+        cache.misses,
+    );
+    let lookups = cache.hits + cache.misses;
+    metric(
+        out,
+        "switchboard_user_cache_hit_ratio",
+        "gauge",
+        "Hits over lookups since start (0 before the first lookup).",
+        if lookups == 0 {
+            0.0
+        } else {
+            cache.hits as f64 / lookups as f64
+        },
+    );
+    metric(
+        out,
+        "switchboard_user_cache_size",
+        "gauge",
+        "Users held by the user cache.",
+        cache.size,
+    );
+    metric(
+        out,
+        "switchboard_user_cache_capacity",
+        "gauge",
+        "Most users the user cache holds.",
+        cache.capacity,
+    );
+    metric(
+        out,
+        "switchboard_user_cache_invalidations_total",
+        "counter",
+        "Cached users forgotten because they changed (on any node).",
+        cache.invalidations,
+    );
+    metric(
+        out,
+        "switchboard_user_cache_evictions_total",
+        "counter",
+        "Cached users pushed out to make room.",
+        cache.evictions,
+    );
+    metric(
+        out,
+        "switchboard_user_cache_serving",
+        "gauge",
+        "1 while the user cache serves; 0 while the cluster link is down.",
+        u8::from(cache.serving),
+    );
+}
+
+fn write_broker(out: &mut String, broker: &crate::actors::broker::BrokerStats) {
+    metric(
+        out,
+        "switchboard_cluster_connected",
+        "gauge",
+        "1 while this node's last heartbeat reached Redis.",
+        u8::from(broker.connected),
+    );
+    metric(
+        out,
+        "switchboard_cluster_nodes",
+        "gauge",
+        "Nodes alive as this node sees them (itself included).",
+        broker.nodes.len(),
+    );
+    metric(
+        out,
+        "switchboard_cluster_messages_published_total",
+        "counter",
+        "Messages this node published to Redis.",
+        broker.published,
+    );
+    metric(
+        out,
+        "switchboard_cluster_messages_received_total",
+        "counter",
+        "Messages this node received from Redis.",
+        broker.received,
+    );
+    metric(
+        out,
+        "switchboard_cluster_messages_dropped_total",
+        "counter",
+        "Messages from Redis dropped because this node fell too far behind.",
+        broker.dropped,
+    );
+    metric(
+        out,
+        "switchboard_cluster_disconnections_total",
+        "counter",
+        "Times the subscription connection to Redis was lost.",
+        broker.disconnections,
+    );
+    metric(
+        out,
+        "switchboard_cluster_invalidation_timeouts_total",
+        "counter",
+        "User updates and deletions answered before every node confirmed its cache \
+         forgot the user.",
+        broker.invalidation_timeouts,
+    );
 }
 
 /// Writes one labelled sample per `(labels, value)` under a single HELP/TYPE header.
@@ -431,7 +592,64 @@ impl Scrape {
                 sagas.resumed,
             );
         }
+        if let Some(cache) = &self.user_cache {
+            write_cache(out, cache);
+        }
+        if let Some(broker) = &self.broker {
+            write_broker(out, broker);
+        }
+        if let Some(limits) = &self.rate_limit {
+            metric(
+                out,
+                "switchboard_rate_limit_fallback_decisions_total",
+                "counter",
+                "Cluster-wide rate-limit decisions taken by the node-local limiter because \
+                 Redis did not answer.",
+                limits.fallback_decisions,
+            );
+            metric(
+                out,
+                "switchboard_rate_limit_cluster_decisions_total",
+                "counter",
+                "Rate-limit decisions taken in Redis (cluster-wide).",
+                limits.cluster_decisions,
+            );
+        }
         if let Some(events) = &self.events {
+            labelled(
+                out,
+                "switchboard_user_changes_total",
+                "counter",
+                "User changes committed through this node, by kind.",
+                &[
+                    (
+                        "change=\"created\"".into(),
+                        events.users_created.to_string(),
+                    ),
+                    (
+                        "change=\"updated\"".into(),
+                        events.users_updated.to_string(),
+                    ),
+                    (
+                        "change=\"deleted\"".into(),
+                        events.users_deleted.to_string(),
+                    ),
+                ],
+            );
+            metric(
+                out,
+                "switchboard_user_changes_received_total",
+                "counter",
+                "User changes relayed from other cluster nodes.",
+                events.remote_changes,
+            );
+            metric(
+                out,
+                "switchboard_event_interruptions_total",
+                "counter",
+                "User subscriptions ended because the cluster link was lost.",
+                events.interrupted,
+            );
             metric(
                 out,
                 "switchboard_event_subscribers",

@@ -32,6 +32,7 @@ use crate::{
         rate_limit::{Quota, RateLimiters},
         saga::{self, Saga},
         session::Session,
+        user_cache::UserCache,
     },
     auth::JwtAuth,
     config::{JwtSecret, Settings},
@@ -185,10 +186,13 @@ impl Application {
         let (draining, draining_rx) = watch::channel(false);
 
         // Cluster mode: connect to Redis before anything serves (a wrong URL fails here).
-        let broker = match &settings.cluster.redis_url {
-            None => None,
-            Some(url) => {
-                let node = crate::actors::broker::node_id(&settings.cluster);
+        let node = settings
+            .cluster
+            .redis_url
+            .as_ref()
+            .map(|_| crate::actors::broker::node_id(&settings.cluster));
+        let broker = match (&settings.cluster.redis_url, &node) {
+            (Some(url), Some(node)) => {
                 let cluster = settings.cluster.clone();
                 let connecting = node.clone();
                 let broker = io_runtime
@@ -204,8 +208,10 @@ impl Application {
                         .with_address(http_addr),
                 )
             }
+            _ => None,
         };
 
+        let redis = broker.as_ref().map(Broker::commands);
         let singletons = Arbiter::new();
         let broker =
             broker.map(|broker| Broker::start_in_arbiter(&singletons.handle(), |_| broker));
@@ -270,8 +276,38 @@ impl Application {
         if let Some(broker) = &broker {
             broker.do_send(crate::actors::broker::AttachHub(hub.clone()));
         }
-        let events = Events::start_in_arbiter(&singletons.handle(), |_| Events::new());
-        let database = database.announcing_to(events.clone());
+        // The user cache; in cluster mode it serves once the broker has subscribed to
+        // the other nodes' changes.
+        let user_cache = (settings.database.user_cache_size > 0).then(|| {
+            let (size, ttl) = (
+                settings.database.user_cache_size,
+                settings.database.user_cache_ttl,
+            );
+            let clustered = broker.is_some();
+            UserCache::start_in_arbiter(&singletons.handle(), move |_| {
+                UserCache::new(size, ttl).serving(!clustered)
+            })
+        });
+        let events = Events::start_in_arbiter(&singletons.handle(), {
+            let (cache, broker) = (user_cache.clone(), broker.clone());
+            move |_| {
+                let mut events = Events::new();
+                if let Some(cache) = cache {
+                    events = events.with_cache(cache);
+                }
+                if let Some(broker) = broker {
+                    events = events.with_broker(broker);
+                }
+                events
+            }
+        });
+        if let Some(broker) = &broker {
+            broker.do_send(crate::actors::broker::AttachEvents(events.clone()));
+        }
+        let mut database = database.announcing_to(events.clone());
+        if let Some(cache) = &user_cache {
+            database = database.caching_in(cache.clone());
+        }
         let sagas = {
             use saga::delete_user;
             let config = settings.database.saga.clone();
@@ -297,7 +333,23 @@ impl Application {
             RATE_LIMIT_SHARDS,
             RATE_LIMIT_MAX_KEYS,
         );
-        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        // Cluster mode: one decision in Redis per request, the local buckets as fallback.
+        let limiters = match redis {
+            Some(redis) => {
+                let quota = limiters.quota();
+                limiters.cluster_wide(crate::actors::rate_limit::ClusterLimits::new(
+                    redis,
+                    &settings.cluster.prefix,
+                    quota,
+                ))
+            }
+            None => limiters,
+        };
+        let metrics = match &node {
+            Some(node) => crate::metrics::Metrics::new().with_node(node),
+            None => crate::metrics::Metrics::new(),
+        };
+        let metrics = std::sync::Arc::new(metrics);
         let breaker = CircuitBreaker::start_in_arbiter(&singletons.handle(), |_| {
             CircuitBreaker::new(BreakerConfig::default())
         });
@@ -328,6 +380,7 @@ impl Application {
             events: events.clone(),
             sagas: sagas.clone(),
             broker: broker.clone(),
+            user_cache: user_cache.clone(),
             graphql: http::routes::graphql::GraphqlState {
                 schema: std::sync::Arc::new(crate::graphql::schema(&settings.graphql)),
                 introspection: std::sync::Arc::new(crate::graphql::introspection_schema(

@@ -11,3 +11,4 @@ pub mod rate_limit;
 pub mod saga;
 pub mod session;
 pub mod tx;
+pub mod user_cache;

@@ -20,6 +20,9 @@ pub struct ClusterSettings {
     pub heartbeat: Duration,
     /// A node not heard from for this long is taken for dead.
     pub node_timeout: Duration,
+    /// How long an update or deletion waits for every node to confirm its user cache
+    /// forgot the user, before it answers anyway (logged, counted).
+    pub invalidation_timeout: Duration,
 }
 
 impl Default for ClusterSettings {
@@ -30,6 +33,7 @@ impl Default for ClusterSettings {
             prefix: "switchboard".into(),
             heartbeat: Duration::from_secs(5),
             node_timeout: Duration::from_secs(20),
+            invalidation_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -48,6 +52,8 @@ pub struct ClusterLayer {
     pub heartbeat: Option<String>,
     /// See [`ClusterSettings::node_timeout`] (e.g. `"20s"`).
     pub node_timeout: Option<String>,
+    /// See [`ClusterSettings::invalidation_timeout`] (e.g. `"2s"`).
+    pub invalidation_timeout: Option<String>,
 }
 
 /// Names (node ids, prefixes) that are safe in keys, channels and logs.
@@ -100,6 +106,9 @@ impl ClusterSettings {
         if let Some(raw) = layer.node_timeout {
             self.node_timeout = positive("cluster node timeout", &raw)?;
         }
+        if let Some(raw) = layer.invalidation_timeout {
+            self.invalidation_timeout = positive("cluster invalidation timeout", &raw)?;
+        }
         if self.node_timeout < self.heartbeat * 2 {
             return Err(ConfigError::invalid(
                 "cluster node timeout",
@@ -132,6 +141,14 @@ pub struct ClusterArgs {
         value_name = "DURATION"
     )]
     pub cluster_node_timeout: Option<String>,
+    /// How long an update or deletion waits for every node's user cache to forget the
+    /// user before answering anyway [default: 2s].
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CLUSTER_INVALIDATION_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub cluster_invalidation_timeout: Option<String>,
 }
 
 impl ClusterArgs {
@@ -143,6 +160,7 @@ impl ClusterArgs {
             prefix: self.cluster_prefix.clone(),
             heartbeat: self.cluster_heartbeat.clone(),
             node_timeout: self.cluster_node_timeout.clone(),
+            invalidation_timeout: self.cluster_invalidation_timeout.clone(),
         }
     }
 }

@@ -37,6 +37,10 @@ pub struct DatabaseSettings {
     pub tx_in_doubt_grace: Duration,
     /// How sagas (a user's deletion) are run; their log is in the primary.
     pub saga: crate::actors::saga::SagaConfig,
+    /// Users kept in memory for `GetUser` / GraphQL `user` (0: no cache).
+    pub user_cache_size: usize,
+    /// How long a cached user may be served before it is read again.
+    pub user_cache_ttl: Duration,
 }
 
 impl Default for DatabaseSettings {
@@ -55,6 +59,8 @@ impl Default for DatabaseSettings {
             tx_recovery_interval: Duration::from_secs(30),
             tx_in_doubt_grace: Duration::from_secs(10),
             saga: crate::actors::saga::SagaConfig::default(),
+            user_cache_size: 10_000,
+            user_cache_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -213,6 +219,10 @@ pub struct DatabaseLayer {
     pub saga_stuck_after: Option<u32>,
     /// See [`SagaConfig::retention`](crate::actors::saga::SagaConfig::retention).
     pub saga_retention: Option<String>,
+    /// See [`DatabaseSettings::user_cache_size`].
+    pub user_cache_size: Option<usize>,
+    /// See [`DatabaseSettings::user_cache_ttl`] (e.g. `"60s"`).
+    pub user_cache_ttl: Option<String>,
 }
 
 impl DatabaseSettings {
@@ -282,6 +292,12 @@ impl DatabaseSettings {
         }
         if let Some(n) = layer.saga_stuck_after {
             self.saga.stuck_after = at_least("saga stuck-after attempts", n as usize, 1)? as u32;
+        }
+        if let Some(size) = layer.user_cache_size {
+            self.user_cache_size = size;
+        }
+        if let Some(raw) = layer.user_cache_ttl {
+            self.user_cache_ttl = positive("user cache ttl", &raw)?;
         }
         if let Some(shards) = layer.shards {
             self.shards = shards

@@ -33,7 +33,7 @@ pub use error::DbError;
 pub(crate) use models::UserRow;
 pub use probe::Probe;
 
-use crate::actors::events::{Events, PostCreated, UsersCreated};
+use crate::actors::events::{Change, Events, PostCreated, UsersChanged};
 pub use repo::{PageCursor, Reservation, UserPage, MAX_PAGE_SIZE, REDACTED_SENDER};
 pub use stats::{DbStats, DbStatsSnapshot, LatencyBucket, LATENCY_BUCKETS_MS};
 
@@ -94,8 +94,10 @@ pub struct Database {
     stats: Arc<DbStats>,
     max_connections: u32,
     connect_timeout: Duration,
-    /// Told about users and posts after their insert commits (the `Events` actor).
+    /// Told about users and posts after their writes commit (the `Events` actor).
     created: Option<actix::Addr<Events>>,
+    /// Where `get_user_cached` looks first.
+    cache: Option<actix::Addr<crate::actors::user_cache::UserCache>>,
     /// Where health probes connect.
     probe: probe::Target,
     /// With `--database-shards`: where users, posts and the email index live (this
@@ -194,15 +196,24 @@ impl Database {
             max_connections: settings.max_connections,
             connect_timeout: settings.connect_timeout,
             created: None,
+            cache: None,
             probe,
             sharding: None,
             shard: None,
         })
     }
 
-    /// This database, announcing every committed new user and post to `events`.
+    /// This database, announcing every committed change to users and every new post
+    /// to `events`.
     pub fn announcing_to(mut self, events: actix::Addr<Events>) -> Self {
         self.created = Some(events);
+        self
+    }
+
+    /// This database, reading users by id through `cache` in
+    /// [`get_user_cached`](Self::get_user_cached).
+    pub fn caching_in(mut self, cache: actix::Addr<crate::actors::user_cache::UserCache>) -> Self {
+        self.cache = Some(cache);
         self
     }
 
@@ -254,9 +265,23 @@ impl Database {
     /// Announces users whose insert has committed.
     pub(crate) fn announce(&self, users: &[crate::domain::User]) {
         if let (Some(events), false) = (&self.created, users.is_empty()) {
-            events.do_send(UsersCreated {
+            events.do_send(UsersChanged {
+                change: Change::Created,
                 users: users.into(),
             });
+        }
+    }
+
+    /// Announces a committed update or deletion of `users`, answering once every node's
+    /// user cache has forgotten them (or the wait for other nodes timed out).
+    pub async fn announce_change(&self, change: Change, users: &[crate::domain::User]) {
+        if let (Some(events), false) = (&self.created, users.is_empty()) {
+            let _ = events
+                .send(UsersChanged {
+                    change,
+                    users: users.into(),
+                })
+                .await;
         }
     }
 

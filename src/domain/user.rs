@@ -222,8 +222,9 @@ impl Metadata {
     }
 }
 
-/// A stored user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A stored user. It deserializes through the same checks as a client's input (other
+/// nodes of a cluster send users to each other as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     /// Primary key.
     pub id: UserId,
@@ -273,6 +274,22 @@ impl UserPatch {
         self.name.is_none() && self.email.is_none() && self.age.is_none() && self.metadata.is_none()
     }
 }
+
+/// Deserializes a checked type from the plain value it wraps, through its `parse`.
+macro_rules! deserialize_through_parse {
+    ($type:ty, $raw:ty, $parse:expr) => {
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let raw = <$raw>::deserialize(deserializer)?;
+                $parse(raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+deserialize_through_parse!(UserName, String, |raw: String| UserName::parse(&raw));
+deserialize_through_parse!(Email, String, |raw: String| Email::parse(&raw));
+deserialize_through_parse!(Age, i32, Age::parse);
 
 #[cfg(test)]
 mod tests {
@@ -352,5 +369,23 @@ mod tests {
         assert!(UserId::parse(&UserId::generate().to_string()).is_ok());
         assert_eq!(UserId::parse("").unwrap_err().reason, "is required");
         assert!(UserId::parse("42").is_err());
+    }
+
+    #[test]
+    fn a_user_round_trips_through_json_and_bad_fields_are_refused() {
+        let user = User {
+            id: UserId::generate(),
+            name: UserName::parse("Ada").unwrap(),
+            email: Email::parse("ada@example.com").unwrap(),
+            age: Some(Age::parse(36).unwrap()),
+            metadata: Metadata::default(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        let json = serde_json::to_value(&user).unwrap();
+        assert_eq!(serde_json::from_value::<User>(json.clone()).unwrap(), user);
+        let mut bad = json;
+        bad["email"] = "not an address".into();
+        assert!(serde_json::from_value::<User>(bad).is_err());
     }
 }

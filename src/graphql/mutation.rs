@@ -1,4 +1,4 @@
-//! `Mutation { createUser, createPost }`. Both need a bearer token.
+//! `Mutation { createUser, updateUser, deleteUser, createPost }`. All need a bearer token.
 
 use juniper::{graphql_object, FieldResult, GraphQLInputObject};
 
@@ -9,6 +9,7 @@ use super::{
 };
 use crate::domain::{
     Age, Email, Metadata, NewPost, NewUser, PostContent, PostTitle, Tags, UserId, UserName,
+    UserPatch,
 };
 
 /// A new user.
@@ -18,6 +19,17 @@ pub struct UserInput {
     pub name: String,
     /// A valid address; unique.
     pub email: String,
+    /// 0–150.
+    pub age: Option<i32>,
+}
+
+/// Changes to a user; fields left out stay as they are.
+#[derive(Debug, GraphQLInputObject)]
+pub struct UserUpdate {
+    /// 1–100 characters.
+    pub name: Option<String>,
+    /// A valid address; unique.
+    pub email: Option<String>,
     /// 0–150.
     pub age: Option<i32>,
 }
@@ -67,6 +79,43 @@ impl Mutation {
             metadata: Metadata::default(),
         };
         let user = context.db.create_user(new).await.map_err(errors::db)?;
+        Ok(UserObject::single(user))
+    }
+
+    /// Changes a user (on every node: subscribers hear `userUpdated`, caches forget it).
+    async fn update_user(
+        context: &Context,
+        id: juniper::ID,
+        input: UserUpdate,
+    ) -> FieldResult<UserObject> {
+        require_token(context)?;
+        let id = UserId::parse(&id)
+            .map_err(|e| errors::invalid(crate::domain::ValidationError::new("id", e.reason)))?;
+        let patch = UserPatch {
+            name: input
+                .name
+                .as_deref()
+                .map(UserName::parse)
+                .transpose()
+                .map_err(errors::invalid)?,
+            email: input
+                .email
+                .as_deref()
+                .map(Email::parse)
+                .transpose()
+                .map_err(errors::invalid)?,
+            age: input
+                .age
+                .map(Age::parse)
+                .transpose()
+                .map_err(errors::invalid)?,
+            metadata: None,
+        };
+        let user = context
+            .db
+            .update_user(id, patch)
+            .await
+            .map_err(errors::db)?;
         Ok(UserObject::single(user))
     }
 

@@ -25,7 +25,7 @@ impl Query {
     /// One user, or `null` when no user has this id.
     async fn user(context: &Context, id: String) -> FieldResult<Option<UserObject>> {
         let id = UserId::parse(&id).map_err(errors::invalid)?;
-        match context.db.get_user(id).await {
+        match context.db.get_user_cached(id).await {
             Ok(user) => Ok(Some(UserObject::single(user))),
             Err(DbError::NotFound { .. }) => Ok(None),
             Err(error) => Err(errors::db(error)),

@@ -1,5 +1,6 @@
-//! `Subscription { userCreated, postCreated }`: live, fed by the `Events` actor, so users and
-//! posts created through any front door (gRPC, GraphQL, bulk) appear. A subscriber that
+//! `Subscription { userCreated, userUpdated, userDeleted, postCreated }`: live, fed by the
+//! `Events` actor, so users changed through any front door (gRPC, GraphQL, bulk, the
+//! deletion saga) on any node of a cluster appear, and posts created on this node. A subscriber that
 //! falls more than the buffer behind gets a final error and the stream ends.
 
 use std::pin::Pin;
@@ -13,7 +14,7 @@ use super::{
     objects::{PostObject, UserObject},
     Context,
 };
-use crate::actors::events::{Subscribe, SubscribePosts, UserEvent, UserEventKinds};
+use crate::actors::events::{Ended, Subscribe, SubscribePosts, UserEventKinds};
 
 /// New users or posts a subscription may hold for a slow client.
 pub const SUBSCRIPTION_BUFFER: usize = 1024;
@@ -23,11 +24,12 @@ pub struct Subscription;
 
 type Live<T> = Pin<Box<dyn Stream<Item = FieldResult<T>> + Send>>;
 
-/// Turns a bounded event channel into a stream that ends with an error when the
-/// subscriber fell behind (rather than skipping events silently).
+/// Turns a bounded event channel into a stream that ends with an error when the server
+/// ended it (the subscriber fell behind, or the cluster link was lost) rather than
+/// skipping events silently.
 fn live<E: Send + 'static, T: Send + 'static>(
     receiver: mpsc::Receiver<E>,
-    overflowed: oneshot::Receiver<()>,
+    ended: oneshot::Receiver<Ended>,
     map: impl Fn(E) -> T + Send + 'static,
 ) -> Live<T> {
     let items = stream::unfold(receiver, |mut receiver| async move {
@@ -35,18 +37,24 @@ fn live<E: Send + 'static, T: Send + 'static>(
         Some((item, receiver))
     })
     .map(move |item| Ok(map(item)));
-    let ending =
-        stream::once(async move { overflowed.await.ok() }).filter_map(|overflow| async move {
-            overflow.map(|()| {
-                Err(errors::coded(
+    let ending = stream::once(async move { ended.await.ok() }).filter_map(|ended| async move {
+        ended
+            .map(|ended| match ended {
+                Ended::TooSlow => errors::coded(
                     format!(
                         "subscriber too slow: more than {SUBSCRIPTION_BUFFER} events waited; \
                      subscribe again"
                     ),
                     "RESOURCE_EXHAUSTED",
-                ))
+                ),
+                Ended::Interrupted => errors::coded(
+                    "the link to the other cluster nodes was lost, so events from them may be \
+                 missing; subscribe again",
+                    errors::code::UNAVAILABLE,
+                ),
             })
-        });
+            .map(Err)
+    });
     Box::pin(items.chain(ending))
 }
 
@@ -75,21 +83,25 @@ async fn user_events<T: Send + 'static>(
         .await
         .map_err(|_| unavailable())?
         .map_err(|error| errors::coded(error, errors::code::BUSY))?;
-    Ok(live(
-        subscription.users,
-        subscription.overflowed,
-        move |event| {
-            let (UserEvent::Created(user) | UserEvent::Deleted(user)) = event;
-            map(user)
-        },
-    ))
+    Ok(live(subscription.users, subscription.ended, move |event| {
+        map(event.user().clone())
+    }))
 }
 
 #[graphql_subscription(context = Context)]
 impl Subscription {
     /// Every user created from now on, by any front door.
     async fn user_created(context: &Context) -> FieldResult<Live<UserObject>> {
-        user_events(context, UserEventKinds::Created, |user| {
+        user_events(context, UserEventKinds::CREATED, |user| {
+            UserObject::single((*user).clone())
+        })
+        .await
+    }
+
+    /// Every user updated from now on (as it is after the update), by any front door on
+    /// any node.
+    async fn user_updated(context: &Context) -> FieldResult<Live<UserObject>> {
+        user_events(context, UserEventKinds::UPDATED, |user| {
             UserObject::single((*user).clone())
         })
         .await
@@ -97,7 +109,7 @@ impl Subscription {
 
     /// The id of every user deleted from now on (once its row is gone).
     async fn user_deleted(context: &Context) -> FieldResult<Live<juniper::ID>> {
-        user_events(context, UserEventKinds::Deleted, |user| {
+        user_events(context, UserEventKinds::DELETED, |user| {
             juniper::ID::new(user.id.to_string())
         })
         .await
@@ -112,7 +124,7 @@ impl Subscription {
             })
             .await
             .map_err(|_| unavailable())?;
-        Ok(live(subscription.posts, subscription.overflowed, |post| {
+        Ok(live(subscription.posts, subscription.ended, |post| {
             PostObject::single((*post).clone())
         }))
     }

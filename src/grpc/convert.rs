@@ -24,6 +24,7 @@ impl From<User> for pb::User {
             metadata: user.metadata.entries().clone().into_iter().collect(),
             age: user.age.map(Age::get),
             deleted: false,
+            updated: false,
         }
     }
 }

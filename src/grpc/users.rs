@@ -1,6 +1,6 @@
 //! The `userservice.UserService` implementation.
 
-use std::{collections::HashSet, pin::Pin, sync::Arc, time::Duration};
+use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
 use actix::Addr;
 use futures_util::{Stream, StreamExt};
@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     actors::{
-        events::{Events, Subscribe, Subscription, Unsubscribe, UserEvent, UserEventKinds},
+        events::{Ended, Events, Subscribe, Subscription, Unsubscribe, UserEvent, UserEventKinds},
         rate_limit::{address_key, subject_key},
         saga::{delete_user, Saga},
     },
@@ -163,7 +163,7 @@ impl UserService for Users {
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
         let id = user_id(&request.into_inner().id)?;
-        Ok(Response::new(self.db.get_user(id).await?.into()))
+        Ok(Response::new(self.db.get_user_cached(id).await?.into()))
     }
 
     async fn update_user(
@@ -238,10 +238,10 @@ impl UserService for Users {
                 filter: filter.as_str().to_owned(),
                 buffer: self.stream_buffer,
                 client: Some((client, self.max_streams_per_client)),
-                kinds: if request.include_deletions {
-                    UserEventKinds::All
-                } else {
-                    UserEventKinds::Created
+                kinds: UserEventKinds {
+                    created: true,
+                    updated: request.include_updates,
+                    deleted: request.include_deletions,
                 },
             })
             .await
@@ -314,7 +314,8 @@ impl Feeder {
     }
 
     async fn feed(&self, mut subscription: Subscription) -> Result<(), ()> {
-        let mut seen: HashSet<UserId> = HashSet::new();
+        // What the snapshot held of each user: a live event it already covers is skipped.
+        let mut seen: HashMap<UserId, chrono::DateTime<chrono::Utc>> = HashMap::new();
         let mut cursor: Option<PageCursor> = None;
         loop {
             let page = match self.read_page(cursor.as_ref()).await? {
@@ -322,7 +323,7 @@ impl Feeder {
                 Err(error) => return self.send(Err(error.into())).await,
             };
             for user in page.users {
-                seen.insert(user.id);
+                seen.insert(user.id, user.updated_at);
                 self.send(Ok(user.into())).await?;
             }
             match page.next {
@@ -331,30 +332,42 @@ impl Feeder {
             }
         }
         loop {
-            let user = tokio::select! {
+            let event = tokio::select! {
                 () = self.wire.closed() => return Err(()),
-                user = subscription.users.recv() => user,
+                event = subscription.users.recv() => event,
             };
-            match user {
-                Some(UserEvent::Created(user)) if seen.remove(&user.id) => {}
-                Some(UserEvent::Created(user)) => self.send(Ok(User::clone(&user).into())).await?,
-                Some(UserEvent::Deleted(user)) => {
+            let Some(event) = event else { break };
+            let user = event.user();
+            let covered = match &event {
+                // Committed before the snapshot read it.
+                UserEvent::Created(_) => seen.contains_key(&user.id),
+                UserEvent::Updated(_) => seen
+                    .get(&user.id)
+                    .is_some_and(|shown| *shown >= user.updated_at),
+                UserEvent::Deleted(_) => {
                     seen.remove(&user.id);
-                    let mut gone = pb::User::from(User::clone(&user));
-                    gone.deleted = true;
-                    self.send(Ok(gone)).await?
+                    false
                 }
-                None => break,
+            };
+            if covered {
+                continue;
             }
+            let mut wire = pb::User::from(User::clone(user));
+            wire.updated = matches!(event, UserEvent::Updated(_));
+            wire.deleted = matches!(event, UserEvent::Deleted(_));
+            self.send(Ok(wire)).await?;
         }
-        let status = if subscription.overflowed.try_recv().is_ok() {
-            Status::resource_exhausted(format!(
-                "stream consumer too slow: more than {} new users waited for it; \
+        let status = match subscription.ended.try_recv() {
+            Ok(Ended::TooSlow) => Status::resource_exhausted(format!(
+                "stream consumer too slow: more than {} events waited for it; \
                  call StreamUsers again to resume from a fresh snapshot",
                 self.buffer
-            ))
-        } else {
-            Status::unavailable("the server is shutting down")
+            )),
+            Ok(Ended::Interrupted) => Status::unavailable(
+                "the link to the other cluster nodes was lost, so changes made there may \
+                 be missing; call StreamUsers again for a fresh snapshot",
+            ),
+            Err(_) => Status::unavailable("the server is shutting down"),
         };
         self.send(Err(status)).await
     }

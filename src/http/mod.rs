@@ -32,6 +32,8 @@ pub struct HttpState {
     pub sagas: actix::Addr<crate::actors::saga::Saga>,
     /// The link to the other nodes, in cluster mode.
     pub broker: Option<actix::Addr<crate::actors::broker::Broker>>,
+    /// The user cache, when on (for `/metrics`).
+    pub user_cache: Option<actix::Addr<crate::actors::user_cache::UserCache>>,
     /// What the WebSocket and room routes need.
     pub chat: ChatState,
     /// What the GraphQL routes need.

@@ -116,7 +116,7 @@ async fn npm_graphql_ws_queries_subscribes_and_introspects_with_graphql_js() {
     }
     assert_eq!(
         seen["subscription_fields"],
-        serde_json::json!(["userCreated", "userDeleted", "postCreated"]),
+        serde_json::json!(["userCreated", "userUpdated", "userDeleted", "postCreated"]),
         "{seen}"
     );
     assert!(seen["queried"]["data"]["users"].is_array(), "{seen}");

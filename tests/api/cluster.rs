@@ -27,6 +27,8 @@ pub fn node_settings(db: &TestDb, redis: &str, prefix: &str, node: &str) -> Sett
     settings.cluster.node_timeout = Duration::from_secs(2);
     settings.websocket.rate_per_second = 10_000.0;
     settings.websocket.rate_burst = 10_000;
+    settings.rate_limit_per_second = 10_000.0;
+    settings.rate_limit_burst = 10_000;
     settings
 }
 

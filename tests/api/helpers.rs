@@ -120,6 +120,17 @@ impl TestDb {
         })
     }
 
+    /// The same database for another server (several cluster nodes on one database);
+    /// this one must outlive it, as it removes the database when dropped.
+    pub fn share(&self) -> Self {
+        Self {
+            settings: self.settings.clone(),
+            _dir: None,
+            postgres: None,
+            _cluster: None,
+        }
+    }
+
     /// Migrates the database and opens a pool to it.
     pub async fn open(&self) -> Database {
         migrate::run_pending(&self.settings)

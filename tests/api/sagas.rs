@@ -195,6 +195,7 @@ async fn deleting_a_user_removes_it_everywhere(db: TestDb) {
         .stream_users(StreamUsersRequest {
             filter: String::new(),
             include_deletions: true,
+            include_updates: false,
         })
         .await
         .unwrap()

@@ -13,10 +13,14 @@
 //! after a reconnect). Its push messages go through a bounded queue into this actor
 //! (never blocking the connection; an overflow is counted) and on to the hub: private
 //! messages on a channel per user (`<prefix>:user:<id>`, subscribed while the user has a
-//! session on this node) and broadcasts on `<prefix>:broadcast`.
+//! session on this node) and broadcasts on `<prefix>:broadcast`. User changes travel on
+//! `<prefix>:users` (see [`users`]).
 
 pub mod presence;
 pub mod rooms;
+pub mod users;
+
+pub use users::{AttachEvents, PublishUsers};
 
 use std::{
     sync::Arc,
@@ -98,6 +102,9 @@ pub struct BrokerStats {
     /// Times the subscription connection was replaced because it stopped delivering
     /// (its probe did not come back) while Redis answered.
     pub subscriber_restarts: u64,
+    /// User updates and deletions answered before every node confirmed its cache
+    /// forgot the user.
+    pub invalidation_timeouts: u64,
 }
 
 /// The broker actor. One per node, in cluster mode only.
@@ -117,6 +124,10 @@ pub struct Broker {
     stats: BrokerStats,
     beating: bool,
     hub: Option<Addr<Hub>>,
+    /// Where user changes from other nodes go.
+    events: Option<Addr<crate::actors::events::Events>>,
+    /// User changes waiting for the other nodes' acknowledgements.
+    acks: users::Acks,
     /// Users this node wants to hear about (it has a session of theirs).
     users: HashSet<Arc<str>>,
     /// Rooms this node wants to hear about (it has a member in them).
@@ -149,7 +160,8 @@ impl redis::aio::AsyncPushSender for Pushes {
 }
 
 /// What travels on the private and broadcast channels: the frame, and the session that
-/// sent it (which does not get it back).
+/// sent it (which does not get it back). On a node's own channel: a self-probe, or an
+/// acknowledgement (`o` = `ack`).
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope {
     /// The sending session.
@@ -205,6 +217,8 @@ impl Broker {
             pushes: Some(pushes),
             dropped,
             hub: None,
+            events: None,
+            acks: users::Acks::default(),
             users: HashSet::new(),
             rooms: HashSet::new(),
             presence_limit: crate::actors::hub::DEFAULT_PRESENCE_LIMIT,
@@ -220,6 +234,13 @@ impl Broker {
             },
             beating: false,
         })
+    }
+
+    /// The broker's command connection (multiplexed, reconnecting), for a front door
+    /// that talks to Redis on every request without going through the actor (the
+    /// cluster-wide rate limiter).
+    pub fn commands(&self) -> ConnectionManager {
+        self.commands.clone()
     }
 
     fn key(&self, name: &str) -> String {
@@ -513,7 +534,12 @@ impl Broker {
     }
 
     fn probe_channel(&self) -> String {
-        self.key(&format!("probe:{}", self.stats.node))
+        self.node_channel(&self.stats.node)
+    }
+
+    /// Node `node`'s own channel: its self-probes and the acknowledgements it waits for.
+    fn node_channel(&self, node: &str) -> String {
+        self.key(&format!("probe:{node}"))
     }
 
     /// The self-probe: a message to this node's own channel every heartbeat. One that
@@ -556,6 +582,9 @@ impl Broker {
         self.restarting = true;
         self.stats.subscriber_restarts += 1;
         tracing::error!("the Redis subscription connection stopped delivering; replacing it");
+        if let Some(events) = &self.events {
+            events.do_send(crate::actors::events::ClusterLinkLost);
+        }
         let (client, config) = (
             self.subscriber_client.clone(),
             self.subscriber_config.clone(),
@@ -569,6 +598,7 @@ impl Broker {
                         Ok(subscriber) => {
                             this.subscriber = subscriber;
                             this.subscribe_all(ctx);
+                            this.relink(ctx);
                             ctx.run_later(RECHECK_AFTER, |this, _ctx| {
                                 if let Some(hub) = &this.hub {
                                     hub.do_send(crate::actors::hub::CheckRooms);
@@ -845,6 +875,7 @@ impl StreamHandler<PushInfo> for Broker {
                 tracing::warn!(
                     "the subscription connection to Redis was lost; it reconnects and resubscribes"
                 );
+                self.link_lost(ctx);
                 // Once it is back, the hub looks for what was published meanwhile.
                 ctx.run_later(RECHECK_AFTER, |this, _ctx| {
                     if let Some(hub) = &this.hub {
@@ -866,6 +897,10 @@ impl StreamHandler<PushInfo> for Broker {
         ) else {
             return;
         };
+        if channel == self.key("users") {
+            self.users_message(&payload, ctx);
+            return;
+        }
         if let Some(room) = channel.strip_prefix(&self.key("room:")) {
             // Numbered messages start with their offset; typing is an envelope.
             if let Some((offset, epoch, message)) = rooms::parse_room_message(&payload) {
@@ -885,6 +920,12 @@ impl StreamHandler<PushInfo> for Broker {
             return;
         };
         if channel == self.probe_channel() {
+            if envelope.o == users::ACK {
+                if let Ok(seq) = envelope.f.parse() {
+                    self.acknowledged(seq);
+                }
+                return;
+            }
             if let Some((seq, sent)) = self.probe_sent {
                 if envelope.f == seq.to_string() {
                     self.stats.probe_ms = Some(sent.elapsed().as_secs_f64() * 1e3);

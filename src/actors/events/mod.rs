@@ -1,13 +1,18 @@
 //! Domain events: the data layer tells this actor about users after they are committed,
-//! and it hands each one to every matching live subscription (gRPC `StreamUsers`, later
-//! GraphQL subscriptions). Each subscription has a bounded buffer; one that overflows is
-//! dropped and told so — a subscriber never silently misses an event.
+//! and it hands each one to every matching live subscription (gRPC `StreamUsers`, GraphQL
+//! subscriptions). Each subscription has a bounded buffer; one that overflows is dropped
+//! and told so — a subscriber never silently misses an event.
+//!
+//! It also keeps the user cache right: an update or deletion is forgotten by this node's
+//! cache and, in cluster mode, published through the broker to every other node (whose
+//! `Events` deliver it to their subscribers and forget it in their caches) before the
+//! write answers its client.
 
 pub mod messages;
 
 use std::{collections::HashMap, sync::Arc};
 
-use actix::{Actor, Context, Handler, MessageResult};
+use actix::{Actor, Addr, Context, Handler, MessageResult, ResponseActFuture, WrapFuture};
 use tokio::sync::{
     mpsc::{self, error::TrySendError},
     oneshot,
@@ -15,7 +20,13 @@ use tokio::sync::{
 
 pub use messages::*;
 
-use crate::domain::User;
+use crate::{
+    actors::{
+        broker::{Broker, PublishUsers},
+        user_cache::{Invalidate, SetServing, UserCache},
+    },
+    domain::User,
+};
 
 /// Owns the live subscriptions. Start one per server.
 #[derive(Default)]
@@ -30,11 +41,15 @@ pub struct Events {
     per_client: HashMap<Arc<str>, usize>,
     /// Counters.
     stats: EventStats,
+    /// This node's user cache, kept right.
+    cache: Option<Addr<UserCache>>,
+    /// The other nodes, in cluster mode.
+    broker: Option<Addr<Broker>>,
 }
 
 struct PostSubscriber {
     posts: mpsc::Sender<Arc<crate::domain::Post>>,
-    overflowed: oneshot::Sender<()>,
+    ended: oneshot::Sender<Ended>,
 }
 
 struct Subscriber {
@@ -45,7 +60,7 @@ struct Subscriber {
     /// Which events it is told about.
     kinds: UserEventKinds,
     users: mpsc::Sender<UserEvent>,
-    overflowed: oneshot::Sender<()>,
+    ended: oneshot::Sender<Ended>,
 }
 
 /// Whether `user` matches a lower-cased `filter`, as `ListUsers` filters.
@@ -59,6 +74,18 @@ impl Events {
     /// An actor with no subscriptions.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps `cache` right: changed users are forgotten before the change answers.
+    pub fn with_cache(mut self, cache: Addr<UserCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Cluster mode: changes are published to the other nodes through `broker`.
+    pub fn with_broker(mut self, broker: Addr<Broker>) -> Self {
+        self.broker = Some(broker);
+        self
     }
 }
 
@@ -114,7 +141,7 @@ impl Handler<Subscribe> for Events {
             None => None,
         };
         let (users, receiver) = mpsc::channel(msg.buffer.max(1));
-        let (overflowed, overflow_rx) = oneshot::channel();
+        let (ended, ended_rx) = oneshot::channel();
         self.next_id += 1;
         let id = self.next_id;
         self.subscribers.insert(
@@ -124,13 +151,13 @@ impl Handler<Subscribe> for Events {
                 client,
                 kinds: msg.kinds,
                 users,
-                overflowed,
+                ended,
             },
         );
         Ok(Subscription {
             id,
             users: receiver,
-            overflowed: overflow_rx,
+            ended: ended_rx,
         })
     }
 }
@@ -143,49 +170,128 @@ impl Handler<Unsubscribe> for Events {
     }
 }
 
-impl Handler<UsersCreated> for Events {
-    type Result = ();
+impl Handler<UsersChanged> for Events {
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: UsersCreated, _ctx: &mut Self::Context) {
-        self.stats.users_created += msg.users.len() as u64;
-        if self.subscribers.is_empty() {
-            return; // nothing to copy the users for (bulk creates announce thousands)
+    fn handle(&mut self, msg: UsersChanged, _ctx: &mut Self::Context) -> Self::Result {
+        let count = msg.users.len() as u64;
+        match msg.change {
+            Change::Created => self.stats.users_created += count,
+            Change::Updated => self.stats.users_updated += count,
+            Change::Deleted => self.stats.users_deleted += count,
+            Change::Forgotten => {}
         }
-        let mut ended = Vec::new();
-        for user in msg.users.iter() {
-            let user = Arc::new(user.clone());
-            self.deliver(&user, false, &mut ended);
-        }
-        self.end(ended);
+        self.deliver_all(msg.change, &msg.users);
+        let forget = self.forget(msg.change, &msg.users);
+        let publish = self.broker.clone().map(|broker| {
+            broker.send(PublishUsers {
+                change: msg.change,
+                users: msg.users,
+            })
+        });
+        Box::pin(
+            async move {
+                forget.await;
+                if let Some(publish) = publish {
+                    match publish.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => tracing::warn!(
+                            %error,
+                            "a user change was not published: other nodes do not hear of it"
+                        ),
+                        Err(error) => tracing::warn!(%error, "the broker did not answer"),
+                    }
+                }
+            }
+            .into_actor(self),
+        )
     }
 }
 
-impl Handler<UserDeleted> for Events {
+impl Handler<RemoteUsersChanged> for Events {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: RemoteUsersChanged, _ctx: &mut Self::Context) -> Self::Result {
+        self.stats.remote_changes += 1;
+        self.deliver_all(msg.change, &msg.users);
+        Box::pin(self.forget(msg.change, &msg.users).into_actor(self))
+    }
+}
+
+impl Handler<ClusterLinkLost> for Events {
     type Result = ();
 
-    fn handle(&mut self, msg: UserDeleted, _ctx: &mut Self::Context) {
-        self.stats.users_deleted += 1;
-        let mut ended = Vec::new();
-        self.deliver(&msg.user, true, &mut ended);
-        self.end(ended);
+    fn handle(&mut self, _msg: ClusterLinkLost, _ctx: &mut Self::Context) {
+        if let Some(cache) = &self.cache {
+            cache.do_send(SetServing(false));
+        }
+        let ids: Vec<u64> = self.subscribers.keys().copied().collect();
+        for id in ids {
+            if let Some(subscriber) = self.remove(id) {
+                self.stats.interrupted += 1;
+                let _ = subscriber.ended.send(Ended::Interrupted);
+            }
+        }
+    }
+}
+
+impl Handler<ClusterLinkRestored> for Events {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ClusterLinkRestored, _ctx: &mut Self::Context) {
+        if let Some(cache) = &self.cache {
+            cache.do_send(SetServing(true));
+        }
     }
 }
 
 impl Events {
-    /// Hands `user` to every matching subscription (that wants deletions, for a
-    /// deletion); those that are full or gone go to `ended`.
-    fn deliver(&mut self, user: &Arc<User>, deleted: bool, ended: &mut Vec<u64>) {
+    /// Hands `users` to every subscription that wants `change`.
+    fn deliver_all(&mut self, change: Change, users: &[User]) {
+        if self.subscribers.is_empty() || change == Change::Forgotten {
+            return; // nothing to copy the users for (bulk creates announce thousands)
+        }
+        let mut ended = Vec::new();
+        for user in users {
+            let user = Arc::new(user.clone());
+            self.deliver(&user, change, &mut ended);
+        }
+        self.end(ended);
+    }
+
+    /// Forgets changed `users` in this node's cache; resolves once they are forgotten.
+    fn forget(
+        &self,
+        change: Change,
+        users: &[User],
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        let invalidate = match (&self.cache, change) {
+            (Some(cache), Change::Updated | Change::Deleted | Change::Forgotten) => {
+                Some(cache.send(Invalidate(users.iter().map(|u| u.id).collect())))
+            }
+            _ => None,
+        };
+        async move {
+            if let Some(invalidate) = invalidate {
+                let _ = invalidate.await;
+            }
+        }
+    }
+
+    /// Hands `user` to every matching subscription that wants `change`; those that are
+    /// full or gone go to `ended`.
+    fn deliver(&mut self, user: &Arc<User>, change: Change, ended: &mut Vec<u64>) {
         for (id, subscriber) in &self.subscribers {
             if ended.contains(id)
-                || !subscriber.kinds.wants(deleted)
+                || !subscriber.kinds.wants(change)
                 || !matches(user, &subscriber.filter)
             {
                 continue;
             }
-            let event = if deleted {
-                UserEvent::Deleted(user.clone())
-            } else {
-                UserEvent::Created(user.clone())
+            let event = match change {
+                Change::Created => UserEvent::Created(user.clone()),
+                Change::Updated => UserEvent::Updated(user.clone()),
+                Change::Deleted | Change::Forgotten => UserEvent::Deleted(user.clone()),
             };
             match subscriber.users.try_send(event) {
                 Ok(()) => {}
@@ -204,7 +310,7 @@ impl Events {
             if let Some(subscriber) = self.remove(id) {
                 // Only an overflow is reported; a closed receiver has nobody to tell.
                 if !subscriber.users.is_closed() {
-                    let _ = subscriber.overflowed.send(());
+                    let _ = subscriber.ended.send(Ended::TooSlow);
                 }
             }
         }
@@ -216,12 +322,11 @@ impl Handler<SubscribePosts> for Events {
 
     fn handle(&mut self, msg: SubscribePosts, _ctx: &mut Self::Context) -> Self::Result {
         let (posts, receiver) = mpsc::channel(msg.buffer.max(1));
-        let (overflowed, overflow_rx) = oneshot::channel();
-        self.post_subscribers
-            .push(PostSubscriber { posts, overflowed });
+        let (ended, ended_rx) = oneshot::channel();
+        self.post_subscribers.push(PostSubscriber { posts, ended });
         MessageResult(PostSubscription {
             posts: receiver,
-            overflowed: overflow_rx,
+            ended: ended_rx,
         })
     }
 }
@@ -237,7 +342,7 @@ impl Handler<PostCreated> for Events {
                 Ok(()) => kept.push(subscriber),
                 Err(TrySendError::Full(_)) => {
                     self.stats.overflows += 1;
-                    let _ = subscriber.overflowed.send(());
+                    let _ = subscriber.ended.send(Ended::TooSlow);
                 }
                 Err(TrySendError::Closed(_)) => {}
             }

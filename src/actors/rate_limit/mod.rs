@@ -2,7 +2,11 @@
 //! (a JWT subject or a client IP), kept by a few shard actors so no single mailbox carries
 //! every request. Buckets that have refilled completely are forgotten on a sweep, and each
 //! shard holds at most a fixed number of keys, so memory stays bounded under many clients.
+//!
+//! In cluster mode the decision is taken in Redis instead ([`cluster`]), and these local
+//! buckets decide only while Redis does not answer.
 
+pub mod cluster;
 pub mod messages;
 
 use std::{
@@ -13,6 +17,7 @@ use std::{
 
 use actix::{Actor, Addr, Arbiter, AsyncContext, Context, Handler};
 
+pub use cluster::{ClusterLimits, LimiterStats};
 pub use messages::*;
 
 use crate::rate::TokenBucket;
@@ -122,6 +127,7 @@ pub struct RateLimiters {
     shards: Vec<Addr<RateLimiter>>,
     hasher: std::collections::hash_map::RandomState,
     quota: Quota,
+    cluster: Option<std::sync::Arc<ClusterLimits>>,
 }
 
 impl RateLimiters {
@@ -146,6 +152,7 @@ impl RateLimiters {
                 shards: addrs,
                 hasher: Default::default(),
                 quota,
+                cluster: None,
             },
             arbiters,
         )
@@ -161,11 +168,38 @@ impl RateLimiters {
         &self.shards[(hash % self.shards.len() as u64) as usize]
     }
 
+    /// Cluster mode: decisions are taken in Redis through `cluster`; the local buckets
+    /// decide only while Redis does not answer.
+    pub fn cluster_wide(mut self, cluster: ClusterLimits) -> Self {
+        self.cluster = Some(std::sync::Arc::new(cluster));
+        self
+    }
+
     /// Takes a token for `key` now. The answer is a `'static` future, so it can be awaited
     /// after the caller has returned (a WebSocket session awaits its upgrade's answer).
-    pub fn check(&self, key: String) -> actix::dev::Request<RateLimiter, Check> {
+    pub fn check(
+        &self,
+        key: String,
+    ) -> impl std::future::Future<Output = Result<Decision, actix::MailboxError>> + Send + 'static
+    {
         let now = Instant::now();
-        self.shard(&key).send(Check { key, now })
+        let (local, cluster) = (self.shard(&key).clone(), self.cluster.clone());
+        async move {
+            if let Some(cluster) = cluster {
+                if let Some(decision) = cluster.decide(&key).await {
+                    return Ok(decision);
+                }
+            }
+            local.send(Check { key, now }).await
+        }
+    }
+
+    /// The cluster limiter's counters (zeros on a single node).
+    pub fn stats(&self) -> LimiterStats {
+        self.cluster
+            .as_ref()
+            .map(|cluster| cluster.stats())
+            .unwrap_or_default()
     }
 
     /// Keys tracked across all shards.

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use super::{Definition, Fault, StepContext, StepError, StepSpec};
 use crate::{
     actors::{
-        events::{Events, UserDeleted},
+        events::{Change, Events, UsersChanged},
         hub::{CloseUser, Hub},
     },
     auth::RefusedSubjects,
@@ -205,6 +205,14 @@ impl Definition for DeleteUser {
                 }
                 "remove_user" => {
                     db.remove_user(id, user.email.as_str()).await?;
+                    // Before DeleteUser answers, no node's cache may serve the user.
+                    events
+                        .send(UsersChanged {
+                            change: Change::Forgotten,
+                            users: Arc::new([user]),
+                        })
+                        .await
+                        .map_err(|e| StepError::unknown(e.to_string()))?;
                     Ok(Value::Null)
                 }
                 "delete_posts" => {
@@ -224,8 +232,9 @@ impl Definition for DeleteUser {
                 }
                 "announce" => {
                     events
-                        .send(UserDeleted {
-                            user: Arc::new(user),
+                        .send(UsersChanged {
+                            change: Change::Deleted,
+                            users: Arc::new([user]),
                         })
                         .await
                         .map_err(|e| StepError::unknown(e.to_string()))?;

@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{lower, substring_pattern, PageCursor, INSERT_CHUNK, LOOKUP_CHUNK};
+use crate::actors::events::Change;
 use crate::db::{
     error::is_unique_violation,
     models::{now, UserRow},
@@ -79,6 +80,28 @@ impl Database {
         }
     }
 
+    /// [`Database::get_user`] through the user cache, when there is one: a hit costs no
+    /// query; a miss reads the database and keeps the user unless it changed meanwhile.
+    pub async fn get_user_cached(&self, id: UserId) -> Result<User, DbError> {
+        use crate::actors::user_cache::{Fill, Lookup};
+        let Some(cache) = &self.cache else {
+            return self.get_user(id).await;
+        };
+        let generation = match cache.send(Lookup(id)).await {
+            Ok(Ok(user)) => return Ok(User::clone(&user)),
+            Ok(Err(generation)) => Some(generation),
+            Err(_) => None, // the cache is gone (shutting down): read through
+        };
+        let user = self.get_user(id).await?;
+        if let Some(generation) = generation {
+            cache.do_send(Fill {
+                user: std::sync::Arc::new(user.clone()),
+                generation,
+            });
+        }
+        Ok(user)
+    }
+
     /// [`Database::get_user`] in this database.
     #[tracing::instrument(skip(self))]
     pub(crate) async fn local_get_user(&self, id: UserId) -> Result<User, DbError> {
@@ -133,10 +156,13 @@ impl Database {
         if patch.is_empty() {
             return self.get_user(id).await;
         }
-        match &self.sharding {
+        let user = match &self.sharding {
             Some(sharding) => sharding.update_user(id, patch).await,
             None => self.local_update_user(id, patch).await,
-        }
+        }?;
+        self.announce_change(Change::Updated, std::slice::from_ref(&user))
+            .await;
+        Ok(user)
     }
 
     /// [`Database::update_user`] in this database (a non-empty patch).

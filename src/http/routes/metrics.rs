@@ -38,6 +38,21 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
             .send(crate::actors::saga::GetSagaStats)
             .await
             .ok(),
+        user_cache: match &state.user_cache {
+            Some(cache) => cache
+                .send(crate::actors::user_cache::GetCacheStats)
+                .await
+                .ok(),
+            None => None,
+        },
+        broker: match &state.broker {
+            Some(broker) => broker
+                .send(crate::actors::broker::GetBrokerStats)
+                .await
+                .ok(),
+            None => None,
+        },
+        rate_limit: Some(state.rate_limit.limiters.stats()),
     };
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -101,6 +101,8 @@ pub struct Application {
     hub: Addr<Hub>,
     events: Addr<Events>,
     sagas: Addr<Saga>,
+    /// The link to the other nodes, in cluster mode.
+    broker: Option<Addr<Broker>>,
     /// The thread of the singleton actors (hub, events), stopped last.
     singletons: Arbiter,
     /// The rate limiter shards' threads.
@@ -397,6 +399,7 @@ impl Application {
                 auth: auth.clone(),
                 settings: std::sync::Arc::new(settings.websocket.clone()),
                 limit_upgrades: settings.http_middleware,
+                node: node.clone(),
             },
         });
         let grpc_limiters = state.rate_limit.limiters.clone();
@@ -483,6 +486,7 @@ impl Application {
             auth,
             hub,
             history,
+            broker,
             events,
             sagas,
             singletons,
@@ -574,6 +578,19 @@ impl Application {
                 Ok(Ok(Err(error))) => tracing::error!(%error, "chat history flush failed"),
                 Ok(Err(error)) => tracing::error!(%error, "history writer unavailable"),
                 Err(_) => tracing::error!("chat history flush timed out"),
+            }
+        }
+        // A cluster node leaves now: the presence its sessions had is taken out with
+        // leave events, and it is struck from the node set (not after the node timeout).
+        if let Some(broker) = &self.broker {
+            let leave = broker.send(crate::actors::broker::LeaveCluster);
+            match tokio::time::timeout(self.shutdown_timeout, leave).await {
+                Ok(Ok(Ok(left))) => tracing::info!(left, "left the cluster"),
+                Ok(Ok(Err(error))) => {
+                    tracing::warn!(%error, "could not leave the cluster cleanly; the others will reap this node")
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "the broker did not answer"),
+                Err(_) => tracing::warn!("leaving the cluster timed out"),
             }
         }
         // Runs still going here are stopped and their leases given up, so whoever starts

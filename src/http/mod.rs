@@ -63,6 +63,8 @@ pub struct ChatState {
     /// Whether upgrades take a token from their client's HTTP rate-limit bucket (off
     /// with the rest of the middleware chain).
     pub limit_upgrades: bool,
+    /// This node's id in a cluster (shown in welcomes and `/stats`).
+    pub node: Option<Arc<str>>,
 }
 
 /// Registers every route.

@@ -7,6 +7,7 @@ mod chat_limits;
 mod cli;
 mod clients;
 mod cluster;
+mod cluster_restart;
 mod cluster_services;
 mod config_errors;
 mod graphql;

@@ -16,10 +16,12 @@
 //! session on this node) and broadcasts on `<prefix>:broadcast`. User changes travel on
 //! `<prefix>:users` (see [`users`]).
 
+pub mod leave;
 pub mod presence;
 pub mod rooms;
 pub mod users;
 
+pub use leave::LeaveCluster;
 pub use users::{AttachEvents, PublishUsers};
 
 use std::{
@@ -128,6 +130,12 @@ pub struct Broker {
     events: Option<Addr<crate::actors::events::Events>>,
     /// User changes waiting for the other nodes' acknowledgements.
     acks: users::Acks,
+    /// Presence changes and place releases under way.
+    in_flight: usize,
+    /// Who waits for them to settle ([`LeaveCluster`]).
+    settled: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Set by [`LeaveCluster`]: no more heartbeats.
+    leaving: bool,
     /// Users this node wants to hear about (it has a session of theirs).
     users: HashSet<Arc<str>>,
     /// Rooms this node wants to hear about (it has a member in them).
@@ -219,6 +227,9 @@ impl Broker {
             hub: None,
             events: None,
             acks: users::Acks::default(),
+            in_flight: 0,
+            settled: Vec::new(),
+            leaving: false,
             users: HashSet::new(),
             rooms: HashSet::new(),
             presence_limit: crate::actors::hub::DEFAULT_PRESENCE_LIMIT,
@@ -417,6 +428,9 @@ impl Handler<Heartbeat> for Broker {
     type Result = ();
 
     fn handle(&mut self, _msg: Heartbeat, ctx: &mut Self::Context) {
+        if self.leaving {
+            return;
+        }
         self.probe(ctx);
         self.announce(ctx);
         if self.beating {

@@ -107,6 +107,7 @@ impl Handler<PresenceChange> for Broker {
         let channel = self.room_channel(&msg.room);
         let event = envelope_raw(msg.origin, msg.event);
         let redis = self.commands.clone();
+        self.begin_change();
         ctx.spawn(
             async move {
                 let name = msg.name.unwrap_or_default();
@@ -119,7 +120,8 @@ impl Handler<PresenceChange> for Broker {
                     tracing::warn!(%error, room = %msg.room, "could not record presence");
                 }
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|(), this, _ctx| this.end_change()),
         );
     }
 }
@@ -299,6 +301,7 @@ impl Handler<ReleaseSession> for Broker {
         let node = self.stats.node.clone();
         let sessions = self.key(&format!("sessions:{}", msg.user));
         let mut redis = self.commands.clone();
+        self.begin_change();
         ctx.spawn(
             async move {
                 let released: Result<i64, _> = Script::new(RELEASE)
@@ -310,7 +313,8 @@ impl Handler<ReleaseSession> for Broker {
                     tracing::warn!(%error, "could not give a session place back");
                 }
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|(), this, _ctx| this.end_change()),
         );
     }
 }

@@ -219,7 +219,8 @@ pub struct HubStats {
     pub gaps: u64,
 }
 
-/// Close every session with 1001 (going away) and refuse new ones; answers with how many
+/// Close every session with 1001 (going away; 1012 "service restart" on a cluster node,
+/// whose clients can reconnect to another node) and refuse new ones; answers with how many
 /// sessions were told.
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]

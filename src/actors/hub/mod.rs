@@ -663,10 +663,17 @@ impl Handler<Shutdown> for Hub {
 
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> usize {
         self.shutting_down = true;
+        // A cluster node's clients reconnect to another node at once (1012); a single
+        // server is going away (1001).
+        let (code, reason) = if self.cluster.is_some() {
+            (CloseCode::Restart, "service restart")
+        } else {
+            (CloseCode::Away, "server shutting down")
+        };
         for member in self.sessions.values() {
             member.addr.push_control(ToSession::Close(CloseReason {
-                code: CloseCode::Away,
-                description: Some("server shutting down".into()),
+                code,
+                description: Some(reason.into()),
             }));
         }
         self.sessions.len()

@@ -48,6 +48,7 @@ async fn stats(state: web::Data<HttpState>) -> HttpResponse {
             "frames_out": stats.frames_out,
             "slow_consumer_disconnects": stats.slow_consumer_disconnects,
             "uptime_seconds": state.started_at.elapsed().as_secs(),
+            "node": state.chat.node.as_deref(),
         })),
         Err(_) => {
             HttpResponse::ServiceUnavailable().json(json!({ "error": "chat hub unavailable" }))

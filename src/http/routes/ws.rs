@@ -136,6 +136,9 @@ fn identify(
     };
     let header_token = header_str(req, header::AUTHORIZATION).and_then(bearer_token);
     let mut extras = WelcomeExtras::new();
+    if let Some(node) = &state.chat.node {
+        extras.insert("node".into(), node.as_ref().into());
+    }
     let identity = match params.token.as_deref().or(header_token) {
         Some(token) => match state.chat.auth.verify(token) {
             // A name claim that would not pass as a guest's name is not shown.

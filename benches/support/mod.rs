@@ -29,8 +29,14 @@ pub fn start_server(dir: &tempfile::TempDir) -> BenchServer {
 }
 
 /// Starts a server on the database at `url`, on its own thread, until the process exits.
+#[allow(dead_code)]
 pub fn start_server_on(url: DatabaseUrl) -> BenchServer {
-    let settings = Settings {
+    start_server_with(url, |_| {})
+}
+
+/// [`start_server_on`] with `change` applied to the settings first.
+pub fn start_server_with(url: DatabaseUrl, change: impl FnOnce(&mut Settings)) -> BenchServer {
+    let mut settings = Settings {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         jwt_secret: Some(JwtSecret::parse(SECRET).unwrap()),
@@ -44,6 +50,7 @@ pub fn start_server_on(url: DatabaseUrl) -> BenchServer {
         },
         ..Default::default()
     };
+    change(&mut settings);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {

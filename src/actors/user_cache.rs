@@ -210,6 +210,18 @@ mod tests {
         })
     }
 
+    /// Looks `user` up and fills it as a read-through miss does.
+    async fn read_through(cache: &Addr<UserCache>, user: &Arc<User>) {
+        let generation = cache.send(Lookup(user.id)).await.unwrap().unwrap_err();
+        cache
+            .send(Fill {
+                user: user.clone(),
+                generation,
+            })
+            .await
+            .unwrap();
+    }
+
     #[actix_rt::test]
     async fn a_fill_after_a_change_is_dropped_and_invalidation_forgets() {
         let cache = UserCache::new(10, Duration::from_secs(60)).start();
@@ -224,14 +236,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let generation = cache.send(Lookup(ada.id)).await.unwrap().unwrap_err();
-        cache
-            .send(Fill {
-                user: ada.clone(),
-                generation,
-            })
-            .await
-            .unwrap();
+        read_through(&cache, &ada).await;
         assert_eq!(cache.send(Lookup(ada.id)).await.unwrap().unwrap(), ada);
         cache.send(Invalidate(vec![ada.id])).await.unwrap();
         assert!(cache.send(Lookup(ada.id)).await.unwrap().is_err());
@@ -244,14 +249,7 @@ mod tests {
         let cache = UserCache::new(2, Duration::from_millis(1)).start();
         let users = [user("a"), user("b"), user("c")];
         for user in &users {
-            let generation = cache.send(Lookup(user.id)).await.unwrap().unwrap_err();
-            cache
-                .send(Fill {
-                    user: user.clone(),
-                    generation,
-                })
-                .await
-                .unwrap();
+            read_through(&cache, user).await;
         }
         let stats = cache.send(GetCacheStats).await.unwrap();
         assert_eq!((stats.size, stats.evictions), (2, 1));

@@ -641,3 +641,81 @@ async fn the_page_and_its_stats_are_served() {
     assert_eq!(stats["sessions"], 0);
     assert!(stats["messages_in"].is_u64());
 }
+
+/// A TCP proxy standing in for a load balancer: each new connection goes to the address
+/// `target` holds at that moment.
+async fn balancer(
+    target: std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let to = *target.lock().unwrap();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Two cluster nodes behind a balancer: the page shows the node it is on; when that node
+/// stops (close 1012) the page reconnects through the balancer to the other node at once,
+/// rejoins from its last offset, and shows every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_follows_a_rolling_restart_to_another_node() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let Some(redis) = crate::private_redis::shared_redis() else {
+        return;
+    };
+    let prefix = crate::private_redis::test_prefix();
+    let db = TestDb::sqlite();
+    let a = spawn_app_with(
+        db.share(),
+        crate::cluster::node_settings(&db, &redis, &prefix, "node-a"),
+    )
+    .await;
+    let b = spawn_app_with(
+        db.share(),
+        crate::cluster::node_settings(&db, &redis, &prefix, "node-b"),
+    )
+    .await;
+    let target = std::sync::Arc::new(std::sync::Mutex::new(a.http_addr));
+    let front = balancer(target.clone()).await;
+    let profile = tempfile::tempdir().unwrap();
+    let ann = driver.browser(&profile).await;
+    ann.enter(&format!("http://{front}/"), "Ann", "lobby").await;
+    ann.wait_for("stat-node", "node-a").await;
+
+    let mut bob = crate::ws_client::WsClient::user(&b, "bob").await;
+    bob.join("lobby").await;
+    crate::history::post(&mut bob, "lobby", 1).await;
+    ann.wait_for("messages", "m0").await;
+
+    // The balancer sends new connections to b; a stops as on SIGTERM.
+    *target.lock().unwrap() = b.http_addr;
+    a.shutdown().await.unwrap();
+    bob.send(json!({"type": "message", "room_id": "lobby", "content": "while you moved"}))
+        .await;
+    bob.recv_kind("ack").await;
+    ann.wait_for("stat-node", "node-b").await;
+    ann.wait_for("conn-state", "connected").await;
+    ann.wait_for("messages", "while you moved").await;
+    let lines = ann
+        .run(
+            "return [...document.querySelectorAll('#messages .msg')].map((m) =>
+               m.children[1].textContent);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(lines, json!(["m0", "while you moved"]), "each message once");
+    ann.close().await;
+    drop(b);
+    drop(db);
+    crate::private_redis::forget(&redis, &prefix).await;
+}

@@ -172,39 +172,6 @@ async fn get_user(name: &str, server: &BenchServer) {
     );
 }
 
-/// A fresh PostgreSQL database (its URL and name), or `None` when PostgreSQL is not
-/// reachable.
-async fn postgres_database() -> Option<(String, String)> {
-    let admin = std::env::var("BENCH_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("sb_bench_{}", uuid::Uuid::new_v4().simple());
-    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-        .await
-        .ok()?;
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .ok()?;
-    admin
-        .rsplit_once('/')
-        .map(|(base, _)| (format!("{base}/{name}"), name))
-}
-
-/// Drops the bench's PostgreSQL databases (the servers still hold connections).
-async fn drop_databases(names: &[String]) {
-    let admin = std::env::var("BENCH_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    if let Ok((client, connection)) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await {
-        tokio::spawn(connection);
-        for name in names {
-            let _ = client
-                .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-                .await;
-        }
-    }
-}
-
 fn main() {
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     rate_limit_decisions(&redis);
@@ -233,7 +200,7 @@ fn main() {
     }
     let mut databases = Vec::new();
     for (cache, size) in [("cache", 10_000), ("no_cache", 0)] {
-        let Some((url, name)) = runtime.block_on(postgres_database()) else {
+        let Some((url, name)) = runtime.block_on(support::postgres_database()) else {
             println!("get_user/postgres: skipped (no PostgreSQL)");
             break;
         };
@@ -243,5 +210,5 @@ fn main() {
         });
         runtime.block_on(get_user(&format!("postgres/{cache}"), &server));
     }
-    runtime.block_on(drop_databases(&databases));
+    runtime.block_on(support::drop_databases(&databases));
 }

@@ -161,33 +161,11 @@ fn main() {
         "sqlite",
         start_server_on(DatabaseUrl::Sqlite(dir.path().join("saga.db"))),
     ));
-    let admin = std::env::var("BENCH_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("sb_bench_{}", uuid::Uuid::new_v4().simple());
-    let created = runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-            .await
-            .ok()?;
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .ok()?;
-        Some(client)
-    });
-    let Some(admin_client) = created else {
-        println!("saga/postgres: skipped (no PostgreSQL at {admin})");
+    let Some((url, name)) = runtime.block_on(support::postgres_database()) else {
+        println!("saga/postgres: skipped (no PostgreSQL)");
         return;
-    };
-    let url = match admin.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => unreachable!(),
     };
     runtime.block_on(measure("postgres", start_server_on(url.parse().unwrap())));
     // The server still holds connections; the database is dropped with FORCE.
-    runtime.block_on(async {
-        let _ = admin_client
-            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .await;
-    });
+    runtime.block_on(support::drop_databases(&[name]));
 }

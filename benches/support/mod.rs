@@ -110,3 +110,43 @@ pub async fn grpc_client(addr: SocketAddr) -> Client {
     )
     .max_decoding_message_size(64 << 20)
 }
+
+/// The PostgreSQL server the benches create databases on (`BENCH_POSTGRES_URL`).
+fn postgres_admin_url() -> String {
+    std::env::var("BENCH_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh PostgreSQL database (its URL and name), or `None` when PostgreSQL is not
+/// reachable.
+#[allow(dead_code)]
+pub async fn postgres_database() -> Option<(String, String)> {
+    let admin = postgres_admin_url();
+    let name = format!("sb_bench_{}", uuid::Uuid::new_v4().simple());
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .ok()?;
+    admin
+        .rsplit_once('/')
+        .map(|(base, _)| (format!("{base}/{name}"), name))
+}
+
+/// Drops the bench's PostgreSQL databases (with FORCE: the servers still hold
+/// connections).
+#[allow(dead_code)]
+pub async fn drop_databases(names: &[String]) {
+    let admin = postgres_admin_url();
+    if let Ok((client, connection)) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await {
+        tokio::spawn(connection);
+        for name in names {
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::{env, fs, path::PathBuf};
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/user_service.proto"];
+    let protos = ["proto/user_service.proto", "proto/chat_service.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -57,6 +57,12 @@ impl Claims {
     pub fn is_admin(&self) -> bool {
         self.role.as_deref() == Some("admin")
     }
+
+    /// Whether the token may use the server API (`ChatService`): role `service` or
+    /// `admin`.
+    pub fn may_use_server_api(&self) -> bool {
+        matches!(self.role.as_deref(), Some("service" | "admin"))
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive), or

@@ -459,6 +459,14 @@ impl Application {
                 settings.grpc_stream_buffer,
                 settings.grpc_max_streams_per_client,
             ),
+            grpc::chat::Chat::new(
+                std::sync::Arc::new(hub.clone()),
+                singletons.handle(),
+                crate::actors::idempotency::Idempotency::start_in_arbiter(
+                    &singletons.handle(),
+                    |_| crate::actors::idempotency::Idempotency::default(),
+                ),
+            ),
             grpc::ServeOptions {
                 metrics,
                 breaker: breaker.clone(),

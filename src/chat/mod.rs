@@ -55,6 +55,9 @@ pub struct Identity {
     pub admin: bool,
     /// Whether this is an unauthenticated guest.
     pub guest: bool,
+    /// A backend's session through the server API: never in presence (no join or leave
+    /// events, not listed, not counted against the per-user session limit).
+    pub hidden: bool,
 }
 
 impl Identity {
@@ -65,6 +68,15 @@ impl Identity {
             name: None,
             admin,
             guest: false,
+            hidden: false,
+        }
+    }
+
+    /// A backend calling the server API as `user_id`, kept out of presence.
+    pub fn service(user_id: &str, admin: bool) -> Self {
+        Self {
+            hidden: true,
+            ..Self::user(user_id, admin)
         }
     }
 
@@ -88,6 +100,7 @@ impl Identity {
             name: name.map(Arc::from),
             admin: false,
             guest: true,
+            hidden: false,
         }
     }
 }

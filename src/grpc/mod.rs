@@ -1,6 +1,7 @@
 //! The gRPC front door (tonic), running on its own multi-threaded tokio runtime and
 //! reaching actors through their addresses.
 
+pub mod chat;
 mod convert;
 pub mod layer;
 mod status;
@@ -27,6 +28,12 @@ pub mod pb {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("userservice");
 
+    /// Code generated from `proto/chat_service.proto`: the server API.
+    pub mod chat {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("switchboard.chat.v1");
+    }
+
     /// The encoded descriptor set of every proto file, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/userservice_descriptor.bin"));
@@ -40,6 +47,7 @@ pub async fn serve(
         impl tonic_health::pb::health_server::Health,
     >,
     users: Users,
+    chat: chat::Chat,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -71,7 +79,15 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InterceptedService::new(users, authenticate(options.auth)))
+        .add_service(InterceptedService::new(
+            users,
+            authenticate(options.auth.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            pb::chat::chat_service_server::ChatServiceServer::new(chat)
+                .max_decoding_message_size(options.max_message_size),
+            authenticate(options.auth),
+        ))
         .serve_with_incoming_shutdown(
             // Small replies and stream items go out at once, not after the peer's delayed ACK.
             TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -134,5 +150,10 @@ pub async fn withdraw_health(reporter: &mut HealthReporter) {
     }
 }
 
-/// The names `grpc.health.v1` reports on: the server as a whole, and the user service.
-pub const HEALTH_SERVICES: [&str; 2] = ["", "userservice.UserService"];
+/// The names `grpc.health.v1` reports on: the server as a whole, the user service and
+/// the server API.
+pub const HEALTH_SERVICES: [&str; 3] = [
+    "",
+    "userservice.UserService",
+    "switchboard.chat.v1.ChatService",
+];

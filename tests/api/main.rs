@@ -38,6 +38,7 @@ mod process;
 mod rate_limit;
 mod repository;
 mod sagas;
+mod server_api;
 mod shards;
 mod shutdown;
 mod sockets;

@@ -76,17 +76,18 @@ impl Hub {
             return;
         };
         let newly = member.rooms.insert(&room);
-        let (user, name, addr) = (
+        let (user, name, addr, hidden) = (
             member.identity.user_id.clone(),
             member.identity.name.clone(),
             member.addr.clone(),
+            member.identity.hidden,
         );
         if let (Some(broker), false) = (&self.cluster, self.rooms.contains_key(&room)) {
             broker.do_send(crate::actors::broker::SubscribeRoom(room.clone()));
         }
         let entry = self.rooms.entry(room.clone()).or_default();
         let mut first_of_user = false;
-        if newly {
+        if newly && !hidden {
             let sessions = entry.users.entry(user.clone()).or_insert(0);
             *sessions += 1;
             // In rooms larger than the presence limit joins are not announced: a storm
@@ -142,7 +143,7 @@ impl Hub {
         } else {
             entry.members.insert(session, addr);
         }
-        let first_here = newly && entry_users(self, &room, &user) == 1;
+        let first_here = newly && !hidden && entry_users(self, &room, &user) == 1;
         if let (Some(broker), true) = (&self.cluster, first_here) {
             // The cluster's view changes; the join goes out if it was the user's first
             // session anywhere.

@@ -359,7 +359,9 @@ impl Hub {
         room.recovering.remove(&session);
         let user = &who.user_id;
         let mut user_left = false;
-        if let Some(sessions) = room.users.get_mut(user) {
+        if who.hidden {
+            // Never counted in presence.
+        } else if let Some(sessions) = room.users.get_mut(user) {
             *sessions -= 1;
             if *sessions == 0 {
                 room.users.remove(user);
@@ -494,7 +496,9 @@ impl Hub {
             self.stats.refused_sessions += 1;
             return Some(ConnectError::UserDeleted);
         }
-        if self.users.get(user).map_or(0, UserSessions::len) >= self.max_sessions_per_user {
+        if !msg.identity.hidden
+            && self.users.get(user).map_or(0, UserSessions::len) >= self.max_sessions_per_user
+        {
             self.stats.refused_sessions += 1;
             return Some(ConnectError::TooManySessions {
                 limit: self.max_sessions_per_user,
@@ -535,7 +539,8 @@ impl Handler<Connect> for Hub {
         if let Some(refused) = self.refusal(&msg) {
             return Box::pin(actix::fut::ready(Err(refused)));
         }
-        let Some(broker) = self.cluster.clone() else {
+        // Server-API sessions hold no place in the cluster's per-user count.
+        let (Some(broker), false) = (self.cluster.clone(), msg.identity.hidden) else {
             self.register(msg, false);
             return Box::pin(actix::fut::ready(Ok(())));
         };

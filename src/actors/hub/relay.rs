@@ -521,6 +521,7 @@ impl Hub {
             for identity in sessions
                 .filter_map(|s| self.sessions.get(s))
                 .map(|m| &m.identity)
+                .filter(|identity| !identity.hidden)
             {
                 let entry = present
                     .entry(&*identity.user_id)

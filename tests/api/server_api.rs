@@ -1,0 +1,305 @@
+//! The server API for backends over gRPC (`switchboard.chat.v1.ChatService`), through a
+//! real tonic client against a real server, next to real WebSocket members.
+
+use std::time::Duration;
+
+use switchboard::grpc::pb::chat::{
+    chat_service_client::ChatServiceClient, DisconnectRequest, HistoryRequest, PublishRequest,
+    RoomRequest, RoomsRequest, SubscribeRequest,
+};
+use tonic::{
+    metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel, Code,
+    Request, Status,
+};
+
+use crate::{
+    helpers::{grpc_channel, spawn_app_with, test_settings, TestApp, TestDb},
+    ws_client::{token, WsClient},
+};
+
+type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
+type Client = ChatServiceClient<InterceptedService<Channel, AddToken>>;
+
+/// A client sending a token for `sub` with `role` (none: no token at all).
+async fn client_as(app: &TestApp, sub: &str, role: Option<Option<&str>>) -> Client {
+    let channel = grpc_channel(app.grpc_addr).await;
+    let authorization = role.map(|role| format!("Bearer {}", token(sub, role)));
+    let add: AddToken = Box::new(move |mut request: Request<()>| {
+        if let Some(value) = &authorization {
+            let value = MetadataValue::try_from(value.as_str()).unwrap();
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    });
+    ChatServiceClient::with_interceptor(channel, add)
+}
+
+/// A backend with the `service` role.
+async fn backend(app: &TestApp) -> Client {
+    client_as(app, "backend", Some(Some("service"))).await
+}
+
+async fn app() -> TestApp {
+    let db = TestDb::sqlite();
+    let mut settings = test_settings(&db);
+    settings.websocket.rate_per_second = 100_000.0;
+    settings.websocket.rate_burst = 100_000;
+    settings.rate_limit_per_second = 100_000.0;
+    settings.rate_limit_burst = 100_000;
+    spawn_app_with(db, settings).await
+}
+
+fn publish(room: &str, content: &str, key: &str) -> PublishRequest {
+    PublishRequest {
+        room: room.into(),
+        content: content.into(),
+        idempotency_key: key.into(),
+        ..PublishRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn a_backend_publish_reaches_websocket_members_and_grpc_subscribers_with_one_offset() {
+    let app = app().await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    alice.join("lobby").await;
+    let mut api = backend(&app).await;
+    let mut stream = api
+        .subscribe(SubscribeRequest {
+            room: "lobby".into(),
+            since_offset: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut request = publish("lobby", "hello from the backend", "");
+    request.metadata.insert("kind".into(), "notice".into());
+    let published = api.publish(request).await.unwrap().into_inner();
+    assert_eq!(published.offset, 1);
+
+    let relayed = alice.recv_kind("message").await;
+    assert_eq!(relayed["offset"], 1, "{relayed}");
+    assert_eq!(relayed["from"], "backend");
+    assert_eq!(relayed["content"], "hello from the backend");
+    assert_eq!(relayed["metadata"]["kind"], "notice");
+    let streamed = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            streamed.offset,
+            streamed.from.as_str(),
+            streamed.content.as_str()
+        ),
+        (1, "backend", "hello from the backend")
+    );
+    assert_eq!(streamed.metadata["kind"], "notice");
+
+    // A member's message reaches the gRPC subscriber too, with the next offset.
+    crate::history::post(&mut alice, "lobby", 1).await;
+    let streamed = stream.message().await.unwrap().unwrap();
+    assert_eq!((streamed.offset, streamed.from.as_str()), (2, "alice"));
+
+    // The backend's sessions are not members: no join or leave events, not listed.
+    alice.assert_silent(Duration::from_millis(300)).await;
+    let presence = api
+        .presence(RoomRequest {
+            room: "lobby".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(presence.count, 1);
+    assert_eq!(presence.members[0].user_id, "alice");
+    let stats = api
+        .presence_stats(RoomRequest {
+            room: "lobby".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stats.users, stats.sessions), (1, 1));
+    let members = alice.send(serde_json::json!({"type": "presence", "room_id": "lobby"}));
+    members.await;
+    let listing = alice.recv_kind("presence").await;
+    assert_eq!(listing["metadata"]["count"], 1, "{listing}");
+    let rooms = api
+        .rooms(RoomsRequest {
+            prefix: "lob".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rooms.rooms.len(), 1);
+    assert_eq!(
+        (rooms.rooms[0].room.as_str(), rooms.rooms[0].users),
+        ("lobby", 1)
+    );
+
+    // History matches what the member saw.
+    let history = api
+        .history(HistoryRequest {
+            room: "lobby".into(),
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let seen: Vec<(u64, &str)> = history
+        .messages
+        .iter()
+        .map(|m| (m.offset, m.from.as_str()))
+        .collect();
+    assert_eq!(seen, [(1, "backend"), (2, "alice")]);
+    assert_eq!(history.offset, 2);
+}
+
+#[tokio::test]
+async fn a_retried_publish_with_the_same_key_is_relayed_once() {
+    let app = app().await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    alice.join("lobby").await;
+    let mut api = backend(&app).await;
+    let first = api.publish(publish("lobby", "once", "k-1")).await.unwrap();
+    let retry = api.publish(publish("lobby", "once", "k-1")).await.unwrap();
+    assert_eq!(first.into_inner(), retry.into_inner());
+    let other = api
+        .publish(publish("lobby", "twice", "k-2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(other.offset, 2);
+    assert_eq!(alice.recv_kind("message").await["content"], "once");
+    assert_eq!(alice.recv_kind("message").await["content"], "twice");
+    alice.assert_silent(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_subscription_resumes_from_its_last_offset_with_no_gap_and_no_duplicate() {
+    let app = app().await;
+    let mut api = backend(&app).await;
+    for i in 1..=3 {
+        api.publish(publish("news", &format!("n{i}"), ""))
+            .await
+            .unwrap();
+    }
+    let mut stream = api
+        .subscribe(SubscribeRequest {
+            room: "news".into(),
+            since_offset: Some(1),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    api.publish(publish("news", "n4", "")).await.unwrap();
+    let mut offsets = Vec::new();
+    while offsets.len() < 3 {
+        let message = stream.message().await.unwrap().unwrap();
+        assert_eq!(message.content, format!("n{}", message.offset));
+        offsets.push(message.offset);
+    }
+    assert_eq!(offsets, [2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_subscriber_that_does_not_read_is_cut_off_with_its_last_offset() {
+    let app = app().await;
+    let mut api = backend(&app).await;
+    let mut stream = api
+        .subscribe(SubscribeRequest {
+            room: "flood".into(),
+            since_offset: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut alice = WsClient::user(&app, "alice").await;
+    alice.join("flood").await;
+    let text = "x".repeat(1000);
+    for _ in 0..4000 {
+        alice
+            .send(serde_json::json!({"type": "message", "room_id": "flood", "content": text}))
+            .await;
+    }
+    let mut last = 0;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("the stream moves")
+        {
+            Ok(Some(message)) => {
+                assert_eq!(message.offset, last + 1, "in order, no gap");
+                last = message.offset;
+            }
+            Ok(None) => panic!("ended without a status after {last}"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("last offset delivered: {last};")),
+        "{status:?}"
+    );
+    assert!(last < 4000, "cut off before the end ({last})");
+}
+
+#[tokio::test]
+async fn disconnect_closes_every_session_of_the_user() {
+    let app = app().await;
+    let mut first = WsClient::user(&app, "mallory").await;
+    let mut second = WsClient::user(&app, "mallory").await;
+    let mut api = backend(&app).await;
+    let closed = api
+        .disconnect(DisconnectRequest {
+            user_id: "mallory".into(),
+            code: 4001,
+            reason: "banned".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(closed.sessions, 2);
+    for client in [&mut first, &mut second] {
+        let close = client.closed().await;
+        assert_eq!(
+            (u16::from(close.code), close.reason.as_str()),
+            (4001, "banned")
+        );
+    }
+    let refused = api
+        .disconnect(DisconnectRequest {
+            user_id: "mallory".into(),
+            code: 1234,
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn the_server_api_needs_a_service_or_admin_token() {
+    let app = app().await;
+    let request = || publish("lobby", "hi", "");
+    let mut anonymous = client_as(&app, "nobody", None).await;
+    let status = anonymous.publish(request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let mut user = client_as(&app, "alice", Some(None)).await;
+    let status = user.publish(request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let mut admin = client_as(&app, "root", Some(Some("admin"))).await;
+    assert_eq!(
+        admin.publish(request()).await.unwrap().into_inner().offset,
+        1
+    );
+    let mut api = backend(&app).await;
+    let status = api.publish(publish("   ", "hi", "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let status = api.publish(publish("lobby", "", "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}

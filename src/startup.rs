@@ -466,7 +466,8 @@ impl Application {
                     &singletons.handle(),
                     |_| crate::actors::idempotency::Idempotency::default(),
                 ),
-            ),
+            )
+            .with_broker(broker.clone()),
             grpc::ServeOptions {
                 metrics,
                 breaker: breaker.clone(),

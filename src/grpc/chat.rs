@@ -15,6 +15,7 @@ use super::pb::chat::{self, chat_service_server::ChatService};
 use crate::{
     actors::{
         api_session::{ApiError, ApiEvent, ApiSession, Opened},
+        broker::{Broker, PublishCloseUser},
         hub::{CloseUser, Hub, ListRooms},
         idempotency::{Claim, Idempotency, Remember},
     },
@@ -32,6 +33,8 @@ pub struct Chat {
     hub: Arc<Addr<Hub>>,
     arbiter: actix::ArbiterHandle,
     idempotency: Addr<Idempotency>,
+    /// The other nodes, in cluster mode.
+    broker: Option<Addr<Broker>>,
 }
 
 impl Chat {
@@ -46,7 +49,14 @@ impl Chat {
             hub,
             arbiter,
             idempotency,
+            broker: None,
         }
+    }
+
+    /// Cluster mode: `Disconnect` reaches the user's sessions on every node.
+    pub fn with_broker(mut self, broker: Option<Addr<Broker>>) -> Self {
+        self.broker = broker;
+        self
     }
 
     /// A hidden session for the caller, who must hold a `service` or `admin` token.
@@ -281,21 +291,39 @@ impl ChatService for Chat {
                 )))
             }
         };
+        let reason = if request.reason.is_empty() {
+            "disconnected by the server".to_owned()
+        } else {
+            request.reason
+        };
+        let nodes = match &self.broker {
+            Some(broker) => broker
+                .send(PublishCloseUser {
+                    user: request.user_id.clone(),
+                    code,
+                    reason: reason.clone(),
+                })
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?
+                .map_err(|e| Status::unavailable(e.to_string()))?,
+            None => 0,
+        };
         let closed = self
             .hub
             .send(CloseUser {
                 user_id: request.user_id,
                 code,
-                reason: if request.reason.is_empty() {
-                    "disconnected by the server".into()
-                } else {
-                    request.reason
-                },
+                reason,
             })
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(chat::DisconnectResponse {
             sessions: closed as u64,
+            nodes: if self.broker.is_some() {
+                nodes
+            } else {
+                u64::from(closed > 0)
+            },
         }))
     }
 

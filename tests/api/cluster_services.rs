@@ -31,7 +31,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Nodes `names` of one cluster on one SQLite database (the last one owns it, so it is
 /// dropped last), each with `change` applied to its settings.
-async fn nodes_on_one_db(
+pub(crate) async fn nodes_on_one_db(
     redis: &str,
     prefix: &str,
     names: &[&str],

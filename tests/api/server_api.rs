@@ -14,6 +14,7 @@ use tonic::{
 
 use crate::{
     helpers::{grpc_channel, spawn_app_with, test_settings, TestApp, TestDb},
+    private_redis::{forget, shared_redis, test_prefix},
     ws_client::{token, WsClient},
 };
 
@@ -263,7 +264,7 @@ async fn disconnect_closes_every_session_of_the_user() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(closed.sessions, 2);
+    assert_eq!((closed.sessions, closed.nodes), (2, 1));
     for client in [&mut first, &mut second] {
         let close = client.closed().await;
         assert_eq!(
@@ -302,4 +303,76 @@ async fn the_server_api_needs_a_service_or_admin_token() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let status = api.publish(publish("lobby", "", "")).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
+
+/// In a cluster, a backend's publish on one node reaches members and subscribers on the
+/// others with one offset, presence is the cluster's, and `Disconnect` closes the user's
+/// sessions wherever they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_api_acts_on_the_whole_cluster() {
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let nodes =
+        crate::cluster_services::nodes_on_one_db(&redis, &prefix, &["a", "b"], |_| {}).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut alice = WsClient::user(b, "alice").await;
+    alice.join("lobby").await;
+    let mut on_a = backend(a).await;
+    let mut on_b = backend(b).await;
+    let mut stream = on_b
+        .subscribe(SubscribeRequest {
+            room: "lobby".into(),
+            since_offset: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let published = on_a
+        .publish(publish("lobby", "across", "k"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(published.offset, 1);
+    assert!(!published.epoch.is_empty(), "a cluster room has an epoch");
+    let relayed = alice.recv_kind("message").await;
+    assert_eq!(
+        (relayed["offset"].as_u64(), relayed["from"].as_str()),
+        (Some(1), Some("backend"))
+    );
+    let streamed = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((streamed.offset, streamed.content.as_str()), (1, "across"));
+    let presence = on_a
+        .presence(RoomRequest {
+            room: "lobby".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(presence.members.len(), 1, "{presence:?}");
+    assert_eq!(presence.members[0].user_id, "alice");
+
+    let mut mallory = WsClient::user(b, "mallory").await;
+    let answer = on_a
+        .disconnect(DisconnectRequest {
+            user_id: "mallory".into(),
+            code: 4002,
+            reason: "moderated".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((answer.sessions, answer.nodes), (0, 1));
+    let close = mallory.closed().await;
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (4002, "moderated")
+    );
+    drop(nodes);
+    forget(&redis, &prefix).await;
 }

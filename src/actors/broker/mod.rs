@@ -952,6 +952,22 @@ impl StreamHandler<PushInfo> for Broker {
         let Some(hub) = &self.hub else {
             return;
         };
+        if let (Some(user), Some(from)) = (
+            channel.strip_prefix(&self.key("user:")),
+            envelope.o.strip_prefix(CLOSE),
+        ) {
+            // The server API's Disconnect on another node (this node closed its own).
+            if from != self.stats.node {
+                if let Ok(close) = serde_json::from_str::<CloseUserWire>(&envelope.f) {
+                    hub.do_send(crate::actors::hub::CloseUser {
+                        user_id: user.to_owned(),
+                        code: close.code,
+                        reason: close.reason,
+                    });
+                }
+            }
+            return;
+        }
         let origin = SessionId::parse(&envelope.o);
         let frame = ByteString::from(envelope.f);
         if channel == self.key("broadcast") {
@@ -975,6 +991,48 @@ impl StreamHandler<PushInfo> for Broker {
 
     fn finished(&mut self, _ctx: &mut Self::Context) {
         // The push queue only ends when the connection manager is gone: nothing to do.
+    }
+}
+
+/// Marks an envelope on a user's channel as a request to close the user's sessions,
+/// followed by the requesting node's id.
+const CLOSE: &str = "close:";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CloseUserWire {
+    code: u16,
+    reason: String,
+}
+
+/// Close every session of `user` on the other nodes (the server API's `Disconnect`; this
+/// node closes its own). Answers how many nodes hold sessions of the user.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<u64, ClusterUnavailable>")]
+pub struct PublishCloseUser {
+    /// The user.
+    pub user: String,
+    /// The close code.
+    pub code: u16,
+    /// The close reason.
+    pub reason: String,
+}
+
+impl Handler<PublishCloseUser> for Broker {
+    type Result = ResponseFuture<Result<u64, ClusterUnavailable>>;
+
+    fn handle(&mut self, msg: PublishCloseUser, _ctx: &mut Self::Context) -> Self::Result {
+        self.stats.published += 1;
+        let channel = self.user_channel(&msg.user);
+        let payload = serde_json::to_string(&Envelope {
+            o: format!("{CLOSE}{}", self.stats.node),
+            f: serde_json::to_string(&CloseUserWire {
+                code: msg.code,
+                reason: msg.reason,
+            })
+            .unwrap_or_default(),
+        })
+        .unwrap_or_default();
+        Box::pin(publish(self.commands.clone(), channel, payload))
     }
 }
 

@@ -37,5 +37,6 @@ pub mod http;
 pub mod loadtest;
 pub mod metrics;
 pub mod rate;
+pub mod server_api;
 pub mod startup;
 pub mod telemetry;

@@ -383,6 +383,15 @@ impl Application {
             sagas: sagas.clone(),
             broker: broker.clone(),
             user_cache: user_cache.clone(),
+            server_api: crate::server_api::ServerApi::new(
+                std::sync::Arc::new(hub.clone()),
+                singletons.handle(),
+                crate::actors::idempotency::Idempotency::start_in_arbiter(
+                    &singletons.handle(),
+                    |_| crate::actors::idempotency::Idempotency::default(),
+                ),
+                broker.clone(),
+            ),
             graphql: http::routes::graphql::GraphqlState {
                 schema: std::sync::Arc::new(crate::graphql::schema(&settings.graphql)),
                 introspection: std::sync::Arc::new(crate::graphql::introspection_schema(
@@ -402,6 +411,7 @@ impl Application {
                 node: node.clone(),
             },
         });
+        let server_api = state.server_api.clone();
         let grpc_limiters = state.rate_limit.limiters.clone();
         let chain = settings.http_middleware;
         if !chain {
@@ -459,15 +469,7 @@ impl Application {
                 settings.grpc_stream_buffer,
                 settings.grpc_max_streams_per_client,
             ),
-            grpc::chat::Chat::new(
-                std::sync::Arc::new(hub.clone()),
-                singletons.handle(),
-                crate::actors::idempotency::Idempotency::start_in_arbiter(
-                    &singletons.handle(),
-                    |_| crate::actors::idempotency::Idempotency::default(),
-                ),
-            )
-            .with_broker(broker.clone()),
+            grpc::chat::Chat::new(server_api.clone()),
             grpc::ServeOptions {
                 metrics,
                 breaker: breaker.clone(),

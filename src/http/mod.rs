@@ -32,6 +32,8 @@ pub struct HttpState {
     pub sagas: actix::Addr<crate::actors::saga::Saga>,
     /// The link to the other nodes, in cluster mode.
     pub broker: Option<actix::Addr<crate::actors::broker::Broker>>,
+    /// The server API for backends (`/api/v1/…`).
+    pub server_api: crate::server_api::ServerApi,
     /// The user cache, when on (for `/metrics`).
     pub user_cache: Option<actix::Addr<crate::actors::user_cache::UserCache>>,
     /// What the WebSocket and room routes need.
@@ -71,6 +73,7 @@ pub struct ChatState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     routes::health::configure(cfg);
     routes::admin::configure(cfg);
+    routes::api::configure(cfg);
     routes::rooms::configure(cfg);
     routes::metrics::configure(cfg);
     routes::graphql::configure(cfg);

@@ -376,3 +376,172 @@ async fn the_server_api_acts_on_the_whole_cluster() {
     drop(nodes);
     forget(&redis, &prefix).await;
 }
+
+/// POSTs `body` to `/api/v1/<op>` with `authorization` (if any); the status and JSON.
+async fn http_api(
+    app: &TestApp,
+    op: &str,
+    authorization: Option<String>,
+    body: &str,
+) -> (u16, serde_json::Value, Option<String>) {
+    let mut request = app
+        .http
+        .post(app.url(&format!("/api/v1/{op}")))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, response.json().await.unwrap(), challenge)
+}
+
+#[tokio::test]
+async fn the_http_api_does_what_grpc_does_with_one_error_shape() {
+    let app = app().await;
+    let service = Some(format!("Bearer {}", token("backend", Some("service"))));
+    let mut alice = WsClient::user(&app, "alice").await;
+    alice.join("lobby").await;
+
+    let (status, published, _) = http_api(
+        &app,
+        "publish",
+        service.clone(),
+        r#"{"room": "lobby", "content": "over http", "metadata": {"n": 1}, "idempotency_key": "h1"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, published["offset"].as_u64()),
+        (200, Some(1)),
+        "{published}"
+    );
+    let (_, again, _) = http_api(
+        &app,
+        "publish",
+        service.clone(),
+        r#"{"room": "lobby", "content": "over http", "idempotency_key": "h1"}"#,
+    )
+    .await;
+    assert_eq!(again, published, "the retry answers the first result");
+    let relayed = alice.recv_kind("message").await;
+    assert_eq!(
+        (relayed["offset"].as_u64(), relayed["from"].as_str()),
+        (Some(1), Some("backend"))
+    );
+    assert_eq!(relayed["metadata"]["n"], 1);
+    alice.assert_silent(Duration::from_millis(300)).await;
+
+    let (status, presence, _) =
+        http_api(&app, "presence", service.clone(), r#"{"room": "lobby"}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(presence["count"], 1, "{presence}");
+    assert_eq!(presence["members"][0]["user_id"], "alice");
+    let (_, history, _) = http_api(
+        &app,
+        "history",
+        service.clone(),
+        r#"{"room": "lobby", "limit": 5}"#,
+    )
+    .await;
+    assert_eq!(history["messages"][0]["content"], "over http", "{history}");
+    assert_eq!(history["messages"][0]["offset"], 1);
+    let (_, rooms, _) = http_api(&app, "rooms", service.clone(), "").await;
+    assert_eq!(rooms["rooms"][0]["room"], "lobby", "{rooms}");
+    let (_, closed, _) = http_api(
+        &app,
+        "disconnect",
+        service.clone(),
+        r#"{"user_id": "alice", "code": 4003, "reason": "bye"}"#,
+    )
+    .await;
+    assert_eq!(closed["sessions"], 1, "{closed}");
+    let close = alice.closed().await;
+    assert_eq!(u16::from(close.code), 4003);
+
+    // Errors: one shape, gRPC's codes.
+    let (status, error, challenge) = http_api(&app, "publish", None, "{}").await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("UNAUTHENTICATED")),
+        "{error}"
+    );
+    assert_eq!(challenge.as_deref(), Some("Bearer"));
+    let user = Some(format!("Bearer {}", token("alice", None)));
+    let (status, error, _) = http_api(&app, "publish", user, r#"{"room":"r","content":"x"}"#).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (403, Some("PERMISSION_DENIED")),
+        "{error}"
+    );
+    let (status, error, _) = http_api(&app, "publish", service.clone(), "{not json").await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (400, Some("INVALID_ARGUMENT")),
+        "{error}"
+    );
+    assert!(error["error"].as_str().unwrap().contains("JSON"), "{error}");
+    let (status, error, _) =
+        http_api(&app, "publish", service, r#"{"room":"lobby","content":""}"#).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (400, Some("INVALID_ARGUMENT")),
+        "{error}"
+    );
+}
+
+/// Every `$ref` in `value`.
+fn refs<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value.as_str()) {
+                    ("$ref", Some(target)) => out.push(target),
+                    _ => refs(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_resolves() {
+    let app = app().await;
+    let response = app.get("/api/v1/openapi.json").await;
+    assert_eq!(response.status(), 200);
+    let document: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        document["openapi"].as_str().unwrap().starts_with("3."),
+        "{document}"
+    );
+    assert!(document["info"]["title"].is_string());
+    for op in ["publish", "presence", "history", "rooms", "disconnect"] {
+        let post = &document["paths"][format!("/api/v1/{op}")]["post"];
+        assert!(post.is_object(), "/api/v1/{op} in {document}");
+        assert!(post["requestBody"]["content"]["application/json"]["schema"].is_object());
+        assert!(post["responses"]["200"].is_object() && post["responses"]["401"].is_object());
+        assert_eq!(post["security"][0]["bearer"], serde_json::json!([]));
+    }
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let mut targets = Vec::new();
+    refs(&document, &mut targets);
+    assert!(targets.len() >= 10, "{targets:?}");
+    for target in targets {
+        let name = target
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("a local schema reference: {target}"));
+        assert!(
+            document["components"]["schemas"][name].is_object(),
+            "{target} resolves"
+        );
+    }
+}

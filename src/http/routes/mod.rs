@@ -1,6 +1,7 @@
 //! Route groups, one file each.
 
 pub mod admin;
+pub mod api;
 pub mod console;
 pub mod graphql;
 pub mod graphql_ws;

@@ -1,0 +1,454 @@
+//! The server API for backends, shared by its two front doors — gRPC
+//! (`switchboard.chat.v1.ChatService`) and HTTP (`POST /api/v1/…`, described by
+//! `GET /api/v1/openapi.json`). Each operation is a hidden hub session
+//! ([`ApiSession`]): it joins the room it acts on and does what a member would, so a
+//! backend's message is numbered, stored, relayed and recoverable exactly like a member's,
+//! and never shows in presence. Callers need a token whose role is `service` or `admin`.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::{
+    actors::{
+        api_session::{ApiError, ApiSession, Opened},
+        broker::{Broker, PublishCloseUser},
+        hub::{CloseUser, Hub, ListRooms},
+        idempotency::{Claim, Idempotency, Remember},
+    },
+    auth::Claims,
+    chat::Identity,
+    domain::RoomId,
+};
+
+/// Why a server-API call failed; each front door maps it to its own status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// No (valid) token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A token without the `service` or `admin` role.
+    #[error("the server API needs a token whose role is `service` or `admin`")]
+    PermissionDenied,
+    /// Something in the request is wrong (the message says what).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The first publish with this idempotency key failed; retry.
+    #[error("the first publish with this idempotency key failed; retry")]
+    Aborted,
+    /// The hub or the cluster cannot serve now (shutting down, Redis away); retry.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Failure {
+    /// The stable code both front doors report (`INVALID_ARGUMENT`, …).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Self::Aborted => "ABORTED",
+            Self::Unavailable(_) => "UNAVAILABLE",
+        }
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::Refused(reason) => Self::InvalidArgument(reason),
+            ApiError::Unavailable(reason) => Self::Unavailable(reason),
+            ApiError::ShuttingDown => Self::Unavailable("the server is shutting down".into()),
+        }
+    }
+}
+
+/// `POST /api/v1/publish`: a message into a room, as a member would send it.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct PublishInput {
+    /// The room (created if new).
+    pub room: String,
+    /// The text; not empty.
+    pub content: String,
+    /// Relayed with the message.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    /// A retry with the same key (per caller and room) within ten minutes answers the
+    /// first result and is not relayed again.
+    pub idempotency_key: Option<String>,
+}
+
+/// Where a published message landed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Published {
+    /// Its offset in the room.
+    pub offset: u64,
+    /// The room's numbering epoch in cluster mode (empty on a single server).
+    pub epoch: String,
+}
+
+/// `POST /api/v1/presence` and `POST /api/v1/history`'s room.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct RoomInput {
+    /// The room.
+    pub room: String,
+    /// For history: how many of the last messages (default 50).
+    pub limit: Option<u32>,
+}
+
+/// One user present in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct MemberInfo {
+    /// The user id.
+    pub user_id: String,
+    /// The display name, when there is one.
+    pub name: Option<String>,
+    /// Their sessions in the room (on every node).
+    pub sessions: u64,
+}
+
+/// Who is in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Presence {
+    /// Listed users (up to the presence limit), sorted by id.
+    pub members: Vec<MemberInfo>,
+    /// Users present in all.
+    pub count: u64,
+    /// Whether more users are present than listed.
+    pub truncated: bool,
+}
+
+/// A stored room message.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct MessageInfo {
+    /// The room.
+    pub room: String,
+    /// Its offset in the room.
+    pub offset: u64,
+    /// Its id.
+    pub id: String,
+    /// The sender's user id.
+    pub from: String,
+    /// The sender's display name, when there was one.
+    pub name: Option<String>,
+    /// The text.
+    pub content: String,
+    /// What the sender attached.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    /// When it was relayed (RFC 3339).
+    pub created_at: String,
+}
+
+impl MessageInfo {
+    /// A stored message as the hub frames it (relays and history entries).
+    pub fn from_frame(frame: &Value, room: &str) -> Self {
+        let text = |key: &str| frame[key].as_str().unwrap_or_default().to_owned();
+        Self {
+            room: frame["room_id"].as_str().unwrap_or(room).to_owned(),
+            offset: frame["offset"].as_u64().unwrap_or_default(),
+            id: text("id"),
+            from: text("from"),
+            name: frame["name"].as_str().map(str::to_owned),
+            content: text("content"),
+            metadata: frame["metadata"].as_object().cloned(),
+            created_at: text("timestamp"),
+        }
+    }
+}
+
+/// A room's last messages.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct HistoryPage {
+    /// Oldest first.
+    pub messages: Vec<MessageInfo>,
+    /// The room's last offset when read.
+    pub offset: u64,
+    /// Whether older messages were left out to keep the answer small.
+    pub truncated: bool,
+}
+
+/// `POST /api/v1/rooms`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct RoomsInput {
+    /// Only rooms whose id starts with this.
+    pub prefix: Option<String>,
+}
+
+/// A room with members on the answering node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct RoomInfo {
+    /// The room.
+    pub room: String,
+    /// Users present (on this node).
+    pub users: u64,
+    /// Sessions joined (on this node).
+    pub sessions: u64,
+}
+
+/// The rooms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct RoomList {
+    /// Sorted by id.
+    pub rooms: Vec<RoomInfo>,
+}
+
+/// `POST /api/v1/disconnect`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct DisconnectInput {
+    /// The user whose sessions are closed.
+    pub user_id: String,
+    /// 1000 or an application code 4000–4999 (default 4000).
+    pub code: Option<u16>,
+    /// The close reason (default "disconnected by the server").
+    pub reason: Option<String>,
+}
+
+/// What a disconnect closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Disconnected {
+    /// Sessions closed on the answering node.
+    pub sessions: u64,
+    /// Nodes that held sessions of the user (each closes its own).
+    pub nodes: u64,
+}
+
+/// The server API. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerApi {
+    hub: Arc<Addr<Hub>>,
+    arbiter: actix::ArbiterHandle,
+    idempotency: Addr<Idempotency>,
+    broker: Option<Addr<Broker>>,
+}
+
+fn room(raw: &str) -> Result<RoomId, Failure> {
+    RoomId::parse(raw).map_err(|error| Failure::InvalidArgument(format!("room: {error}")))
+}
+
+impl ServerApi {
+    /// The API over `hub`, its sessions running on `arbiter`, remembering idempotency
+    /// keys in `idempotency`; in cluster mode `broker` carries disconnects to other nodes.
+    pub fn new(
+        hub: Arc<Addr<Hub>>,
+        arbiter: actix::ArbiterHandle,
+        idempotency: Addr<Idempotency>,
+        broker: Option<Addr<Broker>>,
+    ) -> Self {
+        Self {
+            hub,
+            arbiter,
+            idempotency,
+            broker,
+        }
+    }
+
+    /// A hidden session for `caller` (who must hold a `service` or `admin` token), with
+    /// room for `buffer` unread frames.
+    pub async fn open(&self, caller: Option<&Claims>, buffer: usize) -> Result<Opened, Failure> {
+        let claims = authorize(caller)?;
+        ApiSession::open(
+            self.hub.clone(),
+            &self.arbiter,
+            Identity::service(&claims.sub, claims.is_admin()),
+            buffer,
+        )
+        .await
+        .map_err(Failure::from)
+    }
+
+    /// Publishes `input` as `caller`.
+    pub async fn publish(
+        &self,
+        caller: Option<&Claims>,
+        input: PublishInput,
+    ) -> Result<Published, Failure> {
+        let mut session = self.open(caller, 16).await?;
+        let sender = authorize(caller)?.sub.clone();
+        let room = room(&input.room)?;
+        if input.content.is_empty() {
+            return Err(Failure::InvalidArgument("content must not be empty".into()));
+        }
+        let key = input
+            .idempotency_key
+            .filter(|key| !key.is_empty())
+            .map(|key| format!("{sender}\u{0}{room}\u{0}{key}"));
+        if let Some(key) = &key {
+            let claim = self
+                .idempotency
+                .send(Claim(key.clone()))
+                .await
+                .map_err(|e| Failure::Unavailable(e.to_string()))?;
+            if let Err(first) = claim {
+                let (offset, epoch) = first.await.map_err(|_| Failure::Aborted)?;
+                return Ok(Published { offset, epoch });
+            }
+        }
+        let result = async {
+            let joined = session.join(&room, None).await?;
+            let ack = session
+                .publish(&room, input.content, input.metadata)
+                .await?;
+            let epoch = joined["metadata"]["epoch"].as_str().unwrap_or_default();
+            Ok::<_, ApiError>((ack["offset"].as_u64().unwrap_or_default(), epoch.to_owned()))
+        }
+        .await;
+        if let Some(key) = key {
+            self.idempotency.do_send(Remember {
+                key,
+                result: result.clone().ok(),
+            });
+        }
+        let (offset, epoch) = result?;
+        Ok(Published { offset, epoch })
+    }
+
+    /// Who is in `room` (the cluster's view in cluster mode).
+    pub async fn presence(
+        &self,
+        caller: Option<&Claims>,
+        room_id: &str,
+    ) -> Result<Presence, Failure> {
+        let mut session = self.open(caller, 16).await?;
+        let room = room(room_id)?;
+        session.join(&room, None).await?;
+        let listing = session.presence(&room).await?;
+        let details = &listing["metadata"];
+        let members = details["members"]
+            .as_array()
+            .map(|members| {
+                members
+                    .iter()
+                    .map(|m| MemberInfo {
+                        user_id: m["user_id"].as_str().unwrap_or_default().to_owned(),
+                        name: m["name"].as_str().map(str::to_owned),
+                        sessions: m["sessions"].as_u64().unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Presence {
+            members,
+            count: details["count"].as_u64().unwrap_or_default(),
+            truncated: details["truncated"].as_bool().unwrap_or_default(),
+        })
+    }
+
+    /// `room`'s last `limit` messages.
+    pub async fn history(
+        &self,
+        caller: Option<&Claims>,
+        room_id: &str,
+        limit: Option<u32>,
+    ) -> Result<HistoryPage, Failure> {
+        let mut session = self.open(caller, 16).await?;
+        let room = room(room_id)?;
+        let limit = match limit {
+            None | Some(0) => 50,
+            Some(n) => n as usize,
+        };
+        session.join(&room, None).await?;
+        let answer = session.history(&room, limit).await?;
+        let details = &answer["metadata"];
+        Ok(HistoryPage {
+            messages: details["messages"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .map(|m| MessageInfo::from_frame(m, room.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            offset: details["offset"].as_u64().unwrap_or_default(),
+            truncated: details["truncated"].as_bool().unwrap_or_default(),
+        })
+    }
+
+    /// The rooms with members on this node whose id starts with `prefix`.
+    pub async fn rooms(&self, caller: Option<&Claims>, prefix: &str) -> Result<RoomList, Failure> {
+        authorize(caller)?;
+        let rooms = self
+            .hub
+            .send(ListRooms)
+            .await
+            .map_err(|e| Failure::Unavailable(e.to_string()))?;
+        Ok(RoomList {
+            rooms: rooms
+                .into_iter()
+                .filter(|r| r.room_id.as_str().starts_with(prefix) && r.users > 0)
+                .map(|r| RoomInfo {
+                    room: r.room_id.to_string(),
+                    users: r.users as u64,
+                    sessions: r.sessions as u64,
+                })
+                .collect(),
+        })
+    }
+
+    /// Closes every session of the user, on every node of a cluster.
+    pub async fn disconnect(
+        &self,
+        caller: Option<&Claims>,
+        input: DisconnectInput,
+    ) -> Result<Disconnected, Failure> {
+        authorize(caller)?;
+        if input.user_id.is_empty() {
+            return Err(Failure::InvalidArgument("user_id is required".into()));
+        }
+        let code = match input.code {
+            None | Some(0) => 4000,
+            Some(code @ (1000 | 4000..=4999)) => code,
+            Some(other) => {
+                return Err(Failure::InvalidArgument(format!(
+                    "code {other}: use 1000 or an application code 4000–4999"
+                )))
+            }
+        };
+        let reason = input
+            .reason
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "disconnected by the server".into());
+        let nodes = match &self.broker {
+            Some(broker) => Some(
+                broker
+                    .send(PublishCloseUser {
+                        user: input.user_id.clone(),
+                        code,
+                        reason: reason.clone(),
+                    })
+                    .await
+                    .map_err(|e| Failure::Unavailable(e.to_string()))?
+                    .map_err(|e| Failure::Unavailable(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let closed = self
+            .hub
+            .send(CloseUser {
+                user_id: input.user_id,
+                code,
+                reason,
+            })
+            .await
+            .map_err(|e| Failure::Unavailable(e.to_string()))? as u64;
+        Ok(Disconnected {
+            sessions: closed,
+            nodes: nodes.unwrap_or(u64::from(closed > 0)),
+        })
+    }
+}
+
+/// The caller's claims, if they may use the server API.
+pub fn authorize(caller: Option<&Claims>) -> Result<&Claims, Failure> {
+    let claims =
+        caller.ok_or_else(|| Failure::Unauthenticated("a bearer token is required".into()))?;
+    if claims.may_use_server_api() {
+        Ok(claims)
+    } else {
+        Err(Failure::PermissionDenied)
+    }
+}

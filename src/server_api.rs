@@ -36,6 +36,9 @@ pub enum Failure {
     /// Something in the request is wrong (the message says what).
     #[error("{0}")]
     InvalidArgument(String),
+    /// The addressee is not connected anywhere.
+    #[error("{0}")]
+    NotFound(String),
     /// The first publish with this idempotency key failed; retry.
     #[error("the first publish with this idempotency key failed; retry")]
     Aborted,
@@ -51,6 +54,7 @@ impl Failure {
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::PermissionDenied => "PERMISSION_DENIED",
             Self::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Self::NotFound(_) => "NOT_FOUND",
             Self::Aborted => "ABORTED",
             Self::Unavailable(_) => "UNAVAILABLE",
         }
@@ -89,6 +93,55 @@ pub struct Published {
     pub offset: u64,
     /// The room's numbering epoch in cluster mode (empty on a single server).
     pub epoch: String,
+}
+
+/// `POST /api/v1/broadcast`: one message into several rooms.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct BroadcastInput {
+    /// The rooms (1–100).
+    pub rooms: Vec<String>,
+    /// The text; not empty.
+    pub content: String,
+    /// Relayed with each message.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// What became of a broadcast in one room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct RoomResult {
+    /// The room.
+    pub room: String,
+    /// The message's offset there (absent when it failed).
+    pub offset: Option<u64>,
+    /// Why it failed there (absent when it was published).
+    pub error: Option<String>,
+}
+
+/// A broadcast's results, one per room, in the order asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Broadcasted {
+    /// Per room.
+    pub results: Vec<RoomResult>,
+}
+
+/// `POST /api/v1/private`: a private message to every session of a user.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct PrivateInput {
+    /// The addressee.
+    pub user_id: String,
+    /// The text; not empty.
+    pub content: String,
+    /// Relayed with the message.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// A private message handed to the addressee's sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Sent {
+    /// The message's id.
+    pub id: String,
 }
 
 /// `POST /api/v1/presence` and `POST /api/v1/history`'s room.
@@ -226,6 +279,9 @@ pub struct ServerApi {
     broker: Option<Addr<Broker>>,
 }
 
+/// Rooms one broadcast may name.
+pub const MAX_BROADCAST_ROOMS: usize = 100;
+
 fn room(raw: &str) -> Result<RoomId, Failure> {
     RoomId::parse(raw).map_err(|error| Failure::InvalidArgument(format!("room: {error}")))
 }
@@ -305,6 +361,76 @@ impl ServerApi {
         }
         let (offset, epoch) = result?;
         Ok(Published { offset, epoch })
+    }
+
+    /// Publishes one message into each of `input.rooms`; a room that fails does not stop
+    /// the others.
+    pub async fn broadcast(
+        &self,
+        caller: Option<&Claims>,
+        input: BroadcastInput,
+    ) -> Result<Broadcasted, Failure> {
+        if input.rooms.is_empty() || input.rooms.len() > MAX_BROADCAST_ROOMS {
+            return Err(Failure::InvalidArgument(format!(
+                "rooms: between 1 and {MAX_BROADCAST_ROOMS}"
+            )));
+        }
+        if input.content.is_empty() {
+            return Err(Failure::InvalidArgument("content must not be empty".into()));
+        }
+        let mut session = self.open(caller, 16).await?;
+        let mut results = Vec::with_capacity(input.rooms.len());
+        for raw in input.rooms {
+            let outcome = async {
+                let room = room(&raw)?;
+                session.join(&room, None).await?;
+                let ack = session
+                    .publish(&room, input.content.clone(), input.metadata.clone())
+                    .await?;
+                Ok::<_, Failure>(ack["offset"].as_u64().unwrap_or_default())
+            }
+            .await;
+            results.push(match outcome {
+                Ok(offset) => RoomResult {
+                    room: raw,
+                    offset: Some(offset),
+                    error: None,
+                },
+                Err(error) => RoomResult {
+                    room: raw,
+                    offset: None,
+                    error: Some(error.to_string()),
+                },
+            });
+        }
+        Ok(Broadcasted { results })
+    }
+
+    /// Sends a private message to every session of `input.user_id` (on every node).
+    pub async fn send_private(
+        &self,
+        caller: Option<&Claims>,
+        input: PrivateInput,
+    ) -> Result<Sent, Failure> {
+        if input.user_id.is_empty() || input.content.is_empty() {
+            return Err(Failure::InvalidArgument(
+                "user_id and content are required".into(),
+            ));
+        }
+        let mut session = self.open(caller, 16).await?;
+        let to = input.user_id.clone();
+        match session
+            .private(input.user_id, input.content, input.metadata)
+            .await
+        {
+            Ok(ack) => Ok(Sent {
+                id: ack["id"].as_str().unwrap_or_default().to_owned(),
+            }),
+            Err(ApiError::Refused(reason)) if reason.contains("is not connected") => {
+                Err(Failure::NotFound(format!("user `{to}` is not connected")))
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Who is in `room` (the cluster's view in cluster mode).

@@ -16,7 +16,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::{
     actors::hub::{
-        ConnectError, Disconnect, History, Hub, Join, ListMembers, Outbox, RoomMessage, ToSession,
+        ConnectError, Disconnect, History, Hub, Join, ListMembers, Outbox, Private, RoomMessage,
+        ToSession,
     },
     chat::{command::Post, Identity, SessionId},
     domain::RoomId,
@@ -253,6 +254,23 @@ impl Opened {
             sent: std::time::Instant::now(),
         });
         self.answer(Some(room), |f| f["type"] == "ack").await
+    }
+
+    /// Sends a private message to every session of `to`; answers the `ack` frame (its
+    /// `id`). A user with no session anywhere is an `error` frame ("… is not connected").
+    pub async fn private(
+        &mut self,
+        to: String,
+        content: String,
+        metadata: Option<Map<String, Value>>,
+    ) -> Result<Value, ApiError> {
+        self.hub.do_send(Private {
+            session: self.session,
+            to,
+            content,
+            metadata,
+        });
+        self.answer(None, |f| f["type"] == "ack").await
     }
 
     /// The `presence` listing of `room` (joined).

@@ -14,7 +14,10 @@ use crate::{
     actors::api_session::{ApiEvent, Opened},
     auth::Claims,
     domain::RoomId,
-    server_api::{DisconnectInput, Failure, MessageInfo, PublishInput, ServerApi},
+    server_api::{
+        BroadcastInput, DisconnectInput, Failure, MessageInfo, PrivateInput, PublishInput,
+        ServerApi,
+    },
 };
 
 /// Frames a `Subscribe` stream may hold for a client that does not read.
@@ -39,9 +42,22 @@ fn status(failure: Failure) -> Status {
         Failure::Unauthenticated(_) => Status::unauthenticated(message),
         Failure::PermissionDenied => Status::permission_denied(message),
         Failure::InvalidArgument(_) => Status::invalid_argument(message),
+        Failure::NotFound(_) => Status::not_found(message),
         Failure::Aborted => Status::aborted(message),
         Failure::Unavailable(_) => Status::unavailable(message),
     }
+}
+
+/// A proto string map as chat metadata (absent when empty).
+fn metadata(
+    pairs: &std::collections::HashMap<String, String>,
+) -> Option<serde_json::Map<String, Value>> {
+    (!pairs.is_empty()).then(|| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect()
+    })
 }
 
 fn caller<T>(request: &Request<T>) -> Option<&Claims> {
@@ -80,14 +96,7 @@ impl ChatService for Chat {
         let input = PublishInput {
             room: request.get_ref().room.clone(),
             content: request.get_ref().content.clone(),
-            metadata: (!request.get_ref().metadata.is_empty()).then(|| {
-                request
-                    .get_ref()
-                    .metadata
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                    .collect()
-            }),
+            metadata: metadata(&request.get_ref().metadata),
             idempotency_key: Some(request.get_ref().idempotency_key.clone()),
         };
         let published = self
@@ -99,6 +108,50 @@ impl ChatService for Chat {
             offset: published.offset,
             epoch: published.epoch,
         }))
+    }
+
+    async fn broadcast(
+        &self,
+        request: Request<chat::BroadcastRequest>,
+    ) -> Result<Response<chat::BroadcastResponse>, Status> {
+        let input = BroadcastInput {
+            rooms: request.get_ref().rooms.clone(),
+            content: request.get_ref().content.clone(),
+            metadata: metadata(&request.get_ref().metadata),
+        };
+        let done = self
+            .api
+            .broadcast(caller(&request), input)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(chat::BroadcastResponse {
+            results: done
+                .results
+                .into_iter()
+                .map(|r| chat::RoomResult {
+                    room: r.room,
+                    offset: r.offset.unwrap_or_default(),
+                    error: r.error.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn send_private(
+        &self,
+        request: Request<chat::SendPrivateRequest>,
+    ) -> Result<Response<chat::SendPrivateResponse>, Status> {
+        let input = PrivateInput {
+            user_id: request.get_ref().user_id.clone(),
+            content: request.get_ref().content.clone(),
+            metadata: metadata(&request.get_ref().metadata),
+        };
+        let sent = self
+            .api
+            .send_private(caller(&request), input)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(chat::SendPrivateResponse { id: sent.id }))
     }
 
     async fn presence(

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use switchboard::grpc::pb::chat::{
-    chat_service_client::ChatServiceClient, DisconnectRequest, HistoryRequest, PublishRequest,
-    RoomRequest, RoomsRequest, SubscribeRequest,
+    chat_service_client::ChatServiceClient, BroadcastRequest, DisconnectRequest, HistoryRequest,
+    PublishRequest, RoomRequest, RoomsRequest, SendPrivateRequest, SubscribeRequest,
 };
 use tonic::{
     metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel, Code,
@@ -450,6 +450,38 @@ async fn the_http_api_does_what_grpc_does_with_one_error_shape() {
     .await;
     assert_eq!(history["messages"][0]["content"], "over http", "{history}");
     assert_eq!(history["messages"][0]["offset"], 1);
+    let (status, sent, _) = http_api(
+        &app,
+        "private",
+        service.clone(),
+        r#"{"user_id": "alice", "content": "psst"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(alice.recv_kind("private").await["content"], "psst");
+    let (status, error, _) = http_api(
+        &app,
+        "private",
+        service.clone(),
+        r#"{"user_id": "nobody", "content": "psst"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (404, Some("NOT_FOUND")),
+        "{error}"
+    );
+    let (status, results, _) = http_api(
+        &app,
+        "broadcast",
+        service.clone(),
+        r#"{"rooms": ["lobby", "side"], "content": "to all"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{results}");
+    assert_eq!(results["results"][0]["offset"], 2, "{results}");
+    assert_eq!(results["results"][1]["offset"], 1, "{results}");
+    assert_eq!(alice.recv_kind("message").await["content"], "to all");
     let (_, rooms, _) = http_api(&app, "rooms", service.clone(), "").await;
     assert_eq!(rooms["rooms"][0]["room"], "lobby", "{rooms}");
     let (_, closed, _) = http_api(
@@ -521,7 +553,15 @@ async fn the_openapi_document_lists_every_route_and_resolves() {
         "{document}"
     );
     assert!(document["info"]["title"].is_string());
-    for op in ["publish", "presence", "history", "rooms", "disconnect"] {
+    for op in [
+        "publish",
+        "broadcast",
+        "private",
+        "presence",
+        "history",
+        "rooms",
+        "disconnect",
+    ] {
         let post = &document["paths"][format!("/api/v1/{op}")]["post"];
         assert!(post.is_object(), "/api/v1/{op} in {document}");
         assert!(post["requestBody"]["content"]["application/json"]["schema"].is_object());
@@ -544,4 +584,60 @@ async fn the_openapi_document_lists_every_route_and_resolves() {
             "{target} resolves"
         );
     }
+}
+
+#[tokio::test]
+async fn broadcast_reaches_each_room_and_private_reaches_every_session() {
+    let app = app().await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    alice.join("a").await;
+    let mut alice_too = WsClient::user(&app, "alice").await;
+    let mut bob = WsClient::user(&app, "bob").await;
+    bob.join("b").await;
+    let mut api = backend(&app).await;
+    let results = api
+        .broadcast(BroadcastRequest {
+            rooms: vec!["a".into(), "b".into(), "   ".into()],
+            content: "everyone".into(),
+            ..BroadcastRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let summary: Vec<(u64, bool)> = results
+        .iter()
+        .map(|r| (r.offset, r.error.is_empty()))
+        .collect();
+    assert_eq!(summary, [(1, true), (1, true), (0, false)], "{results:?}");
+    assert_eq!(alice.recv_kind("message").await["content"], "everyone");
+    assert_eq!(bob.recv_kind("message").await["content"], "everyone");
+
+    let sent = api
+        .send_private(SendPrivateRequest {
+            user_id: "alice".into(),
+            content: "just you".into(),
+            ..SendPrivateRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!sent.id.is_empty());
+    for session in [&mut alice, &mut alice_too] {
+        let private = session.recv_kind("private").await;
+        assert_eq!(
+            (private["from"].as_str(), private["content"].as_str()),
+            (Some("backend"), Some("just you"))
+        );
+    }
+    bob.assert_silent(Duration::from_millis(200)).await;
+    let status = api
+        .send_private(SendPrivateRequest {
+            user_id: "nobody".into(),
+            content: "hello?".into(),
+            ..SendPrivateRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
 }

@@ -1,11 +1,13 @@
-//! The server API over HTTP: `POST /api/v1/{publish,presence,history,rooms,disconnect}`
+//! The server API over HTTP:
+//! `POST /api/v1/{publish,broadcast,private,presence,history,rooms,disconnect}`
 //! with JSON bodies, the same operations, auth and errors as gRPC's `ChatService`
 //! ([`ServerApi`]), described by the OpenAPI 3 document at `GET /api/v1/openapi.json`,
 //! generated from these handlers and their types (utoipa).
 //!
 //! Errors have one shape: `{"error": "<what went wrong>", "code": "<CODE>"}` with the
 //! codes gRPC uses — 400 `INVALID_ARGUMENT`, 401 `UNAUTHENTICATED` (with
-//! `WWW-Authenticate: Bearer`), 403 `PERMISSION_DENIED`, 409 `ABORTED`, 503 `UNAVAILABLE`.
+//! `WWW-Authenticate: Bearer`), 403 `PERMISSION_DENIED`, 404 `NOT_FOUND`, 409 `ABORTED`,
+//! 503 `UNAVAILABLE`.
 
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::{de::DeserializeOwned, Serialize};
@@ -18,14 +20,17 @@ use crate::{
     auth::Claims,
     http::HttpState,
     server_api::{
-        DisconnectInput, Disconnected, Failure, HistoryPage, MemberInfo, MessageInfo, Presence,
-        PublishInput, Published, RoomInfo, RoomInput, RoomList, RoomsInput,
+        BroadcastInput, Broadcasted, DisconnectInput, Disconnected, Failure, HistoryPage,
+        MemberInfo, MessageInfo, Presence, PrivateInput, PublishInput, Published, RoomInfo,
+        RoomInput, RoomList, RoomResult, RoomsInput, Sent,
     },
 };
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/publish", web::post().to(publish))
+        .route("/api/v1/broadcast", web::post().to(broadcast))
+        .route("/api/v1/private", web::post().to(private))
         .route("/api/v1/presence", web::post().to(presence))
         .route("/api/v1/history", web::post().to(history))
         .route("/api/v1/rooms", web::post().to(rooms))
@@ -49,6 +54,7 @@ fn failure(failure: Failure) -> HttpResponse {
         Failure::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         Failure::PermissionDenied => StatusCode::FORBIDDEN,
         Failure::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        Failure::NotFound(_) => StatusCode::NOT_FOUND,
         Failure::Aborted => StatusCode::CONFLICT,
         Failure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
@@ -111,6 +117,55 @@ async fn publish(state: web::Data<HttpState>, req: HttpRequest, bytes: web::Byte
             let claims = caller(&state, &req)?;
             let input: PublishInput = body(&bytes)?;
             state.server_api.publish(claims.as_ref(), input).await
+        }
+        .await,
+    )
+}
+
+/// Publishes one message into each of several rooms (1–100); one result per room, and a
+/// room that fails does not stop the others.
+#[utoipa::path(
+    post, path = "/api/v1/broadcast", request_body = BroadcastInput,
+    responses(
+        (status = 200, description = "Per-room results", body = Broadcasted),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn broadcast(
+    state: web::Data<HttpState>,
+    req: HttpRequest,
+    bytes: web::Bytes,
+) -> HttpResponse {
+    answer(
+        async {
+            let claims = caller(&state, &req)?;
+            let input: BroadcastInput = body(&bytes)?;
+            state.server_api.broadcast(claims.as_ref(), input).await
+        }
+        .await,
+    )
+}
+
+/// A private message to every session of a user, on every node.
+#[utoipa::path(
+    post, path = "/api/v1/private", request_body = PrivateInput,
+    responses(
+        (status = 200, description = "Handed to the user's sessions", body = Sent),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "The user is not connected", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn private(state: web::Data<HttpState>, req: HttpRequest, bytes: web::Bytes) -> HttpResponse {
+    answer(
+        async {
+            let claims = caller(&state, &req)?;
+            let input: PrivateInput = body(&bytes)?;
+            state.server_api.send_private(claims.as_ref(), input).await
         }
         .await,
     )
@@ -246,10 +301,11 @@ impl Modify for BearerAuth {
                        disconnect users, for backends. The same operations are served over \
                        gRPC as switchboard.chat.v1.ChatService."
     ),
-    paths(publish, presence, history, rooms, disconnect),
+    paths(publish, broadcast, private, presence, history, rooms, disconnect),
     components(schemas(
-        PublishInput, Published, RoomInput, Presence, MemberInfo, HistoryPage, MessageInfo,
-        RoomsInput, RoomList, RoomInfo, DisconnectInput, Disconnected, ErrorBody
+        PublishInput, Published, BroadcastInput, Broadcasted, RoomResult, PrivateInput, Sent,
+        RoomInput, Presence, MemberInfo, HistoryPage, MessageInfo, RoomsInput, RoomList,
+        RoomInfo, DisconnectInput, Disconnected, ErrorBody
     )),
     modifiers(&BearerAuth)
 )]

@@ -15,8 +15,8 @@ use utoipa::ToSchema;
 use crate::{
     actors::{
         api_session::{ApiError, ApiSession, Opened},
-        broker::{Broker, PublishCloseUser},
-        hub::{CloseUser, Hub, ListRooms},
+        broker::{Broker, PublishUserControl, UserControl},
+        hub::{CloseUser, Hub, ListRooms, RemoveFromRoom},
         idempotency::{Claim, Idempotency, Remember},
     },
     auth::Claims,
@@ -261,7 +261,16 @@ pub struct DisconnectInput {
     pub reason: Option<String>,
 }
 
-/// What a disconnect closed.
+/// `POST /api/v1/unsubscribe`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct UnsubscribeInput {
+    /// The user whose sessions leave the room.
+    pub user_id: String,
+    /// The room.
+    pub room: String,
+}
+
+/// What a disconnect closed (or an unsubscribe took out of the room).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Disconnected {
     /// Sessions closed on the answering node.
@@ -306,15 +315,26 @@ impl ServerApi {
     /// A hidden session for `caller` (who must hold a `service` or `admin` token), with
     /// room for `buffer` unread frames.
     pub async fn open(&self, caller: Option<&Claims>, buffer: usize) -> Result<Opened, Failure> {
+        self.open_as(caller, buffer, false).await
+    }
+
+    /// [`open`](Self::open), counted in presence (as the token's subject, like a member)
+    /// when `present`.
+    pub async fn open_as(
+        &self,
+        caller: Option<&Claims>,
+        buffer: usize,
+        present: bool,
+    ) -> Result<Opened, Failure> {
         let claims = authorize(caller)?;
-        ApiSession::open(
-            self.hub.clone(),
-            &self.arbiter,
-            Identity::service(&claims.sub, claims.is_admin()),
-            buffer,
-        )
-        .await
-        .map_err(Failure::from)
+        let identity = if present {
+            Identity::user(&claims.sub, claims.is_admin()).named(claims.name.clone())
+        } else {
+            Identity::service(&claims.sub, claims.is_admin())
+        };
+        ApiSession::open(self.hub.clone(), &self.arbiter, identity, buffer)
+            .await
+            .map_err(Failure::from)
     }
 
     /// Publishes `input` as `caller`.
@@ -515,6 +535,56 @@ impl ServerApi {
         })
     }
 
+    /// In cluster mode, asks every other node to act on `user`'s sessions; answers how
+    /// many nodes hold some (`None` on a single server).
+    async fn tell_other_nodes(
+        &self,
+        user: &str,
+        control: UserControl,
+    ) -> Result<Option<u64>, Failure> {
+        let Some(broker) = &self.broker else {
+            return Ok(None);
+        };
+        let nodes = broker
+            .send(PublishUserControl {
+                user: user.to_owned(),
+                control,
+            })
+            .await
+            .map_err(|e| Failure::Unavailable(e.to_string()))?
+            .map_err(|e| Failure::Unavailable(e.to_string()))?;
+        Ok(Some(nodes))
+    }
+
+    /// Takes every session of `input.user_id` out of `input.room`, on every node.
+    pub async fn unsubscribe(
+        &self,
+        caller: Option<&Claims>,
+        input: UnsubscribeInput,
+    ) -> Result<Disconnected, Failure> {
+        authorize(caller)?;
+        if input.user_id.is_empty() {
+            return Err(Failure::InvalidArgument("user_id is required".into()));
+        }
+        let room = room(&input.room)?;
+        let control = UserControl::Unsubscribe {
+            room: room.to_string(),
+        };
+        let nodes = self.tell_other_nodes(&input.user_id, control).await?;
+        let removed = self
+            .hub
+            .send(RemoveFromRoom {
+                user_id: input.user_id,
+                room,
+            })
+            .await
+            .map_err(|e| Failure::Unavailable(e.to_string()))? as u64;
+        Ok(Disconnected {
+            sessions: removed,
+            nodes: nodes.unwrap_or(u64::from(removed > 0)),
+        })
+    }
+
     /// Closes every session of the user, on every node of a cluster.
     pub async fn disconnect(
         &self,
@@ -538,20 +608,11 @@ impl ServerApi {
             .reason
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| "disconnected by the server".into());
-        let nodes = match &self.broker {
-            Some(broker) => Some(
-                broker
-                    .send(PublishCloseUser {
-                        user: input.user_id.clone(),
-                        code,
-                        reason: reason.clone(),
-                    })
-                    .await
-                    .map_err(|e| Failure::Unavailable(e.to_string()))?
-                    .map_err(|e| Failure::Unavailable(e.to_string()))?,
-            ),
-            None => None,
+        let control = UserControl::Close {
+            code,
+            reason: reason.clone(),
         };
+        let nodes = self.tell_other_nodes(&input.user_id, control).await?;
         let closed = self
             .hub
             .send(CloseUser {

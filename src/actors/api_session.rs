@@ -106,6 +106,16 @@ impl Handler<ToSession> for ApiSession {
     }
 }
 
+/// Whether the hub's refusal is one to retry (the cluster or the hub is busy or away),
+/// not a fault of the request. The hub's error frames are text; these are the ones its
+/// retryable refusals use ("the cluster is unavailable …", "room … is busy …",
+/// "overloaded …").
+fn retryable(reason: &str) -> bool {
+    ["unavailable", "is busy", "overloaded", "not running"]
+        .iter()
+        .any(|marker| reason.contains(marker))
+}
+
 /// A registered hidden session. Dropping it leaves every room and disconnects.
 pub struct Opened {
     session: SessionId,
@@ -202,7 +212,13 @@ impl Opened {
                             || room.is_some_and(|r| frame["room_id"] == r.as_str()))
                     {
                         let reason = frame["content"].as_str().unwrap_or("refused");
-                        return Err(ApiError::Refused(reason.to_owned()));
+                        return Err(
+                            if retryable(reason) || frame["metadata"]["code"] == "overloaded" {
+                                ApiError::Unavailable(reason.to_owned())
+                            } else {
+                                ApiError::Refused(reason.to_owned())
+                            },
+                        );
                     }
                     if wanted(&frame) {
                         return Ok(frame);

@@ -16,7 +16,7 @@ use crate::{
     domain::RoomId,
     server_api::{
         BroadcastInput, DisconnectInput, Failure, MessageInfo, PrivateInput, PublishInput,
-        ServerApi,
+        ServerApi, UnsubscribeInput,
     },
 };
 
@@ -255,6 +255,25 @@ impl ChatService for Chat {
         }))
     }
 
+    async fn unsubscribe(
+        &self,
+        request: Request<chat::UnsubscribeRequest>,
+    ) -> Result<Response<chat::DisconnectResponse>, Status> {
+        let input = UnsubscribeInput {
+            user_id: request.get_ref().user_id.clone(),
+            room: request.get_ref().room.clone(),
+        };
+        let done = self
+            .api
+            .unsubscribe(caller(&request), input)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(chat::DisconnectResponse {
+            sessions: done.sessions,
+            nodes: done.nodes,
+        }))
+    }
+
     type SubscribeStream = MessageStream;
 
     async fn subscribe(
@@ -263,7 +282,11 @@ impl ChatService for Chat {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let mut session = self
             .api
-            .open(caller(&request), SUBSCRIBE_BUFFER)
+            .open_as(
+                caller(&request),
+                SUBSCRIBE_BUFFER,
+                request.get_ref().presence,
+            )
             .await
             .map_err(status)?;
         let room = RoomId::parse(&request.get_ref().room)

@@ -31,7 +31,11 @@ async fn reflection_v1_lists_every_service_without_a_token() {
         panic!("unexpected reflection answer: {response:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in ["userservice.UserService", "grpc.health.v1.Health"] {
+    for expected in [
+        "userservice.UserService",
+        "switchboard.chat.v1.ChatService",
+        "grpc.health.v1.Health",
+    ] {
         assert!(
             names.iter().any(|n| n == expected),
             "{expected} in {names:?}"

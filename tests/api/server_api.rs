@@ -69,6 +69,7 @@ async fn a_backend_publish_reaches_websocket_members_and_grpc_subscribers_with_o
         .subscribe(SubscribeRequest {
             room: "lobby".into(),
             since_offset: None,
+            presence: false,
         })
         .await
         .unwrap()
@@ -191,6 +192,7 @@ async fn a_subscription_resumes_from_its_last_offset_with_no_gap_and_no_duplicat
         .subscribe(SubscribeRequest {
             room: "news".into(),
             since_offset: Some(1),
+            presence: false,
         })
         .await
         .unwrap()
@@ -213,6 +215,7 @@ async fn a_subscriber_that_does_not_read_is_cut_off_with_its_last_offset() {
         .subscribe(SubscribeRequest {
             room: "flood".into(),
             since_offset: None,
+            presence: false,
         })
         .await
         .unwrap()
@@ -325,6 +328,7 @@ async fn the_server_api_acts_on_the_whole_cluster() {
         .subscribe(SubscribeRequest {
             room: "lobby".into(),
             since_offset: None,
+            presence: false,
         })
         .await
         .unwrap()
@@ -640,4 +644,90 @@ async fn broadcast_reaches_each_room_and_private_reaches_every_session() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
+
+#[tokio::test]
+async fn unsubscribe_takes_the_user_out_of_the_room_and_a_present_subscriber_is_listed() {
+    let app = app().await;
+    let mut alice = WsClient::user(&app, "alice").await;
+    alice.join("lobby").await;
+    let mut alice_too = WsClient::user(&app, "alice").await;
+    alice_too.join("lobby").await;
+    let mut bob = WsClient::user(&app, "bob").await;
+    bob.join("lobby").await;
+    let mut api = backend(&app).await;
+    let done = api
+        .unsubscribe(switchboard::grpc::pb::chat::UnsubscribeRequest {
+            user_id: "alice".into(),
+            room: "lobby".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((done.sessions, done.nodes), (2, 1));
+    for session in [&mut alice, &mut alice_too] {
+        let leave = session.recv_kind("leave").await;
+        assert_eq!(leave["metadata"]["removed"], true, "{leave}");
+    }
+    let event = bob.recv_kind("presence").await;
+    assert_eq!(
+        (
+            event["metadata"]["event"].as_str(),
+            event["metadata"]["user_id"].as_str()
+        ),
+        (Some("leave"), Some("alice"))
+    );
+    // Not a member any more: a message is refused.
+    alice
+        .send(serde_json::json!({"type": "message", "room_id": "lobby", "content": "x"}))
+        .await;
+    assert!(alice.recv_error().await.contains("lobby"));
+
+    // A subscriber that asks to be present is a member others see.
+    let _stream = api
+        .subscribe(SubscribeRequest {
+            room: "lobby".into(),
+            since_offset: None,
+            presence: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let event = bob.recv_kind("presence").await;
+    assert_eq!(
+        (
+            event["metadata"]["event"].as_str(),
+            event["metadata"]["user_id"].as_str()
+        ),
+        (Some("join"), Some("backend"))
+    );
+    let presence = api
+        .presence(RoomRequest {
+            room: "lobby".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let users: Vec<&str> = presence
+        .members
+        .iter()
+        .map(|m| m.user_id.as_str())
+        .collect();
+    assert_eq!(users, ["backend", "bob"]);
+}
+
+#[tokio::test]
+async fn health_covers_the_chat_service() {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let app = app().await;
+    let mut health = HealthClient::new(grpc_channel(app.grpc_addr).await);
+    let answer = health
+        .check(HealthCheckRequest {
+            service: "switchboard.chat.v1.ChatService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.status, 1, "SERVING");
+    // Reflection lists it: grpc_reflection::reflection_v1_lists_every_service_without_a_token.
 }

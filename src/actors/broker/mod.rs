@@ -954,16 +954,28 @@ impl StreamHandler<PushInfo> for Broker {
         };
         if let (Some(user), Some(from)) = (
             channel.strip_prefix(&self.key("user:")),
-            envelope.o.strip_prefix(CLOSE),
+            envelope.o.strip_prefix(CONTROL),
         ) {
-            // The server API's Disconnect on another node (this node closed its own).
+            // The server API's Disconnect or Unsubscribe on another node (that node acted
+            // on its own sessions).
             if from != self.stats.node {
-                if let Ok(close) = serde_json::from_str::<CloseUserWire>(&envelope.f) {
-                    hub.do_send(crate::actors::hub::CloseUser {
-                        user_id: user.to_owned(),
-                        code: close.code,
-                        reason: close.reason,
-                    });
+                match serde_json::from_str::<UserControl>(&envelope.f) {
+                    Ok(UserControl::Close { code, reason }) => {
+                        hub.do_send(crate::actors::hub::CloseUser {
+                            user_id: user.to_owned(),
+                            code,
+                            reason,
+                        })
+                    }
+                    Ok(UserControl::Unsubscribe { room }) => {
+                        if let Ok(room) = RoomId::parse(&room) {
+                            hub.do_send(crate::actors::hub::RemoveFromRoom {
+                                user_id: user.to_owned(),
+                                room,
+                            });
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "an unreadable user control message"),
                 }
             }
             return;
@@ -994,42 +1006,49 @@ impl StreamHandler<PushInfo> for Broker {
     }
 }
 
-/// Marks an envelope on a user's channel as a request to close the user's sessions,
-/// followed by the requesting node's id.
-const CLOSE: &str = "close:";
+/// Marks an envelope on a user's channel as a control message for the user's sessions
+/// ([`UserControl`]), followed by the requesting node's id.
+const CONTROL: &str = "control:";
 
-#[derive(Debug, Serialize, Deserialize)]
-struct CloseUserWire {
-    code: u16,
-    reason: String,
+/// What the server API asks every node to do with a user's sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case")]
+pub enum UserControl {
+    /// Close them (`Disconnect`).
+    Close {
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// Take them out of a room (`Unsubscribe`).
+    Unsubscribe {
+        /// The room.
+        room: String,
+    },
 }
 
-/// Close every session of `user` on the other nodes (the server API's `Disconnect`; this
-/// node closes its own). Answers how many nodes hold sessions of the user.
+/// Act on `user`'s sessions on the other nodes (the server API's `Disconnect` and
+/// `Unsubscribe`; this node acts on its own). Answers how many nodes hold sessions of the
+/// user.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<u64, ClusterUnavailable>")]
-pub struct PublishCloseUser {
+pub struct PublishUserControl {
     /// The user.
     pub user: String,
-    /// The close code.
-    pub code: u16,
-    /// The close reason.
-    pub reason: String,
+    /// What to do.
+    pub control: UserControl,
 }
 
-impl Handler<PublishCloseUser> for Broker {
+impl Handler<PublishUserControl> for Broker {
     type Result = ResponseFuture<Result<u64, ClusterUnavailable>>;
 
-    fn handle(&mut self, msg: PublishCloseUser, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: PublishUserControl, _ctx: &mut Self::Context) -> Self::Result {
         self.stats.published += 1;
         let channel = self.user_channel(&msg.user);
         let payload = serde_json::to_string(&Envelope {
-            o: format!("{CLOSE}{}", self.stats.node),
-            f: serde_json::to_string(&CloseUserWire {
-                code: msg.code,
-                reason: msg.reason,
-            })
-            .unwrap_or_default(),
+            o: format!("{CONTROL}{}", self.stats.node),
+            f: serde_json::to_string(&msg.control).unwrap_or_default(),
         })
         .unwrap_or_default();
         Box::pin(publish(self.commands.clone(), channel, payload))

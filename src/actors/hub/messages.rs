@@ -219,6 +219,17 @@ pub struct HubStats {
     pub gaps: u64,
 }
 
+/// Take every session of a user on this node out of a room (the server API's
+/// `Unsubscribe`); each gets a `leave` frame with `metadata.removed: true`. Answers how many.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct RemoveFromRoom {
+    /// The user.
+    pub user_id: String,
+    /// The room.
+    pub room: RoomId,
+}
+
 /// Close every session with 1001 (going away; 1012 "service restart" on a cluster node,
 /// whose clients can reconnect to another node) and refuse new ones; answers with how many
 /// sessions were told.

@@ -628,6 +628,41 @@ impl Hub {
     }
 }
 
+impl Handler<RemoveFromRoom> for Hub {
+    type Result = usize;
+
+    fn handle(&mut self, msg: RemoveFromRoom, ctx: &mut Self::Context) -> usize {
+        let sessions: Vec<SessionId> = self
+            .users
+            .get(msg.user_id.as_str())
+            .map(UserSessions::as_slice)
+            .unwrap_or_default()
+            .to_vec();
+        let mut removed = 0;
+        for session in sessions {
+            let Some(member) = self.sessions.get_mut(&session) else {
+                continue;
+            };
+            if !member.rooms.remove(&msg.room) {
+                continue;
+            }
+            let who = member.identity.clone();
+            self.reply(
+                session,
+                &Frame::system("leave")
+                    .room(msg.room.clone())
+                    .content(format!("removed from {} by the server", msg.room))
+                    .details(serde_json::json!({ "removed": true })),
+            );
+            self.unsubscribe(session, &who, &msg.room);
+            removed += 1;
+        }
+        self.run_statements(ctx);
+        self.settle();
+        removed
+    }
+}
+
 impl Handler<ListRooms> for Hub {
     type Result = MessageResult<ListRooms>;
 

@@ -1,5 +1,5 @@
 //! The server API over HTTP:
-//! `POST /api/v1/{publish,broadcast,private,presence,history,rooms,disconnect}`
+//! `POST /api/v1/{publish,broadcast,private,presence,history,rooms,disconnect,unsubscribe}`
 //! with JSON bodies, the same operations, auth and errors as gRPC's `ChatService`
 //! ([`ServerApi`]), described by the OpenAPI 3 document at `GET /api/v1/openapi.json`,
 //! generated from these handlers and their types (utoipa).
@@ -22,7 +22,7 @@ use crate::{
     server_api::{
         BroadcastInput, Broadcasted, DisconnectInput, Disconnected, Failure, HistoryPage,
         MemberInfo, MessageInfo, Presence, PrivateInput, PublishInput, Published, RoomInfo,
-        RoomInput, RoomList, RoomResult, RoomsInput, Sent,
+        RoomInput, RoomList, RoomResult, RoomsInput, Sent, UnsubscribeInput,
     },
 };
 
@@ -35,6 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/history", web::post().to(history))
         .route("/api/v1/rooms", web::post().to(rooms))
         .route("/api/v1/disconnect", web::post().to(disconnect))
+        .route("/api/v1/unsubscribe", web::post().to(unsubscribe))
         .route("/api/v1/openapi.json", web::get().to(openapi));
 }
 
@@ -274,6 +275,31 @@ async fn disconnect(
     )
 }
 
+/// Takes every session of a user out of a room, on every node.
+#[utoipa::path(
+    post, path = "/api/v1/unsubscribe", request_body = UnsubscribeInput,
+    responses(
+        (status = 200, description = "What was taken out", body = Disconnected),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn unsubscribe(
+    state: web::Data<HttpState>,
+    req: HttpRequest,
+    bytes: web::Bytes,
+) -> HttpResponse {
+    answer(
+        async {
+            let claims = caller(&state, &req)?;
+            let input: UnsubscribeInput = body(&bytes)?;
+            state.server_api.unsubscribe(claims.as_ref(), input).await
+        }
+        .await,
+    )
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -301,11 +327,11 @@ impl Modify for BearerAuth {
                        disconnect users, for backends. The same operations are served over \
                        gRPC as switchboard.chat.v1.ChatService."
     ),
-    paths(publish, broadcast, private, presence, history, rooms, disconnect),
+    paths(publish, broadcast, private, presence, history, rooms, disconnect, unsubscribe),
     components(schemas(
         PublishInput, Published, BroadcastInput, Broadcasted, RoomResult, PrivateInput, Sent,
         RoomInput, Presence, MemberInfo, HistoryPage, MessageInfo, RoomsInput, RoomList,
-        RoomInfo, DisconnectInput, Disconnected, ErrorBody
+        RoomInfo, DisconnectInput, Disconnected, UnsubscribeInput, ErrorBody
     )),
     modifiers(&BearerAuth)
 )]

@@ -62,11 +62,10 @@ async fn gql_with_its_defaults_queries_over_websocket_and_introspects_over_http(
 /// Whether the npm clients are installed (`npm ci` in `tests/clients`); outside CI a
 /// missing install skips the test.
 fn node_clients_installed() -> bool {
-    let modules = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/node_modules/graphql-ws"
-    );
-    let found = std::path::Path::new(modules).exists()
+    let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node_modules");
+    let found = ["graphql-ws", "@grpc/grpc-js", "@grpc/proto-loader"]
+        .iter()
+        .all(|package| std::path::Path::new(modules).join(package).exists())
         && Command::new("node")
             .arg("--version")
             .output()
@@ -124,4 +123,50 @@ async fn npm_graphql_ws_queries_subscribes_and_introspects_with_graphql_js() {
         .as_str()
         .unwrap();
     assert!(name.starts_with("Node "), "{seen}");
+}
+
+/// A backend on grpc-js (the official Node.js client, proto loaded at run time) publishes,
+/// retries with the same key, reads presence and history; a WebSocket member gets the
+/// message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_js_drives_the_server_api() {
+    if !node_clients_installed() {
+        return;
+    }
+    let app = spawn_app().await;
+    let mut member = crate::ws_client::WsClient::user(&app, "member").await;
+    member.join("js-room").await;
+    let address = app.grpc_addr.to_string();
+    let token = crate::ws_client::token("node-backend", Some("service"));
+    let finished = tokio::task::spawn_blocking(move || {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/grpc_chat_client.mjs"
+        );
+        let mut command = Command::new("node");
+        command.args([script, &address, &token, "js-room"]);
+        run_within(command, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let seen: Value = serde_json::from_str(finished.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(seen["published"]["offset"], 1, "{seen}");
+    assert_eq!(seen["retried"], seen["published"], "{seen}");
+    assert_eq!(
+        seen["presence"]["members"][0]["user_id"], "member",
+        "{seen}"
+    );
+    assert_eq!(
+        seen["history"]["messages"][0]["content"], "from grpc-js",
+        "{seen}"
+    );
+    assert_eq!(
+        seen["history"]["messages"][0]["from"], "node-backend",
+        "{seen}"
+    );
+    assert_eq!(seen["invalid_code"], 3, "INVALID_ARGUMENT: {seen}");
+    let relayed = member.recv_kind("message").await;
+    assert_eq!(relayed["metadata"]["via"], "node", "{relayed}");
+    member.assert_silent(Duration::from_millis(300)).await;
 }

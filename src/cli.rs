@@ -62,7 +62,7 @@ pub enum Command {
         /// How long the token is valid, e.g. `30m`, `1h`, `7d`.
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
-        /// Optional role claim, e.g. `admin`.
+        /// Optional role claim: `admin`, or `service` for the server API.
         #[arg(long)]
         role: Option<String>,
         /// Optional display name claim (`name`), shown beside the subject in chat.

@@ -92,7 +92,30 @@ pub struct WsBenchArgs {
     /// connecting, with every connection open, and per connection.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// How publishers send: over their own WebSocket (`ws`), or as a backend through the
+    /// server API — gRPC `ChatService/Publish` (`grpc`, needs `--grpc-url`) or
+    /// `POST /api/v1/publish` (`http`, on `--url`'s host). `grpc` and `http` need a
+    /// `--token` whose role is `service` or `admin`.
+    #[arg(long, value_enum, default_value_t = PublishVia::Ws)]
+    pub publish_via: PublishVia,
+    /// The gRPC server for `--publish-via grpc`, e.g. `http://127.0.0.1:50051`.
+    #[arg(long, value_name = "URL")]
+    pub grpc_url: Option<String>,
 }
+
+/// How `bench ws` publishers send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublishVia {
+    /// Their own WebSocket connections.
+    Ws,
+    /// gRPC `switchboard.chat.v1.ChatService/Publish`.
+    Grpc,
+    /// `POST /api/v1/publish`.
+    Http,
+}
+
+/// Calls a server-API publisher may have in flight.
+const API_IN_FLIGHT: usize = 64;
 
 impl WsBenchArgs {
     fn validate(&self) -> anyhow::Result<()> {
@@ -121,6 +144,12 @@ impl WsBenchArgs {
         }
         if self.connect_concurrency == 0 {
             bail!("--connect-concurrency must be at least 1");
+        }
+        if self.publish_via != PublishVia::Ws && self.token.is_none() {
+            bail!("--publish-via grpc|http needs --token (a token whose role is `service`)");
+        }
+        if self.publish_via == PublishVia::Grpc && self.grpc_url.is_none() {
+            bail!("--publish-via grpc needs --grpc-url, e.g. http://127.0.0.1:50051");
         }
         Ok(())
     }
@@ -250,10 +279,19 @@ async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
         }
     }
     let mut publishers = Vec::new();
+    let api = match args.publish_via {
+        PublishVia::Ws => None,
+        via => Some(ApiPublisher::connect(&args, via).await?),
+    };
     for p in 0..args.publishers {
         let room_index = p % args.rooms;
+        if let Some(api) = &api {
+            publishers.push((room_index, Sender::Api(api.clone())));
+            progress.inc(1);
+            continue;
+        }
         match open(&url, &args.room(room_index), wait).await {
-            Ok((ws, _)) => publishers.push((room_index, ws)),
+            Ok((ws, _)) => publishers.push((room_index, Sender::Ws(ws))),
             Err(error) => {
                 connect_errors += 1;
                 first_connect_error.get_or_insert_with(|| format!("{error:#}"));
@@ -292,7 +330,11 @@ async fn bench(args: WsBenchArgs) -> anyhow::Result<Outcome> {
             let refused = Arc::new(AtomicU64::new(0));
             let counted = refused.clone();
             let task = tokio::spawn(async move {
-                (room_index, publish(ws, plan, shared, counted, stop).await)
+                let sent = match ws {
+                    Sender::Ws(ws) => publish(ws, plan, shared, counted, stop).await,
+                    Sender::Api(api) => api.publish(plan, shared, counted, stop).await,
+                };
+                (room_index, sent)
             });
             (task, refused)
         })
@@ -423,6 +465,157 @@ async fn subscribe(mut ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bo
 
 /// The process-wide time base payload timestamps count from.
 static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// How one publisher sends.
+enum Sender {
+    /// Its own WebSocket.
+    Ws(Ws),
+    /// The server API (shared by every publisher).
+    Api(ApiPublisher),
+}
+
+/// A backend publishing through the server API.
+#[derive(Clone)]
+enum ApiPublisher {
+    Grpc(
+        crate::grpc::pb::chat::chat_service_client::ChatServiceClient<tonic::transport::Channel>,
+        Arc<str>,
+    ),
+    Http(reqwest::Client, Arc<str>, Arc<str>),
+}
+
+impl ApiPublisher {
+    async fn connect(args: &WsBenchArgs, via: PublishVia) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let bearer: Arc<str> = format!("Bearer {}", args.token.clone().unwrap_or_default()).into();
+        match via {
+            PublishVia::Grpc => {
+                let url = args.grpc_url.clone().unwrap_or_default();
+                let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                    .with_context(|| format!("--grpc-url `{url}`"))?
+                    .connect()
+                    .await
+                    .with_context(|| format!("cannot reach {url}"))?;
+                Ok(Self::Grpc(
+                    crate::grpc::pb::chat::chat_service_client::ChatServiceClient::new(channel),
+                    bearer,
+                ))
+            }
+            _ => {
+                let base = args
+                    .url
+                    .replacen("wss://", "https://", 1)
+                    .replacen("ws://", "http://", 1);
+                let base = base.trim_end_matches("/ws").trim_end_matches('/');
+                Ok(Self::Http(
+                    reqwest::Client::new(),
+                    format!("{base}/api/v1/publish").into(),
+                    bearer,
+                ))
+            }
+        }
+    }
+
+    /// Sends one message; `Err(overloaded)` tells a refusal to retry from a failure.
+    async fn send(&self, room: String, content: String) -> Result<(), (bool, String)> {
+        match self {
+            Self::Grpc(client, bearer) => {
+                let mut request = tonic::Request::new(crate::grpc::pb::chat::PublishRequest {
+                    room,
+                    content,
+                    ..Default::default()
+                });
+                if let Ok(value) = bearer.parse() {
+                    request.metadata_mut().insert("authorization", value);
+                }
+                client
+                    .clone()
+                    .publish(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| {
+                        (
+                            status.code() == tonic::Code::Unavailable,
+                            format!("{:?}: {}", status.code(), status.message()),
+                        )
+                    })
+            }
+            Self::Http(client, url, bearer) => {
+                let response = client
+                    .post(&**url)
+                    .header("authorization", &**bearer)
+                    .json(&serde_json::json!({ "room": room, "content": content }))
+                    .send()
+                    .await
+                    .map_err(|error| (false, error.to_string()))?;
+                let status = response.status();
+                if status.is_success() {
+                    return Ok(());
+                }
+                let text = response.text().await.unwrap_or_default();
+                Err((
+                    status.as_u16() == 503 || status.as_u16() == 429,
+                    format!("{status}: {text}"),
+                ))
+            }
+        }
+    }
+
+    /// Publishes at the planned rate (up to [`API_IN_FLIGHT`] calls in flight); returns
+    /// how many were sent.
+    async fn publish(
+        self,
+        plan: Plan,
+        shared: Arc<Shared>,
+        refused: Arc<AtomicU64>,
+        mut stop: watch::Receiver<bool>,
+    ) -> u64 {
+        let base = *BASE.get_or_init(Instant::now);
+        let padding = "x".repeat(plan.size);
+        let start = Instant::now();
+        let mut ticker = tokio::time::interval(Duration::from_millis(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let slots = Arc::new(tokio::sync::Semaphore::new(API_IN_FLIGHT));
+        let mut sent = 0u64;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                _ = ticker.tick() => {}
+            }
+            let elapsed = start.elapsed();
+            if elapsed >= plan.duration {
+                break;
+            }
+            let due = (elapsed.as_secs_f64() * plan.per_second).ceil() as u64;
+            while sent < due {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let now = base.elapsed().as_micros();
+                let mut content = format!("{MARKER}{} {sent} {now} ", plan.id);
+                let fill = plan.size.saturating_sub(content.len());
+                content.push_str(&padding[..fill]);
+                let (api, room) = (self.clone(), plan.room.clone());
+                let (shared, refused) = (shared.clone(), refused.clone());
+                tokio::spawn(async move {
+                    match api.send(room, content).await {
+                        Ok(()) => {}
+                        Err((true, _)) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err((false, error)) => shared.error(&error),
+                    }
+                    drop(slot);
+                });
+                sent += 1;
+            }
+        }
+        // Every call answered before the count is final.
+        let _ = slots.acquire_many(API_IN_FLIGHT as u32).await;
+        sent
+    }
+}
 
 struct Plan {
     id: usize,

@@ -380,3 +380,67 @@ async fn bench_ws_names_the_rate_limit_when_the_server_refuses_upgrades() {
         refused.stderr
     );
 }
+
+/// Fanout driven by a backend: publishers send through the server API (gRPC, then HTTP)
+/// and every subscriber gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_ws_publishes_through_the_server_api() {
+    let db = TestDb::sqlite();
+    let settings = server_settings(&db);
+    let app = spawn_app_with(db, settings).await;
+    let service = token("bench-backend", Some("service"));
+    for via in ["grpc", "http"] {
+        let json = bench(
+            [
+                "bench",
+                "ws",
+                "--url",
+                &format!("ws://{}/ws", app.http_addr),
+                "--grpc-url",
+                &format!("http://{}", app.grpc_addr),
+                "--publish-via",
+                via,
+                "--token",
+                &service,
+                "--room-prefix",
+                via,
+                "--clients",
+                "10",
+                "--publishers",
+                "2",
+                "--rate",
+                "40",
+                "--duration",
+                "1s",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await;
+        let (sent, expected, delivered) = (
+            u(&json, "sent"),
+            u(&json, "expected_deliveries"),
+            u(&json, "delivered"),
+        );
+        assert!(sent >= 20, "{via}: {json}");
+        assert_eq!(expected, sent * 10, "{via}: {json}");
+        assert_eq!(delivered, expected, "{via} loses nothing: {json}");
+        assert_eq!(u(&json, "refused"), 0, "{via}: {json}");
+    }
+    // Without a token the run refuses to start, and says why.
+    let finished = run_bench(&[
+        "bench",
+        "ws",
+        "--url",
+        &format!("ws://{}/ws", app.http_addr),
+        "--publish-via",
+        "http",
+        "--clients",
+        "2",
+        "--duration",
+        "1s",
+    ])
+    .await;
+    assert!(!finished.status.success());
+    assert!(finished.stderr.contains("--token"), "{}", finished.stderr);
+}

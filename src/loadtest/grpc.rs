@@ -40,6 +40,9 @@ pub enum GrpcCall {
     CreateUser,
     /// `ListUsers`: the first page of `--page-size` users (a fan-out across shards).
     ListUsers,
+    /// `ChatService/Subscribe`: `--concurrency` streams on one room fed by one publisher
+    /// at `--rate`; delivery latency and loss (the token needs role `service`).
+    Subscribe,
 }
 
 /// Options of `switchboard bench grpc`.
@@ -63,6 +66,9 @@ pub struct GrpcBenchArgs {
     /// Users per `ListUsers` page (list-users).
     #[arg(long, default_value_t = 50)]
     pub page_size: i32,
+    /// Messages per second the publisher sends (subscribe).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
     /// A JWT for the `authorization` header (the UserService requires one).
     #[arg(long)]
     pub token: String,
@@ -100,6 +106,12 @@ pub fn run(args: GrpcBenchArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.call == GrpcCall::Subscribe {
+        if !(args.rate > 0.0 && args.rate <= 100_000.0) {
+            bail!("--rate must be above 0 and at most 100000 messages per second");
+        }
+        return runtime.block_on(super::grpc_subscribe::bench(args));
+    }
     runtime.block_on(bench(args))
 }
 
@@ -213,6 +225,8 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
                             .await
                             .map(|_| 1)
                     }
+                    // Measured by `grpc_subscribe`, never here.
+                    GrpcCall::Subscribe => Ok(0),
                     GrpcCall::ListUsers => client
                         .list_users(ListUsersRequest {
                             page_size,
@@ -264,6 +278,7 @@ async fn bench(args: GrpcBenchArgs) -> anyhow::Result<()> {
         GrpcCall::StreamUsers => "StreamUsers",
         GrpcCall::CreateUser => "CreateUser",
         GrpcCall::ListUsers => "ListUsers",
+        GrpcCall::Subscribe => "Subscribe",
     };
     let ok = calls - errors;
     let per_second = (calls as f64 / elapsed).round();

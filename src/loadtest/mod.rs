@@ -3,6 +3,7 @@
 //! itself and talks only to the address it is given.
 
 pub mod grpc;
+pub mod grpc_subscribe;
 pub mod report;
 pub mod ws;
 

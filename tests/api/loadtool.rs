@@ -444,3 +444,44 @@ async fn bench_ws_publishes_through_the_server_api() {
     assert!(!finished.status.success());
     assert!(finished.stderr.contains("--token"), "{}", finished.stderr);
 }
+
+/// `bench grpc --call subscribe`: streaming subscribers fed by one publisher through the
+/// server API lose nothing under a light load, and their delivery latency is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_grpc_measures_streaming_subscribers() {
+    let db = TestDb::sqlite();
+    let settings = server_settings(&db);
+    let app = spawn_app_with(db, settings).await;
+    let json = bench(
+        [
+            "bench",
+            "grpc",
+            "--addr",
+            &format!("http://{}", app.grpc_addr),
+            "--call",
+            "subscribe",
+            "--concurrency",
+            "5",
+            "--rate",
+            "50",
+            "--duration",
+            "1s",
+            "--token",
+            &token("bench-backend", Some("service")),
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(json["call"], "Subscribe");
+    let (published, expected, delivered) = (
+        u(&json, "published"),
+        u(&json, "expected_deliveries"),
+        u(&json, "delivered"),
+    );
+    assert!(published >= 25, "{json}");
+    assert_eq!(expected, published * 5, "{json}");
+    assert_eq!(delivered, expected, "{json}");
+    assert_eq!(u(&json, "lost"), 0);
+    assert!(f(&json, "p50_ms") > 0.0, "{json}");
+}

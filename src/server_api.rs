@@ -145,12 +145,17 @@ pub struct Sent {
 }
 
 /// `POST /api/v1/presence` and `POST /api/v1/history`'s room.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct RoomInput {
     /// The room.
     pub room: String,
-    /// For history: how many of the last messages (default 50).
+    /// For history: at most this many messages (default 50).
     pub limit: Option<u32>,
+    /// For history: the messages after this offset instead of the last ones.
+    pub since_offset: Option<u64>,
+    /// For history: newest first.
+    #[serde(default)]
+    pub reverse: bool,
 }
 
 /// One user present in a room.
@@ -214,15 +219,18 @@ impl MessageInfo {
     }
 }
 
-/// A room's last messages.
+/// A room's messages.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct HistoryPage {
-    /// Oldest first.
+    /// Oldest first (newest first with `reverse`).
     pub messages: Vec<MessageInfo>,
     /// The room's last offset when read.
     pub offset: u64,
-    /// Whether older messages were left out to keep the answer small.
+    /// Whether more messages exist than were answered (the limit, or the size cap).
     pub truncated: bool,
+    /// With `since_offset`: whether every message after it up to `offset` is in the
+    /// answer; without: whether nothing was left out.
+    pub recovered: bool,
 }
 
 /// `POST /api/v1/rooms`.
@@ -484,34 +492,67 @@ impl ServerApi {
         })
     }
 
-    /// `room`'s last `limit` messages.
+    /// `input.room`'s last `limit` messages, or those after `since_offset`.
     pub async fn history(
         &self,
         caller: Option<&Claims>,
-        room_id: &str,
-        limit: Option<u32>,
+        input: RoomInput,
     ) -> Result<HistoryPage, Failure> {
         let mut session = self.open(caller, 16).await?;
-        let room = room(room_id)?;
-        let limit = match limit {
+        let room = room(&input.room)?;
+        let limit = match input.limit {
             None | Some(0) => 50,
             Some(n) => n as usize,
         };
-        session.join(&room, None).await?;
-        let answer = session.history(&room, limit).await?;
-        let details = &answer["metadata"];
-        Ok(HistoryPage {
-            messages: details["messages"]
-                .as_array()
-                .map(|list| {
-                    list.iter()
-                        .map(|m| MessageInfo::from_frame(m, room.as_str()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            offset: details["offset"].as_u64().unwrap_or_default(),
-            truncated: details["truncated"].as_bool().unwrap_or_default(),
-        })
+        let mut page = match input.since_offset {
+            None => {
+                session.join(&room, None).await?;
+                let answer = session.history(&room, limit).await?;
+                let details = &answer["metadata"];
+                // More exist than answered: the limit or the size cap left some out.
+                let truncated = details["truncated"].as_bool().unwrap_or_default()
+                    || details["count"].as_u64().unwrap_or_default()
+                        < details["offset"].as_u64().unwrap_or_default();
+                HistoryPage {
+                    messages: details["messages"]
+                        .as_array()
+                        .map(|list| {
+                            list.iter()
+                                .map(|m| MessageInfo::from_frame(m, room.as_str()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    offset: details["offset"].as_u64().unwrap_or_default(),
+                    truncated,
+                    recovered: !truncated,
+                }
+            }
+            Some(since) => {
+                // A join from `since` replays what followed (as a member's would).
+                let joined = session.join(&room, Some(since)).await?;
+                let details = &joined["metadata"];
+                let top = details["offset"].as_u64().unwrap_or_default();
+                let replayed = details["replayed"].as_u64().unwrap_or_default() as usize;
+                let mut messages = Vec::with_capacity(replayed.min(limit));
+                for _ in 0..replayed {
+                    let frame = session.next_message(&room).await?;
+                    if messages.len() < limit {
+                        messages.push(MessageInfo::from_frame(&frame, room.as_str()));
+                    }
+                }
+                let truncated = replayed > limit;
+                HistoryPage {
+                    messages,
+                    offset: top,
+                    truncated,
+                    recovered: details["recovered"].as_bool().unwrap_or_default() && !truncated,
+                }
+            }
+        };
+        if input.reverse {
+            page.messages.reverse();
+        }
+        Ok(page)
     }
 
     /// The rooms with members on this node whose id starts with `prefix`.

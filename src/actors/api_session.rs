@@ -12,7 +12,10 @@ use std::{sync::Arc, time::Duration};
 
 use actix::prelude::*;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    oneshot,
+};
 
 use crate::{
     actors::hub::{
@@ -51,9 +54,18 @@ pub enum ApiError {
     ShuttingDown,
 }
 
+/// What travels from the actor to [`Opened`]: a batch of frames as the hub sent it (a
+/// replay is one batch), or the end.
+enum Batch {
+    Frames(Vec<Value>),
+    Closed(u16, String),
+}
+
 /// The actor behind a hidden session.
 pub struct ApiSession {
-    events: mpsc::Sender<ApiEvent>,
+    events: mpsc::Sender<Batch>,
+    /// Fired when the caller fell `buffer` batches behind.
+    overflow: Option<oneshot::Sender<()>>,
     outbox: Option<Arc<Outbox>>,
 }
 
@@ -62,13 +74,14 @@ impl Actor for ApiSession {
 }
 
 impl ApiSession {
-    fn forward(&mut self, event: ApiEvent, ctx: &mut Context<Self>) {
-        match self.events.try_send(event) {
+    fn forward(&mut self, batch: Batch, ctx: &mut Context<Self>) {
+        match self.events.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                // The caller is not reading: tell it (at the cost of one slot kept free by
-                // ending now) and stop.
-                let _ = self.events.try_send(ApiEvent::TooSlow);
+                // The caller is not reading: tell it and stop.
+                if let Some(overflow) = self.overflow.take() {
+                    let _ = overflow.send(());
+                }
                 ctx.stop();
             }
             Err(TrySendError::Closed(_)) => ctx.stop(),
@@ -86,7 +99,7 @@ impl Handler<ToSession> for ApiSession {
             ToSession::Close(reason) => {
                 let code = u16::from(reason.code);
                 self.forward(
-                    ApiEvent::Closed(code, reason.description.unwrap_or_default()),
+                    Batch::Closed(code, reason.description.unwrap_or_default()),
                     ctx,
                 );
                 ctx.stop();
@@ -97,12 +110,17 @@ impl Handler<ToSession> for ApiSession {
         if let Some(outbox) = &self.outbox {
             outbox.taken(frames.len(), frames.iter().map(|f| f.len()).sum());
         }
-        for frame in frames {
-            match serde_json::from_str(&frame) {
-                Ok(value) => self.forward(ApiEvent::Frame(value), ctx),
-                Err(error) => tracing::warn!(%error, "the hub sent a frame that is not JSON"),
-            }
-        }
+        let values = frames
+            .iter()
+            .filter_map(|frame| match serde_json::from_str(frame) {
+                Ok(value) => Some(value),
+                Err(error) => {
+                    tracing::warn!(%error, "the hub sent a frame that is not JSON");
+                    None
+                }
+            })
+            .collect();
+        self.forward(Batch::Frames(values), ctx);
     }
 }
 
@@ -120,7 +138,12 @@ fn retryable(reason: &str) -> bool {
 pub struct Opened {
     session: SessionId,
     hub: Arc<Addr<Hub>>,
-    events: mpsc::Receiver<ApiEvent>,
+    events: mpsc::Receiver<Batch>,
+    /// Frames of the batch being read.
+    pending: std::collections::VecDeque<Value>,
+    /// Resolves when the caller fell behind; `None` once it resolved either way.
+    overflowed: Option<oneshot::Receiver<()>>,
+    too_slow: bool,
 }
 
 impl ApiSession {
@@ -134,12 +157,14 @@ impl ApiSession {
         buffer: usize,
     ) -> Result<Opened, ApiError> {
         let (events, receiver) = mpsc::channel(buffer.max(2));
+        let (overflow, overflowed) = oneshot::channel();
         // As deep as a WebSocket session's mailbox: the hub's own slow-consumer rule
         // counts frames against it.
         let addr = ApiSession::start_in_arbiter(arbiter, move |ctx| {
             ctx.set_mailbox_capacity(buffer.max(2));
             ApiSession {
                 events,
+                overflow: Some(overflow),
                 outbox: None,
             }
         });
@@ -158,6 +183,9 @@ impl ApiSession {
                 session,
                 hub,
                 events: receiver,
+                pending: std::collections::VecDeque::new(),
+                overflowed: Some(overflowed),
+                too_slow: false,
             }),
             Ok(Err(ConnectError::ShuttingDown)) => Err(ApiError::ShuttingDown),
             Ok(Err(refused)) => Err(ApiError::Refused(refused.to_string())),
@@ -190,7 +218,48 @@ impl Drop for Opened {
 impl Opened {
     /// The next event, waiting as long as it takes (`None`: the session ended).
     pub async fn next(&mut self) -> Option<ApiEvent> {
-        self.events.recv().await
+        loop {
+            if let Some(frame) = self.pending.pop_front() {
+                return Some(ApiEvent::Frame(frame));
+            }
+            match self.events.recv().await {
+                Some(Batch::Frames(frames)) => self.pending.extend(frames),
+                Some(Batch::Closed(code, reason)) => return Some(ApiEvent::Closed(code, reason)),
+                None if self.is_too_slow() => return Some(ApiEvent::TooSlow),
+                None => return None,
+            }
+        }
+    }
+
+    /// Resolves once the caller fell too far behind and the session was ended (what was
+    /// forwarded before can still be read with [`next`](Self::next)).
+    pub async fn overflowed(&mut self) {
+        if self.too_slow {
+            return;
+        }
+        if let Some(overflowed) = self.overflowed.as_mut() {
+            let fired = overflowed.await.is_ok();
+            self.overflowed = None;
+            if fired {
+                self.too_slow = true;
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    }
+
+    fn is_too_slow(&mut self) -> bool {
+        if let Some(overflowed) = self.overflowed.as_mut() {
+            match overflowed.try_recv() {
+                Ok(()) => {
+                    self.too_slow = true;
+                    self.overflowed = None;
+                }
+                Err(oneshot::error::TryRecvError::Closed) => self.overflowed = None,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+        self.too_slow
     }
 
     /// Waits (bounded) for the first frame `wanted` accepts; an `error` frame (for
@@ -202,7 +271,7 @@ impl Opened {
     ) -> Result<Value, ApiError> {
         let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
         loop {
-            let event = tokio::time::timeout_at(deadline, self.events.recv())
+            let event = tokio::time::timeout_at(deadline, self.next())
                 .await
                 .map_err(|_| ApiError::Unavailable("the chat hub did not answer in time".into()))?;
             match event {
@@ -287,6 +356,14 @@ impl Opened {
             metadata,
         });
         self.answer(None, |f| f["type"] == "ack").await
+    }
+
+    /// The next `message` frame relayed in `room` (a replay after a join with `since`).
+    pub async fn next_message(&mut self, room: &RoomId) -> Result<Value, ApiError> {
+        self.answer(Some(room), |f| {
+            f["type"] == "message" && f["room_id"] == room.as_str()
+        })
+        .await
     }
 
     /// The `presence` listing of `room` (joined).

@@ -11,12 +11,12 @@ use tonic::{Request, Response, Status};
 
 use super::pb::chat::{self, chat_service_server::ChatService};
 use crate::{
-    actors::api_session::{ApiEvent, Opened},
+    actors::api_session::{ApiError, ApiEvent, Opened},
     auth::Claims,
     domain::RoomId,
     server_api::{
         BroadcastInput, DisconnectInput, Failure, MessageInfo, PrivateInput, PublishInput,
-        ServerApi, UnsubscribeInput,
+        RoomInput, ServerApi, UnsubscribeInput,
     },
 };
 
@@ -219,19 +219,22 @@ impl ChatService for Chat {
         &self,
         request: Request<chat::HistoryRequest>,
     ) -> Result<Response<chat::HistoryResponse>, Status> {
+        let input = RoomInput {
+            room: request.get_ref().room.clone(),
+            limit: Some(request.get_ref().limit),
+            since_offset: request.get_ref().since_offset,
+            reverse: request.get_ref().reverse,
+        };
         let page = self
             .api
-            .history(
-                caller(&request),
-                &request.get_ref().room,
-                Some(request.get_ref().limit),
-            )
+            .history(caller(&request), input)
             .await
             .map_err(status)?;
         Ok(Response::new(chat::HistoryResponse {
             messages: page.messages.into_iter().map(wire).collect(),
             offset: page.offset,
             truncated: page.truncated,
+            recovered: page.recovered,
         }))
     }
 
@@ -295,7 +298,16 @@ impl ChatService for Chat {
         let joined = session
             .join(&room, since)
             .await
-            .map_err(|e| status(e.into()))?;
+            .map_err(|error| match error {
+                // The replay did not fit the session's outbound budget.
+                ApiError::Unavailable(reason) if reason.contains("1008") => {
+                    Status::resource_exhausted(
+                        "too many messages to replay at once; read History from since_offset in \
+                 pages, then subscribe from the last offset read",
+                    )
+                }
+                error => status(error.into()),
+            })?;
         if since.is_some() && joined["metadata"]["recovered"] == false {
             return Err(Status::data_loss(format!(
                 "messages after offset {} are no longer kept; read History and subscribe \
@@ -331,13 +343,17 @@ async fn follow(
                 }
                 let message = wire_message(&frame, room.as_str());
                 let offset = message.offset;
-                match wire.try_send(Ok(message)) {
-                    Ok(()) => {
+                // Waits for the client (a replay arrives in one burst); meanwhile live
+                // messages queue in the session, and one that overflows ends the stream.
+                tokio::select! {
+                    sent = wire.send(Ok(message)) => {
+                        if sent.is_err() {
+                            return;
+                        }
                         last = last.max(offset);
                         continue;
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    Err(mpsc::error::TrySendError::Full(_)) => too_slow(last),
+                    () = session.overflowed() => too_slow(last),
                 }
             }
             Some(ApiEvent::TooSlow) => too_slow(last),

@@ -200,7 +200,8 @@ async fn presence(
     )
 }
 
-/// A room's last `limit` messages (default 50), oldest first.
+/// A room's last `limit` messages (default 50), or those after `since_offset`, oldest
+/// first unless `reverse`; `recovered` says whether none are missing.
 #[utoipa::path(
     post, path = "/api/v1/history", request_body = RoomInput,
     responses(
@@ -215,10 +216,7 @@ async fn history(state: web::Data<HttpState>, req: HttpRequest, bytes: web::Byte
         async {
             let claims = caller(&state, &req)?;
             let input: RoomInput = body(&bytes)?;
-            state
-                .server_api
-                .history(claims.as_ref(), &input.room, input.limit)
-                .await
+            state.server_api.history(claims.as_ref(), input).await
         }
         .await,
     )

@@ -240,14 +240,14 @@ pub struct RoomsInput {
     pub prefix: Option<String>,
 }
 
-/// A room with members on the answering node.
+/// A room with members (across the cluster in cluster mode).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct RoomInfo {
     /// The room.
     pub room: String,
-    /// Users present (on this node).
+    /// Users present.
     pub users: u64,
-    /// Sessions joined (on this node).
+    /// Their sessions.
     pub sessions: u64,
 }
 
@@ -555,9 +555,29 @@ impl ServerApi {
         Ok(page)
     }
 
-    /// The rooms with members on this node whose id starts with `prefix`.
+    /// The rooms with members whose id starts with `prefix` — on every node of a
+    /// cluster (its presence in Redis), else on this server.
     pub async fn rooms(&self, caller: Option<&Claims>, prefix: &str) -> Result<RoomList, Failure> {
         authorize(caller)?;
+        if let Some(broker) = &self.broker {
+            let rooms = broker
+                .send(crate::actors::broker::presence::ReadRooms {
+                    prefix: prefix.to_owned(),
+                })
+                .await
+                .map_err(|e| Failure::Unavailable(e.to_string()))?
+                .map_err(|e| Failure::Unavailable(e.to_string()))?;
+            return Ok(RoomList {
+                rooms: rooms
+                    .into_iter()
+                    .map(|(room, users, sessions)| RoomInfo {
+                        room,
+                        users,
+                        sessions,
+                    })
+                    .collect(),
+            });
+        }
         let rooms = self
             .hub
             .send(ListRooms)

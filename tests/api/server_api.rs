@@ -416,6 +416,23 @@ async fn the_server_api_acts_on_the_whole_cluster() {
         .into_inner();
     assert_eq!(presence.members.len(), 1, "{presence:?}");
     assert_eq!(presence.members[0].user_id, "alice");
+    let rooms = on_a
+        .rooms(RoomsRequest {
+            prefix: "lob".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rooms;
+    let listed: Vec<(&str, u64, u64)> = rooms
+        .iter()
+        .map(|r| (r.room.as_str(), r.users, r.sessions))
+        .collect();
+    assert_eq!(
+        listed,
+        [("lobby", 1, 1)],
+        "rooms on every node, from node a"
+    );
 
     let mut mallory = WsClient::user(b, "mallory").await;
     let answer = on_a

@@ -347,3 +347,78 @@ pub(super) async fn reap_sessions(
         .map_err(unavailable)?;
     Ok(())
 }
+
+/// The rooms with presence anywhere in the cluster whose id starts with `prefix`:
+/// `(room, users, sessions)`, sorted by room.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<(String, u64, u64)>, ClusterUnavailable>")]
+pub struct ReadRooms {
+    /// Only rooms whose id starts with this.
+    pub prefix: String,
+}
+
+/// `text` with Redis glob characters escaped, for a `MATCH` pattern.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+impl Handler<ReadRooms> for Broker {
+    type Result = ResponseFuture<Result<Vec<(String, u64, u64)>, ClusterUnavailable>>;
+
+    fn handle(&mut self, msg: ReadRooms, _ctx: &mut Self::Context) -> Self::Result {
+        let head = self.key("presence:");
+        let pattern = format!("{}{}*:users", glob_escape(&head), glob_escape(&msg.prefix));
+        let mut redis = self.commands.clone();
+        Box::pin(async move {
+            let unavailable = |e: redis::RedisError| ClusterUnavailable(e.to_string());
+            let mut rooms = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut redis)
+                    .await
+                    .map_err(unavailable)?;
+                for key in keys {
+                    let Some(room) = key
+                        .strip_prefix(head.as_str())
+                        .and_then(|rest| rest.strip_suffix(":users"))
+                    else {
+                        continue;
+                    };
+                    let counts: Vec<i64> = redis::cmd("HVALS")
+                        .arg(&key)
+                        .query_async(&mut redis)
+                        .await
+                        .map_err(unavailable)?;
+                    let present: Vec<u64> = counts
+                        .into_iter()
+                        .filter(|n| *n > 0)
+                        .map(|n| n as u64)
+                        .collect();
+                    if !present.is_empty() {
+                        rooms.push((room.to_owned(), present.len() as u64, present.iter().sum()));
+                    }
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            rooms.sort();
+            rooms.dedup_by(|a, b| a.0 == b.0);
+            Ok(rooms)
+        })
+    }
+}

@@ -570,32 +570,15 @@ impl ApiPublisher {
         refused: Arc<AtomicU64>,
         mut stop: watch::Receiver<bool>,
     ) -> u64 {
-        let base = *BASE.get_or_init(Instant::now);
-        let padding = "x".repeat(plan.size);
-        let start = Instant::now();
-        let mut ticker = tokio::time::interval(Duration::from_millis(1));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut pacer = Pacer::new(&plan);
         let slots = Arc::new(tokio::sync::Semaphore::new(API_IN_FLIGHT));
         let mut sent = 0u64;
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                _ = ticker.tick() => {}
-            }
-            let elapsed = start.elapsed();
-            if elapsed >= plan.duration {
-                break;
-            }
-            let due = (elapsed.as_secs_f64() * plan.per_second).ceil() as u64;
+        while let Some(due) = pacer.due(&plan, &mut stop).await {
             while sent < due {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                let now = base.elapsed().as_micros();
-                let mut content = format!("{MARKER}{} {sent} {now} ", plan.id);
-                let fill = plan.size.saturating_sub(content.len());
-                content.push_str(&padding[..fill]);
+                let content = pacer.payload(&plan, sent);
                 let (api, room) = (self.clone(), plan.room.clone());
                 let (shared, refused) = (shared.clone(), refused.clone());
                 tokio::spawn(async move {
@@ -617,6 +600,49 @@ impl ApiPublisher {
     }
 }
 
+/// Paces a publisher: how many messages are due by now, and their payloads.
+struct Pacer {
+    base: Instant,
+    start: Instant,
+    ticker: tokio::time::Interval,
+    padding: String,
+}
+
+impl Pacer {
+    fn new(plan: &Plan) -> Self {
+        let mut ticker = tokio::time::interval(Duration::from_millis(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        Self {
+            base: *BASE.get_or_init(Instant::now),
+            start: Instant::now(),
+            ticker,
+            padding: "x".repeat(plan.size),
+        }
+    }
+
+    /// Waits for the next millisecond tick; how many messages should have gone out by
+    /// now, or `None` once the plan's time is up or the run stops (catching up in bursts
+    /// when the timer is late).
+    async fn due(&mut self, plan: &Plan, stop: &mut watch::Receiver<bool>) -> Option<u64> {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return None,
+            _ = self.ticker.tick() => {}
+        }
+        let elapsed = self.start.elapsed();
+        (elapsed < plan.duration).then(|| (elapsed.as_secs_f64() * plan.per_second).ceil() as u64)
+    }
+
+    /// Message `sequence`'s payload: marker, publisher, sequence, send time, padding.
+    fn payload(&self, plan: &Plan, sequence: u64) -> String {
+        let now = self.base.elapsed().as_micros();
+        let mut content = format!("{MARKER}{} {sequence} {now} ", plan.id);
+        let fill = plan.size.saturating_sub(content.len());
+        content.push_str(&self.padding[..fill]);
+        content
+    }
+}
+
 struct Plan {
     id: usize,
     room: String,
@@ -634,7 +660,6 @@ async fn publish(
     refused: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) -> u64 {
-    let base = *BASE.get_or_init(Instant::now);
     let (mut sink, mut source) = ws.split();
     let reader_shared = shared.clone();
     let reader = tokio::spawn(async move {
@@ -652,27 +677,11 @@ async fn publish(
             }
         }
     });
-    let padding = "x".repeat(plan.size);
-    let start = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut pacer = Pacer::new(&plan);
     let mut sent = 0u64;
-    'publishing: loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            _ = ticker.tick() => {}
-        }
-        let elapsed = start.elapsed();
-        if elapsed >= plan.duration {
-            break;
-        }
-        let due = (elapsed.as_secs_f64() * plan.per_second).ceil() as u64;
+    'publishing: while let Some(due) = pacer.due(&plan, &mut stop).await {
         while sent < due {
-            let now = base.elapsed().as_micros();
-            let mut content = format!("{MARKER}{} {sent} {now} ", plan.id);
-            let fill = plan.size.saturating_sub(content.len());
-            content.push_str(&padding[..fill]);
+            let content = pacer.payload(&plan, sent);
             let frame = format!(
                 "{{\"type\":\"message\",\"room_id\":{},\"content\":\"{content}\"}}",
                 Value::String(plan.room.clone())

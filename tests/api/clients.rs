@@ -63,9 +63,14 @@ async fn gql_with_its_defaults_queries_over_websocket_and_introspects_over_http(
 /// missing install skips the test.
 fn node_clients_installed() -> bool {
     let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node_modules");
-    let found = ["graphql-ws", "@grpc/grpc-js", "@grpc/proto-loader"]
-        .iter()
-        .all(|package| std::path::Path::new(modules).join(package).exists())
+    let found = [
+        "graphql-ws",
+        "@grpc/grpc-js",
+        "@grpc/proto-loader",
+        "@apidevtools/swagger-parser",
+    ]
+    .iter()
+    .all(|package| std::path::Path::new(modules).join(package).exists())
         && Command::new("node")
             .arg("--version")
             .output()
@@ -169,4 +174,33 @@ async fn grpc_js_drives_the_server_api() {
     let relayed = member.recv_kind("message").await;
     assert_eq!(relayed["metadata"]["via"], "node", "{relayed}");
     member.assert_silent(Duration::from_millis(300)).await;
+}
+
+/// The server API's OpenAPI document passes a third-party OpenAPI 3 validator
+/// (@apidevtools/swagger-parser: the schema and every `$ref`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_passes_swagger_parser() {
+    if !node_clients_installed() {
+        return;
+    }
+    let app = spawn_app().await;
+    let url = app.url("/api/v1/openapi.json");
+    let finished = tokio::task::spawn_blocking(move || {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/openapi_validate.mjs"
+        );
+        let mut command = Command::new("node");
+        command.args([script, &url]);
+        run_within(command, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert!(finished.status.success(), "invalid: {}", finished.stderr);
+    let seen: Value = serde_json::from_str(finished.stdout.lines().last().unwrap()).unwrap();
+    assert!(
+        seen["openapi"].as_str().unwrap().starts_with("3."),
+        "{seen}"
+    );
+    assert_eq!(seen["paths"].as_array().unwrap().len(), 8, "{seen}");
 }

@@ -22,7 +22,7 @@ use crate::{
     server_api::{
         BroadcastInput, Broadcasted, DisconnectInput, Disconnected, Failure, HistoryPage,
         MemberInfo, MessageInfo, Presence, PrivateInput, PublishInput, Published, RoomInfo,
-        RoomInput, RoomList, RoomResult, RoomsInput, Sent, UnsubscribeInput,
+        RoomInput, RoomList, RoomResult, RoomsInput, Sent, ServerApi, UnsubscribeInput,
     },
 };
 
@@ -91,7 +91,30 @@ fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
         .map_err(|error| Failure::InvalidArgument(format!("the JSON body: {error}")))
 }
 
-fn answer<T: Serialize>(result: Result<T, Failure>) -> HttpResponse {
+/// Checks the caller, reads the JSON body as `I` (an empty body reads as `I::default()`
+/// when `empty` is given), runs `op`, and answers its result or the documented error.
+async fn serve<I, O, F, Fut>(
+    state: &HttpState,
+    req: &HttpRequest,
+    bytes: &[u8],
+    empty: Option<I>,
+    op: F,
+) -> HttpResponse
+where
+    I: DeserializeOwned,
+    O: Serialize,
+    F: FnOnce(ServerApi, Option<Claims>, I) -> Fut,
+    Fut: std::future::Future<Output = Result<O, Failure>>,
+{
+    let result = async {
+        let claims = caller(state, req)?;
+        let input = match empty {
+            Some(input) if bytes.is_empty() => input,
+            _ => body(bytes)?,
+        };
+        op(state.server_api.clone(), claims, input).await
+    }
+    .await;
     match result {
         Ok(value) => HttpResponse::Ok().json(value),
         Err(error) => failure(error),
@@ -113,14 +136,14 @@ fn answer<T: Serialize>(result: Result<T, Failure>) -> HttpResponse {
     security(("bearer" = []))
 )]
 async fn publish(state: web::Data<HttpState>, req: HttpRequest, bytes: web::Bytes) -> HttpResponse {
-    answer(
-        async {
-            let claims = caller(&state, &req)?;
-            let input: PublishInput = body(&bytes)?;
-            state.server_api.publish(claims.as_ref(), input).await
-        }
-        .await,
+    serve(
+        &state,
+        &req,
+        &bytes,
+        None,
+        |api, claims, input: PublishInput| async move { api.publish(claims.as_ref(), input).await },
     )
+    .await
 }
 
 /// Publishes one message into each of several rooms (1–100); one result per room, and a
@@ -139,14 +162,10 @@ async fn broadcast(
     req: HttpRequest,
     bytes: web::Bytes,
 ) -> HttpResponse {
-    answer(
-        async {
-            let claims = caller(&state, &req)?;
-            let input: BroadcastInput = body(&bytes)?;
-            state.server_api.broadcast(claims.as_ref(), input).await
-        }
-        .await,
-    )
+    serve(&state, &req, &bytes, None, |api, claims, input: BroadcastInput| async move {
+        api.broadcast(claims.as_ref(), input).await
+    })
+    .await
 }
 
 /// A private message to every session of a user, on every node.
@@ -162,14 +181,10 @@ async fn broadcast(
     security(("bearer" = []))
 )]
 async fn private(state: web::Data<HttpState>, req: HttpRequest, bytes: web::Bytes) -> HttpResponse {
-    answer(
-        async {
-            let claims = caller(&state, &req)?;
-            let input: PrivateInput = body(&bytes)?;
-            state.server_api.send_private(claims.as_ref(), input).await
-        }
-        .await,
-    )
+    serve(&state, &req, &bytes, None, |api, claims, input: PrivateInput| async move {
+        api.send_private(claims.as_ref(), input).await
+    })
+    .await
 }
 
 /// Who is in a room (the cluster's view), listed up to the presence limit.
@@ -187,17 +202,10 @@ async fn presence(
     req: HttpRequest,
     bytes: web::Bytes,
 ) -> HttpResponse {
-    answer(
-        async {
-            let claims = caller(&state, &req)?;
-            let input: RoomInput = body(&bytes)?;
-            state
-                .server_api
-                .presence(claims.as_ref(), &input.room)
-                .await
-        }
-        .await,
-    )
+    serve(&state, &req, &bytes, None, |api, claims, input: RoomInput| async move {
+        api.presence(claims.as_ref(), &input.room).await
+    })
+    .await
 }
 
 /// A room's last `limit` messages (default 50), or those after `since_offset`, oldest
@@ -212,14 +220,14 @@ async fn presence(
     security(("bearer" = []))
 )]
 async fn history(state: web::Data<HttpState>, req: HttpRequest, bytes: web::Bytes) -> HttpResponse {
-    answer(
-        async {
-            let claims = caller(&state, &req)?;
-            let input: RoomInput = body(&bytes)?;
-            state.server_api.history(claims.as_ref(), input).await
-        }
-        .await,
+    serve(
+        &state,
+        &req,
+        &bytes,
+        None,
+        |api, claims, input: RoomInput| async move { api.history(claims.as_ref(), input).await },
     )
+    .await
 }
 
 /// The rooms with members on the answering node.
@@ -233,19 +241,18 @@ async fn history(state: web::Data<HttpState>, req: HttpRequest, bytes: web::Byte
     security(("bearer" = []))
 )]
 async fn rooms(state: web::Data<HttpState>, req: HttpRequest, bytes: web::Bytes) -> HttpResponse {
-    answer(
-        async {
-            let claims = caller(&state, &req)?;
-            let input: RoomsInput = if bytes.is_empty() {
-                RoomsInput::default()
-            } else {
-                body(&bytes)?
-            };
+    let empty = Some(RoomsInput::default());
+    serve(
+        &state,
+        &req,
+        &bytes,
+        empty,
+        |api, claims, input: RoomsInput| async move {
             let prefix = input.prefix.unwrap_or_default();
-            state.server_api.rooms(claims.as_ref(), &prefix).await
-        }
-        .await,
+            api.rooms(claims.as_ref(), &prefix).await
+        },
     )
+    .await
 }
 
 /// Closes every session of a user, on every node, with a close code and reason.
@@ -263,14 +270,16 @@ async fn disconnect(
     req: HttpRequest,
     bytes: web::Bytes,
 ) -> HttpResponse {
-    answer(
-        async {
-            let claims = caller(&state, &req)?;
-            let input: DisconnectInput = body(&bytes)?;
-            state.server_api.disconnect(claims.as_ref(), input).await
-        }
-        .await,
+    serve(
+        &state,
+        &req,
+        &bytes,
+        None,
+        |api, claims, input: DisconnectInput| async move {
+            api.disconnect(claims.as_ref(), input).await
+        },
     )
+    .await
 }
 
 /// Takes every session of a user out of a room, on every node.
@@ -288,14 +297,16 @@ async fn unsubscribe(
     req: HttpRequest,
     bytes: web::Bytes,
 ) -> HttpResponse {
-    answer(
-        async {
-            let claims = caller(&state, &req)?;
-            let input: UnsubscribeInput = body(&bytes)?;
-            state.server_api.unsubscribe(claims.as_ref(), input).await
-        }
-        .await,
+    serve(
+        &state,
+        &req,
+        &bytes,
+        None,
+        |api, claims, input: UnsubscribeInput| async move {
+            api.unsubscribe(claims.as_ref(), input).await
+        },
     )
+    .await
 }
 
 struct BearerAuth;

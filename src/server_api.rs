@@ -322,17 +322,29 @@ impl ServerApi {
 
     /// A hidden session for `caller` (who must hold a `service` or `admin` token), with
     /// room for `buffer` unread frames.
+    /// It hears only answers to its own requests (not the room's traffic), unless
+    /// opened with [`listening`](Self::listening).
     pub async fn open(&self, caller: Option<&Claims>, buffer: usize) -> Result<Opened, Failure> {
-        self.open_as(caller, buffer, false).await
+        self.open_as(caller, buffer, false, false).await
+    }
+
+    /// A hidden session that also hears the room's traffic (a stream, a replay).
+    pub async fn listening(
+        &self,
+        caller: Option<&Claims>,
+        buffer: usize,
+    ) -> Result<Opened, Failure> {
+        self.open_as(caller, buffer, false, true).await
     }
 
     /// [`open`](Self::open), counted in presence (as the token's subject, like a member)
-    /// when `present`.
+    /// when `present`, hearing the room's traffic when `listening`.
     pub async fn open_as(
         &self,
         caller: Option<&Claims>,
         buffer: usize,
         present: bool,
+        listening: bool,
     ) -> Result<Opened, Failure> {
         let claims = authorize(caller)?;
         let identity = if present {
@@ -340,7 +352,7 @@ impl ServerApi {
         } else {
             Identity::service(&claims.sub, claims.is_admin())
         };
-        ApiSession::open(self.hub.clone(), &self.arbiter, identity, buffer)
+        ApiSession::open(self.hub.clone(), &self.arbiter, identity, buffer, listening)
             .await
             .map_err(Failure::from)
     }
@@ -498,7 +510,12 @@ impl ServerApi {
         caller: Option<&Claims>,
         input: RoomInput,
     ) -> Result<HistoryPage, Failure> {
-        let mut session = self.open(caller, 16).await?;
+        // A replay after `since_offset` arrives as the room's messages.
+        let mut session = if input.since_offset.is_some() {
+            self.listening(caller, 1024).await?
+        } else {
+            self.open(caller, 16).await?
+        };
         let room = room(&input.room)?;
         let limit = match input.limit {
             None | Some(0) => 50,

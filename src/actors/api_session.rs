@@ -67,6 +67,19 @@ pub struct ApiSession {
     /// Fired when the caller fell `buffer` batches behind.
     overflow: Option<oneshot::Sender<()>>,
     outbox: Option<Arc<Outbox>>,
+    /// Whether the room's traffic (messages, typing, presence events) is forwarded; a
+    /// session that only asks (publish, presence, history) drops it, so a busy room
+    /// cannot overflow it while it waits for its answer.
+    listening: bool,
+}
+
+/// Whether `frame` is room traffic rather than an answer to the session.
+fn traffic(frame: &Value) -> bool {
+    match frame["type"].as_str() {
+        Some("message" | "typing" | "private" | "broadcast") => true,
+        Some("presence") => frame["content"] != "members",
+        _ => false,
+    }
 }
 
 impl Actor for ApiSession {
@@ -110,7 +123,8 @@ impl Handler<ToSession> for ApiSession {
         if let Some(outbox) = &self.outbox {
             outbox.taken(frames.len(), frames.iter().map(|f| f.len()).sum());
         }
-        let values = frames
+        let listening = self.listening;
+        let values: Vec<Value> = frames
             .iter()
             .filter_map(|frame| match serde_json::from_str(frame) {
                 Ok(value) => Some(value),
@@ -119,8 +133,11 @@ impl Handler<ToSession> for ApiSession {
                     None
                 }
             })
+            .filter(|value| listening || !traffic(value))
             .collect();
-        self.forward(Batch::Frames(values), ctx);
+        if !values.is_empty() {
+            self.forward(Batch::Frames(values), ctx);
+        }
     }
 }
 
@@ -149,12 +166,14 @@ pub struct Opened {
 impl ApiSession {
     /// Registers a hidden session for `identity`, forwarding at most `buffer` unread
     /// frames before it ends as too slow.
-    /// The actor runs on `arbiter` (front doors like tonic run outside actix).
+    /// The actor runs on `arbiter` (front doors like tonic run outside actix); it forwards
+    /// the room's traffic only when `listening`.
     pub async fn open(
         hub: Arc<Addr<Hub>>,
         arbiter: &actix::ArbiterHandle,
         identity: Identity,
         buffer: usize,
+        listening: bool,
     ) -> Result<Opened, ApiError> {
         let (events, receiver) = mpsc::channel(buffer.max(2));
         let (overflow, overflowed) = oneshot::channel();
@@ -166,6 +185,7 @@ impl ApiSession {
                 events,
                 overflow: Some(overflow),
                 outbox: None,
+                listening,
             }
         });
         let outbox = Arc::new(Outbox::new(addr.clone().recipient()));

@@ -289,6 +289,7 @@ impl ChatService for Chat {
                 caller(&request),
                 SUBSCRIBE_BUFFER,
                 request.get_ref().presence,
+                true,
             )
             .await
             .map_err(status)?;

@@ -94,13 +94,17 @@ pub struct WsBenchArgs {
     pub server_pid: Option<u32>,
     /// How publishers send: over their own WebSocket (`ws`), or as a backend through the
     /// server API — gRPC `ChatService/Publish` (`grpc`, needs `--grpc-url`) or
-    /// `POST /api/v1/publish` (`http`, on `--url`'s host). `grpc` and `http` need a
-    /// `--token` whose role is `service` or `admin`.
+    /// `POST /api/v1/publish` (`http`, on `--url`'s host). `grpc` and `http` need an
+    /// `--api-token` whose role is `service` or `admin`.
     #[arg(long, value_enum, default_value_t = PublishVia::Ws)]
     pub publish_via: PublishVia,
     /// The gRPC server for `--publish-via grpc`, e.g. `http://127.0.0.1:50051`.
     #[arg(long, value_name = "URL")]
     pub grpc_url: Option<String>,
+    /// The backend's JWT (role `service` or `admin`) for `--publish-via grpc|http`; the
+    /// WebSocket connections keep using `--token` (or connect as guests).
+    #[arg(long, value_name = "JWT")]
+    pub api_token: Option<String>,
 }
 
 /// How `bench ws` publishers send.
@@ -145,8 +149,8 @@ impl WsBenchArgs {
         if self.connect_concurrency == 0 {
             bail!("--connect-concurrency must be at least 1");
         }
-        if self.publish_via != PublishVia::Ws && self.token.is_none() {
-            bail!("--publish-via grpc|http needs --token (a token whose role is `service`)");
+        if self.publish_via != PublishVia::Ws && self.api_token.is_none() {
+            bail!("--publish-via grpc|http needs --api-token (a token whose role is `service`)");
         }
         if self.publish_via == PublishVia::Grpc && self.grpc_url.is_none() {
             bail!("--publish-via grpc needs --grpc-url, e.g. http://127.0.0.1:50051");
@@ -487,7 +491,8 @@ enum ApiPublisher {
 impl ApiPublisher {
     async fn connect(args: &WsBenchArgs, via: PublishVia) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let bearer: Arc<str> = format!("Bearer {}", args.token.clone().unwrap_or_default()).into();
+        let token = args.api_token.clone().unwrap_or_default();
+        let bearer: Arc<str> = format!("Bearer {token}").into();
         match via {
             PublishVia::Grpc => {
                 let url = args.grpc_url.clone().unwrap_or_default();

@@ -400,7 +400,7 @@ async fn bench_ws_publishes_through_the_server_api() {
                 &format!("http://{}", app.grpc_addr),
                 "--publish-via",
                 via,
-                "--token",
+                "--api-token",
                 &service,
                 "--room-prefix",
                 via,
@@ -442,7 +442,11 @@ async fn bench_ws_publishes_through_the_server_api() {
     ])
     .await;
     assert!(!finished.status.success());
-    assert!(finished.stderr.contains("--token"), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("--api-token"),
+        "{}",
+        finished.stderr
+    );
 }
 
 /// `bench grpc --call subscribe`: streaming subscribers fed by one publisher through the

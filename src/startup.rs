@@ -318,12 +318,13 @@ impl Application {
                 move |_| delete_user::Deletions::new(db, hub, refused, every)
             });
             let (db, hub, events) = (database.clone(), hub.clone(), events.clone());
+            let cluster = broker.clone();
             Saga::start_in_arbiter(&singletons.handle(), move |_| {
                 let saga = Saga::new(db.clone(), config);
                 let fault = saga.fault();
-                saga.with_definition(std::sync::Arc::new(delete_user::DeleteUser::new(
-                    db, hub, events, deletions, fault,
-                )))
+                let definition = delete_user::DeleteUser::new(db, hub, events, deletions, fault)
+                    .with_broker(cluster);
+                saga.with_definition(std::sync::Arc::new(definition))
             })
         };
 

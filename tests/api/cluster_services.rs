@@ -501,3 +501,37 @@ async fn without_redis_limits_fall_back_to_the_node_and_user_streams_end() {
     }
     drop(nodes);
 }
+
+/// Deleting a user on node a closes their session on node b at once (close 4403), not
+/// when b next reads the deletion marks (here a minute away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deleted_on_one_node_is_disconnected_on_every_node_at_once() {
+    let Some(redis) = shared_redis() else {
+        return;
+    };
+    let prefix = test_prefix();
+    let nodes = nodes_on_one_db(&redis, &prefix, &["a", "b"], |settings| {
+        settings.database.saga.resume_interval = Duration::from_secs(60);
+    })
+    .await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut on_a = grpc_users::client(a).await;
+    let ann = on_a.create_user(create("ann")).await.unwrap().into_inner();
+    let mut session = crate::ws_client::WsClient::user(b, &ann.id).await;
+    let asked = Instant::now();
+    on_a.delete_user(DeleteUserRequest { id: ann.id.clone() })
+        .await
+        .unwrap();
+    let close = session.closed().await;
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (4403, "user deleted")
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "closed after {:?}",
+        asked.elapsed()
+    );
+    drop(nodes);
+    forget(&redis, &prefix).await;
+}

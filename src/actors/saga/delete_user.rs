@@ -110,9 +110,18 @@ pub struct DeleteUser {
     events: Addr<Events>,
     deletions: Addr<Deletions>,
     fault: Option<Arc<Fault>>,
+    /// In cluster mode: closes the user's sessions on the other nodes at once.
+    broker: Option<Addr<crate::actors::broker::Broker>>,
 }
 
 impl DeleteUser {
+    /// Cluster mode: `close_sessions` reaches the user's sessions on every node at once
+    /// (not only when the other nodes next read the marks).
+    pub fn with_broker(mut self, broker: Option<Addr<crate::actors::broker::Broker>>) -> Self {
+        self.broker = broker;
+        self
+    }
+
     /// The definition over these actors and database.
     pub fn new(
         db: Database,
@@ -127,6 +136,7 @@ impl DeleteUser {
             events,
             deletions,
             fault,
+            broker: None,
         }
     }
 }
@@ -180,6 +190,7 @@ impl Definition for DeleteUser {
             self.deletions.clone(),
             self.fault.clone(),
         );
+        let broker = self.broker.clone();
         async move {
             let (id, user) = Input::parse(&ctx.input)?;
             let key = id.to_string();
@@ -193,6 +204,27 @@ impl Definition for DeleteUser {
                     Ok(Value::Null)
                 }
                 "close_sessions" => {
+                    if let Some(broker) = &broker {
+                        // The other nodes' sessions of the user, at once. Best effort: a
+                        // node that misses it closes them when it next reads the marks
+                        // (`--saga-resume-interval`), as it refuses the user's tokens.
+                        let sent = broker
+                            .send(crate::actors::broker::PublishUserControl {
+                                user: key.clone(),
+                                control: crate::actors::broker::UserControl::Close {
+                                    code: CLOSE_CODE,
+                                    reason: "user deleted".into(),
+                                },
+                            })
+                            .await;
+                        if !matches!(sent, Ok(Ok(_))) {
+                            tracing::warn!(
+                                user = %key,
+                                "could not reach the other nodes; they close the user's \
+                                 sessions when they next read the deletion marks"
+                            );
+                        }
+                    }
                     let closed = hub
                         .send(CloseUser {
                             user_id: key,

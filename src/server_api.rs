@@ -374,14 +374,8 @@ impl ServerApi {
             .filter(|key| !key.is_empty())
             .map(|key| format!("{sender}\u{0}{room}\u{0}{key}"));
         if let Some(key) = &key {
-            let claim = self
-                .idempotency
-                .send(Claim(key.clone()))
-                .await
-                .map_err(|e| Failure::Unavailable(e.to_string()))?;
-            if let Err(first) = claim {
-                let (offset, epoch) = first.await.map_err(|_| Failure::Aborted)?;
-                return Ok(Published { offset, epoch });
+            if let Some(first) = self.claim(key).await? {
+                return Ok(first);
             }
         }
         let result = async {
@@ -394,10 +388,7 @@ impl ServerApi {
         }
         .await;
         if let Some(key) = key {
-            self.idempotency.do_send(Remember {
-                key,
-                result: result.clone().ok(),
-            });
+            self.settle(key, result.clone().ok());
         }
         let (offset, epoch) = result?;
         Ok(Published { offset, epoch })
@@ -470,6 +461,42 @@ impl ServerApi {
                 Err(Failure::NotFound(format!("user `{to}` is not connected")))
             }
             Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Claims an idempotency key — in Redis for the whole cluster, else on this node:
+    /// `None` — go ahead; `Some` — the first call's result.
+    async fn claim(&self, key: &str) -> Result<Option<Published>, Failure> {
+        let first = match &self.broker {
+            Some(broker) => broker
+                .send(crate::actors::broker::ClaimKey(key.to_owned()))
+                .await
+                .map_err(|e| Failure::Unavailable(e.to_string()))?
+                .map_err(|e| {
+                    if e.0.contains("failed; retry") {
+                        Failure::Aborted
+                    } else {
+                        Failure::Unavailable(e.to_string())
+                    }
+                })?,
+            None => match self
+                .idempotency
+                .send(Claim(key.to_owned()))
+                .await
+                .map_err(|e| Failure::Unavailable(e.to_string()))?
+            {
+                Ok(()) => None,
+                Err(first) => Some(first.await.map_err(|_| Failure::Aborted)?),
+            },
+        };
+        Ok(first.map(|(offset, epoch)| Published { offset, epoch }))
+    }
+
+    /// Records a claimed key's result (`None` frees it).
+    fn settle(&self, key: String, result: Option<(u64, String)>) {
+        match &self.broker {
+            Some(broker) => broker.do_send(crate::actors::broker::SettleKey { key, result }),
+            None => self.idempotency.do_send(Remember { key, result }),
         }
     }
 

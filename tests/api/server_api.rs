@@ -401,6 +401,14 @@ async fn the_server_api_acts_on_the_whole_cluster() {
         (relayed["offset"].as_u64(), relayed["from"].as_str()),
         (Some(1), Some("backend"))
     );
+    // The retry lands on the other node: the key is the cluster's, nothing is relayed twice.
+    let retried = on_b
+        .publish(publish("lobby", "across", "k"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried, published);
+    alice.assert_silent(Duration::from_millis(300)).await;
     let streamed = tokio::time::timeout(Duration::from_secs(30), stream.message())
         .await
         .unwrap()

@@ -22,7 +22,7 @@ pub mod rooms;
 pub mod users;
 
 pub use leave::LeaveCluster;
-pub use users::{AttachEvents, PublishUsers};
+pub use users::{AttachEvents, ClaimKey, PublishUsers, SettleKey};
 
 use std::{
     sync::Arc,

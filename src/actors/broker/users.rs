@@ -287,3 +287,115 @@ impl Broker {
         );
     }
 }
+
+/// How long a cluster-wide idempotency key is remembered.
+const KEY_WINDOW: Duration = Duration::from_secs(600);
+
+/// Claim an idempotency key for the whole cluster: `Ok(None)` — go ahead, then
+/// [`SettleKey`]; `Ok(Some((offset, epoch)))` — the first call's result (waited for while
+/// it is under way, up to ten seconds).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Option<(u64, String)>, ClusterUnavailable>")]
+pub struct ClaimKey(pub String);
+
+/// The claimed call finished: its result, or `None` to free the key.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SettleKey {
+    /// The claimed key.
+    pub key: String,
+    /// The result to answer retries with.
+    pub result: Option<(u64, String)>,
+}
+
+impl Broker {
+    fn idempotency_key(&self, key: &str) -> String {
+        // Hashed: keys carry the caller's subject and room, which may be long.
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        self.key(&format!("idem:{:016x}:{}", hasher.finish(), key.len()))
+    }
+}
+
+impl Handler<ClaimKey> for Broker {
+    type Result = ResponseFuture<Result<Option<(u64, String)>, ClusterUnavailable>>;
+
+    fn handle(&mut self, msg: ClaimKey, _ctx: &mut Self::Context) -> Self::Result {
+        let key = self.idempotency_key(&msg.0);
+        let mut redis = self.commands.clone();
+        Box::pin(async move {
+            let unavailable = |e: redis::RedisError| ClusterUnavailable(e.to_string());
+            let claimed: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg("pending")
+                .arg("NX")
+                .arg("PX")
+                .arg(KEY_WINDOW.as_millis() as u64)
+                .query_async(&mut redis)
+                .await
+                .map_err(unavailable)?;
+            if claimed.is_some() {
+                return Ok(None);
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let value: Option<String> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut redis)
+                    .await
+                    .map_err(unavailable)?;
+                match value.as_deref() {
+                    Some("pending") if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Some(done) => {
+                        let parsed = done.split_once(':').and_then(|(offset, epoch)| {
+                            Some((offset.parse().ok()?, epoch.to_owned()))
+                        });
+                        return parsed.map(Some).ok_or_else(|| {
+                            ClusterUnavailable(
+                                "the first call with this key is still running".into(),
+                            )
+                        });
+                    }
+                    // The first call failed and freed the key.
+                    None => {
+                        return Err(ClusterUnavailable(
+                            "the first call with this key failed; retry".into(),
+                        ))
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl Handler<SettleKey> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: SettleKey, ctx: &mut Self::Context) {
+        let key = self.idempotency_key(&msg.key);
+        let mut redis = self.commands.clone();
+        ctx.spawn(
+            async move {
+                let done: Result<(), redis::RedisError> = match msg.result {
+                    Some((offset, epoch)) => {
+                        redis::cmd("SET")
+                            .arg(&key)
+                            .arg(format!("{offset}:{epoch}"))
+                            .arg("PX")
+                            .arg(KEY_WINDOW.as_millis() as u64)
+                            .query_async(&mut redis)
+                            .await
+                    }
+                    None => redis::cmd("DEL").arg(&key).query_async(&mut redis).await,
+                };
+                if let Err(error) = done {
+                    tracing::warn!(%error, "could not record an idempotency key's result");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}

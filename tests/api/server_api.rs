@@ -725,6 +725,25 @@ async fn broadcast_reaches_each_room_and_private_reaches_every_session() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // The backend's own (hidden) sessions are not sessions of its subject.
+    let _stream = api
+        .subscribe(SubscribeRequest {
+            room: "a".into(),
+            since_offset: None,
+            presence: false,
+        })
+        .await
+        .unwrap();
+    let status = api
+        .send_private(SendPrivateRequest {
+            user_id: "backend".into(),
+            content: "to myself?".into(),
+            ..SendPrivateRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
 }
 
 #[tokio::test]

@@ -510,14 +510,18 @@ impl Hub {
     /// Registers the session; `counted`: it holds a place in the cluster's count.
     fn register(&mut self, msg: Connect, counted: bool) {
         let user = msg.identity.user_id.clone();
-        match self.users.get_mut(&user) {
+        // A server-API session is not one of its subject's sessions: it gets no private
+        // messages, is not closed with them, and costs no user-channel subscription.
+        let listed = !msg.identity.hidden;
+        match self.users.get_mut(&user).filter(|_| listed) {
             Some(sessions) => sessions.push(msg.session),
-            None => {
+            None if listed => {
                 if let Some(broker) = &self.cluster {
                     broker.do_send(crate::actors::broker::SubscribeUser(user.clone()));
                 }
                 self.users.insert(user, UserSessions::One(msg.session));
             }
+            None => {}
         }
         tracing::debug!(session = %msg.session, user = %msg.identity.user_id, "session connected");
         self.sessions.insert(

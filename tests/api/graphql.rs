@@ -207,16 +207,22 @@ async fn nested_lists_cost_a_constant_number_of_queries(db: TestDb) {
     }
     let mut counts = Vec::new();
     for limit in [10, 100] {
-        let before = app.database.stats().total_queries;
-        // The document; a post's author (and that author's posts) come from
-        // the same prefetch, so deeper cycles would cost no more queries either.
-        let query = format!("{{ users(limit: {limit}) {{ posts {{ author {{ name }} }} }} }}");
-        let (_, body) = graphql(&app, &query, json!({}), false).await;
-        assert!(body["errors"].is_null(), "{body}");
-        let users = body["data"]["users"].as_array().unwrap();
-        assert_eq!(users.len(), limit);
-        assert_eq!(users[0]["posts"].as_array().unwrap().len(), 2);
-        counts.push(app.database.stats().total_queries - before);
+        // Background work (health pings, the saga resume pass) queries too: the fewest
+        // of three tries is the document's own count.
+        let mut fewest = u64::MAX;
+        for _ in 0..3 {
+            let before = app.database.stats().total_queries;
+            // The document; a post's author (and that author's posts) come from
+            // the same prefetch, so deeper cycles would cost no more queries either.
+            let query = format!("{{ users(limit: {limit}) {{ posts {{ author {{ name }} }} }} }}");
+            let (_, body) = graphql(&app, &query, json!({}), false).await;
+            assert!(body["errors"].is_null(), "{body}");
+            let users = body["data"]["users"].as_array().unwrap();
+            assert_eq!(users.len(), limit);
+            assert_eq!(users[0]["posts"].as_array().unwrap().len(), 2);
+            fewest = fewest.min(app.database.stats().total_queries - before);
+        }
+        counts.push(fewest);
     }
     assert_eq!(
         counts[0], counts[1],

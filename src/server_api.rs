@@ -363,7 +363,8 @@ impl ServerApi {
         caller: Option<&Claims>,
         input: PublishInput,
     ) -> Result<Published, Failure> {
-        let mut session = self.open(caller, 16).await?;
+        // Checked before any session is opened: a refused call or an answered retry
+        // costs the hub nothing.
         let sender = authorize(caller)?.sub.clone();
         let room = room(&input.room)?;
         if input.content.is_empty() {
@@ -378,6 +379,15 @@ impl ServerApi {
                 return Ok(first);
             }
         }
+        let mut session = match self.open(caller, 16).await {
+            Ok(session) => session,
+            Err(failure) => {
+                if let Some(key) = key {
+                    self.settle(key, None);
+                }
+                return Err(failure);
+            }
+        };
         let result = async {
             let joined = session.join(&room, None).await?;
             let ack = session
@@ -506,8 +516,9 @@ impl ServerApi {
         caller: Option<&Claims>,
         room_id: &str,
     ) -> Result<Presence, Failure> {
-        let mut session = self.open(caller, 16).await?;
+        authorize(caller)?;
         let room = room(room_id)?;
+        let mut session = self.open(caller, 16).await?;
         session.join(&room, None).await?;
         let listing = session.presence(&room).await?;
         let details = &listing["metadata"];
@@ -537,13 +548,14 @@ impl ServerApi {
         caller: Option<&Claims>,
         input: RoomInput,
     ) -> Result<HistoryPage, Failure> {
+        authorize(caller)?;
+        let room = room(&input.room)?;
         // A replay after `since_offset` arrives as the room's messages.
         let mut session = if input.since_offset.is_some() {
             self.listening(caller, 1024).await?
         } else {
             self.open(caller, 16).await?
         };
-        let room = room(&input.room)?;
         let limit = match input.limit {
             None | Some(0) => 50,
             Some(n) => n as usize,

@@ -73,6 +73,15 @@ pub struct ApiSession {
     listening: bool,
 }
 
+/// Whether an encoded frame is a relayed room message, read from its head without
+/// parsing it: frames serialise `id` (no quotes inside) then `type` first.
+fn relayed_message(frame: &str) -> bool {
+    frame.starts_with(r#"{"id":""#)
+        && frame
+            .split_once(r#"","type":""#)
+            .is_some_and(|(_, rest)| rest.starts_with(r#"message""#))
+}
+
 /// Whether `frame` is room traffic rather than an answer to the session.
 fn traffic(frame: &Value) -> bool {
     match frame["type"].as_str() {
@@ -126,6 +135,8 @@ impl Handler<ToSession> for ApiSession {
         let listening = self.listening;
         let values: Vec<Value> = frames
             .iter()
+            // A session that only asks skips relayed messages without parsing them.
+            .filter(|frame| listening || !relayed_message(frame))
             .filter_map(|frame| match serde_json::from_str(frame) {
                 Ok(value) => Some(value),
                 Err(error) => {
@@ -217,6 +228,32 @@ impl ApiSession {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct SetOutbox(Arc<Outbox>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{chat::Frame, domain::StoredMessage};
+
+    #[test]
+    fn relayed_messages_are_told_from_answers_by_their_head() {
+        let message = StoredMessage {
+            room: RoomId::parse("r").unwrap(),
+            offset: 1,
+            id: "m1".into(),
+            kind: "message".into(),
+            sender: "a".into(),
+            sender_name: None,
+            content: r#"","type":"ack""#.into(),
+            metadata: None,
+            created_at: chrono::Utc::now(),
+        };
+        assert!(relayed_message(&Frame::stored(&message).encode()));
+        let history = Frame::system("history")
+            .details(serde_json::json!({ "messages": [Frame::stored(&message)] }));
+        assert!(!relayed_message(&history.encode()));
+        assert!(!relayed_message(&Frame::system("ack").id("m2").encode()));
+    }
+}
 
 impl Handler<SetOutbox> for ApiSession {
     type Result = ();

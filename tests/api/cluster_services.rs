@@ -453,7 +453,9 @@ async fn without_redis_limits_fall_back_to_the_node_and_user_streams_end() {
     };
     let prefix = test_prefix();
     let nodes = nodes_on_one_db(&redis.url(), &prefix, &["a"], |settings| {
-        settings.rate_limit_per_second = 1.0;
+        // One token per 100 s: however slowly the busy machine sends the six requests,
+        // no token refills in between.
+        settings.rate_limit_per_second = 0.01;
         settings.rate_limit_burst = 3;
     })
     .await;
@@ -475,7 +477,7 @@ async fn without_redis_limits_fall_back_to_the_node_and_user_streams_end() {
     )
     .await;
     let admitted = statuses.iter().filter(|s| **s == 200).count();
-    assert!((3..=4).contains(&admitted), "{statuses:?}");
+    assert_eq!(admitted, 3, "the burst, per node: {statuses:?}");
     assert!(statuses.contains(&429), "{statuses:?}");
     let fallbacks = sample(a, "switchboard_rate_limit_fallback_decisions_total")
         .await

@@ -229,32 +229,6 @@ impl ApiSession {
 #[rtype(result = "()")]
 struct SetOutbox(Arc<Outbox>);
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{chat::Frame, domain::StoredMessage};
-
-    #[test]
-    fn relayed_messages_are_told_from_answers_by_their_head() {
-        let message = StoredMessage {
-            room: RoomId::parse("r").unwrap(),
-            offset: 1,
-            id: "m1".into(),
-            kind: "message".into(),
-            sender: "a".into(),
-            sender_name: None,
-            content: r#"","type":"ack""#.into(),
-            metadata: None,
-            created_at: chrono::Utc::now(),
-        };
-        assert!(relayed_message(&Frame::stored(&message).encode()));
-        let history = Frame::system("history")
-            .details(serde_json::json!({ "messages": [Frame::stored(&message)] }));
-        assert!(!relayed_message(&history.encode()));
-        assert!(!relayed_message(&Frame::system("ack").id("m2").encode()));
-    }
-}
-
 impl Handler<SetOutbox> for ApiSession {
     type Result = ();
 
@@ -446,5 +420,31 @@ impl Opened {
             f["type"] == "history" && f["room_id"] == room.as_str()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{chat::Frame, domain::StoredMessage};
+
+    #[test]
+    fn relayed_messages_are_told_from_answers_by_their_head() {
+        let message = StoredMessage {
+            room: RoomId::parse("r").unwrap(),
+            offset: 1,
+            id: "m1".into(),
+            kind: "message".into(),
+            sender: "a".into(),
+            sender_name: None,
+            content: r#"","type":"ack""#.into(),
+            metadata: None,
+            created_at: chrono::Utc::now(),
+        };
+        assert!(relayed_message(&Frame::stored(&message).encode()));
+        let history = Frame::system("history")
+            .details(serde_json::json!({ "messages": [Frame::stored(&message)] }));
+        assert!(!relayed_message(&history.encode()));
+        assert!(!relayed_message(&Frame::system("ack").id("m2").encode()));
     }
 }
